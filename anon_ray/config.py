@@ -1,0 +1,139 @@
+"""Structured configs: one small dataclass per core function, composed into AppConfig.
+
+No logic lives here. Hydra registers these in the entry point (anon_ray/cli.py); core code
+receives the plain dataclasses (OmegaConf.to_object) and never sees Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SessionConfig:
+    """ONNX Runtime session: providers tried in order, those not installed are skipped."""
+
+    providers: list[str] = field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    intra_op_threads: int = 0  # 0 = ORT default (one per core)
+    inter_op_threads: int = 1
+
+
+@dataclass
+class ModelsConfig:
+    """Where weights live. A value in `paths` overrides the manifest: a local path or s3:// URI."""
+
+    manifest: str = "models/models.yaml"
+    cache_dir: str = "models/cache"
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FaceConfig:
+    enabled: bool = True
+    model: str = "centerface"
+    threshold: float = 0.3
+    nms_iou: float = 0.3
+    max_side: int = 1280  # the long side of the network input; larger frames are downscaled
+    batch: int = 4
+
+
+@dataclass
+class PlateConfig:
+    enabled: bool = True
+    model: str = "platedet"
+    threshold: float = 0.3
+    nms_iou: float = 0.45
+
+
+@dataclass
+class DetectConfig:
+    face: FaceConfig = field(default_factory=FaceConfig)
+    plate: PlateConfig = field(default_factory=PlateConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+
+@dataclass
+class MaskConfig:
+    """How a box becomes unrecoverable pixels. Margins are a share of the box size, per side."""
+
+    method: str = "blur"  # blur | pixelate | fill
+    shape: str = "ellipse"  # ellipse | box
+    face_margin: float = 0.3
+    plate_margin: float = 0.15
+    feather: float = 0.1  # share of the mask's short side that fades into the background
+    blocks: int = 6  # blur kernel / pixel block = box short side / blocks (see mask.py)
+    fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+
+@dataclass
+class TrackConfig:
+    high_threshold: float = 0.5
+    match_iou: float = 0.2
+    max_age: int = 15  # frames a lost track is kept for re-association
+    max_gap: int = 15  # gaps up to this many frames are filled by interpolation
+    pad: int = 5  # frames a track is extended before its first and after its last detection
+
+
+@dataclass
+class SegmentConfig:
+    seconds: float = 30.0  # 0 = one segment per video
+    overlap: int = 30  # context frames each side; >= max_gap + pad keeps cuts invisible
+
+
+@dataclass
+class VideoConfig:
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "veryfast"
+    threads: int = 0
+
+
+@dataclass
+class ImageConfig:
+    jpeg_quality: int = 95
+    webp_quality: int = 95
+    max_pixels: int = 200_000_000  # larger images are refused (decompression bombs)
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # empty = start an embedded local Ray
+    workers: int = 2
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    max_in_flight: int = 8  # assets being planned/processed at once (bounds driver memory)
+    max_retries: int = 3
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: str = ""
+    region: str = ""
+    addressing_style: str = "auto"
+    scratch_dir: str = ""
+
+
+@dataclass
+class AuditConfig:
+    boxes: bool = False  # store box coordinates in the tracks table
+
+
+@dataclass
+class AppConfig:
+    input: str = ""
+    output: str = ""
+    dry_run: bool = False
+    force: bool = False
+    asset_timeout_s: float = 3600.0
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)

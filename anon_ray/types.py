@@ -1,0 +1,150 @@
+"""Frozen types that flow between stages: numpy columns, never one Python object per box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+FACE = 0
+PLATE = 1
+CLASS_NAMES = ("face", "plate")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes of any number of frames. `track` is -1 for a detection not (yet) in a track."""
+
+    frame: np.ndarray  # int64 (n,)
+    xyxy: np.ndarray  # float32 (n, 4), pixels of the displayed frame
+    score: np.ndarray  # float32 (n,)
+    cls: np.ndarray  # int8 (n,), FACE or PLATE
+    track: np.ndarray  # int64 (n,)
+
+    def __post_init__(self) -> None:
+        n = len(self.frame)
+        if self.xyxy.shape != (n, 4) or not (len(self.score) == len(self.cls) == len(self.track) == n):
+            raise ValueError(f"Detections columns disagree in length: {n} frames, xyxy {self.xyxy.shape}")
+
+    @staticmethod
+    def build(frame, xyxy, score, cls, track=None) -> "Detections":
+        xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
+        n = len(xyxy)
+        return Detections(
+            frame=np.broadcast_to(np.asarray(frame, np.int64), (n,)).copy(),
+            xyxy=xyxy,
+            score=np.asarray(score, np.float32).reshape(n),
+            cls=np.broadcast_to(np.asarray(cls, np.int8), (n,)).copy(),
+            track=np.full(n, -1, np.int64) if track is None else np.asarray(track, np.int64).reshape(n),
+        )
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections.build(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0))
+
+    @staticmethod
+    def concat(parts: list["Detections"]) -> "Detections":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Detections.empty()
+        return Detections(
+            frame=np.concatenate([p.frame for p in parts]),
+            xyxy=np.concatenate([p.xyxy for p in parts]),
+            score=np.concatenate([p.score for p in parts]),
+            cls=np.concatenate([p.cls for p in parts]),
+            track=np.concatenate([p.track for p in parts]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def select(self, keep: np.ndarray) -> "Detections":
+        return Detections(self.frame[keep], self.xyxy[keep], self.score[keep], self.cls[keep], self.track[keep])
+
+    def for_frame(self, index: int) -> "Detections":
+        return self.select(self.frame == index)
+
+    def with_track(self, track: np.ndarray) -> "Detections":
+        return Detections(self.frame, self.xyxy, self.score, self.cls, np.asarray(track, np.int64))
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table(
+            {
+                "frame": self.frame,
+                "x1": self.xyxy[:, 0],
+                "y1": self.xyxy[:, 1],
+                "x2": self.xyxy[:, 2],
+                "y2": self.xyxy[:, 3],
+                "score": self.score,
+                "cls": self.cls,
+                "track": self.track,
+            }
+        )
+
+    @staticmethod
+    def from_arrow(table: pa.Table) -> "Detections":
+        col = lambda name: table.column(name).to_numpy()  # noqa: E731
+        xyxy = np.stack([col("x1"), col("y1"), col("x2"), col("y2")], axis=1).astype(np.float32)
+        return Detections(col("frame").astype(np.int64), xyxy.reshape(-1, 4), col("score").astype(np.float32),
+                          col("cls").astype(np.int8), col("track").astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One input file. `version` is the ETag, or size+mtime for local files."""
+
+    uri: str
+    relpath: str
+    size: int
+    version: str
+    kind: str  # "image" | "video" | "unknown"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Frames [start, end) are owned and written; [ctx_start, ctx_end) are decoded and tracked.
+
+    Frame indices count displayed frames from 0 in presentation order. Decoding starts at the
+    keyframe whose pts is `seek_pts` (the last keyframe at or before ctx_start).
+    """
+
+    asset: str
+    index: int
+    count: int
+    start: int
+    end: int
+    ctx_start: int
+    ctx_end: int
+    seek_pts: int
+    seek_frame: int
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    plan: SegmentPlan
+    part_path: str
+    tracks: Detections  # the boxes masked in owned frames plus context, with segment-local track ids
+    frames_written: int
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """Every video frame of a file from a packet scan (no decoding), in presentation order.
+
+    `pts` is sorted ascending (stream time base); `key[i]` tells whether frame i's packet is a
+    keyframe. Frame index i is the i-th displayed frame.
+    """
+
+    pts: np.ndarray  # int64 (n,)
+    key: np.ndarray  # bool (n,)
+    time_base_num: int
+    time_base_den: int
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def index_of(self, pts: int) -> int:
+        """Frame index of a decoded frame's pts (exact match expected)."""
+        return int(np.searchsorted(self.pts, pts))
