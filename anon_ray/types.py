@@ -106,7 +106,8 @@ class SegmentPlan:
     """Frames [start, end) are owned and written; [ctx_start, ctx_end) are decoded and tracked.
 
     Frame indices count displayed frames from 0 in presentation order. Decoding starts at the
-    keyframe whose pts is `seek_pts` (the last keyframe at or before ctx_start).
+    keyframe whose pts is `seek_pts`: one keyframe before the last one at or before ctx_start, so
+    frames after a keyframe that is not a clean entry point still decode right (plan.py).
     """
 
     asset: str
@@ -148,3 +149,31 @@ class PacketIndex:
     def index_of(self, pts: int) -> int:
         """Frame index of a decoded frame's pts (exact match expected)."""
         return int(np.searchsorted(self.pts, pts))
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    """One manifest row: what happened to one asset in one run. Never pixels, text or secrets."""
+
+    run_id: str
+    uri: str
+    relpath: str
+    kind: str
+    status: str  # "ok" | "failed" | "skipped"
+    error_class: str = ""
+    error: str = ""
+    faces: int = 0
+    plates: int = 0
+    frames: int = 0
+    segments: int = 0
+    seconds: float = 0.0
+    input_version: str = ""
+    input_size: int = 0
+    input_sha256: str = ""
+    output_uri: str = ""
+    output_size: int = 0
+    output_sha256: str = ""
+    config_hash: str = ""
+    models: str = ""  # JSON: model name -> sha256
+    tool_version: str = ""
+    finished_at: str = ""

@@ -1,0 +1,41 @@
+"""Face and plate detection over batches of RGB frames, failing closed on any inference error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from anon_ray.config import DetectConfig, ModelsConfig
+from anon_ray.detect.faces import FaceDetector
+from anon_ray.detect.plates import PlateDetector
+from anon_ray.detect.session import DetectionError, make_session
+from anon_ray.models import ModelInfo, resolve
+from anon_ray.types import Detections
+
+__all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "make_session"]
+
+
+class Detector:
+    """Every enabled detector, run on the same frames; their detections are concatenated."""
+
+    def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
+        self.models: dict[str, ModelInfo] = {}
+        self.detectors: list[FaceDetector | PlateDetector] = []
+        if cfg.face.enabled:
+            info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
+            self.detectors.append(FaceDetector(info.path, cfg.face, cfg.session))
+        if cfg.plate.enabled:
+            info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
+            self.detectors.append(PlateDetector(info.path, cfg.plate, cfg.session))
+
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        return {name: info.sha256 for name, info in self.models.items()}
+
+    def warmup(self, height: int = 720, width: int = 1280) -> None:
+        """One inference at the expected frame size, so the first real batch does not pay for allocations."""
+        self.detect([np.zeros((height, width, 3), np.uint8)])
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
+        return Detections.concat([d.detect(frames, first_index) for d in self.detectors])

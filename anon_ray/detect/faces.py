@@ -1,0 +1,83 @@
+"""CenterFace face detector: batched ONNX inference with a vectorized heatmap decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from anon_ray.config import FaceConfig, SessionConfig
+from anon_ray.detect.nms import nms
+from anon_ray.detect.session import make_session, run_checked
+from anon_ray.types import FACE, Detections
+
+STRIDE = 4  # heatmap cell size in input pixels
+ALIGN = 32  # the network downsamples 5 times, so input sides must be multiples of 32
+OUTPUTS = ["537", "538", "539"]  # heatmap, log box size, centre offset (landmarks are not used)
+
+
+def check_frame(frame: np.ndarray) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {frame.dtype} {frame.shape}")
+
+
+def same_size_batches(frames: Sequence[np.ndarray], size: int) -> Iterator[tuple[int, Sequence[np.ndarray]]]:
+    """(start, frames) runs of at most `size` consecutive frames that share a shape, so they stack."""
+    start = 0
+    while start < len(frames):
+        stop = start + 1
+        while stop < len(frames) and stop - start < size and frames[stop].shape == frames[start].shape:
+            stop += 1
+        yield start, frames[start:stop]
+        start = stop
+
+
+def network_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """Image size inside the network input: downscaled so the long side fits, never upscaled."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class FaceDetector:
+    def __init__(self, model_path: str, cfg: FaceConfig, session_cfg: SessionConfig) -> None:
+        self.cfg = cfg
+        self.session = make_session(model_path, session_cfg)
+        self.input = self.session.get_inputs()[0].name
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
+        parts = [self.detect_batch(batch, first_index + start)
+                 for start, batch in same_size_batches(frames, max(1, self.cfg.batch))]
+        return Detections.concat(parts)
+
+    def detect_batch(self, frames: Sequence[np.ndarray], first_index: int) -> Detections:
+        for frame in frames:
+            check_frame(frame)
+        height, width = frames[0].shape[:2]
+        inner_h, inner_w = network_size(height, width, self.cfg.max_side)
+        # Pad (not stretch) to the alignment, so x and y keep the scale of the resize alone.
+        blob = np.zeros((len(frames), 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN), np.float32)
+        for k, frame in enumerate(frames):
+            if (inner_h, inner_w) != (height, width):
+                # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
+                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA)
+            blob[k, :, :inner_h, :inner_w] = frame.transpose(2, 0, 1)
+        heat, size, offset = run_checked(self.session, OUTPUTS, {self.input: blob})
+        return self.decode(heat, size, offset, first_index, (inner_w / width, inner_h / height), (width, height))
+
+    def decode(self, heat: np.ndarray, size: np.ndarray, offset: np.ndarray, first_index: int,
+               scale: tuple[float, float], frame_size: tuple[int, int]) -> Detections:
+        b, i, j = np.nonzero(heat[:, 0] > self.cfg.threshold)
+        score = heat[b, 0, i, j]
+        box_h = np.exp(size[b, 0, i, j]) * STRIDE
+        box_w = np.exp(size[b, 1, i, j]) * STRIDE
+        cy = (i + offset[b, 0, i, j] + 0.5) * STRIDE
+        cx = (j + offset[b, 1, i, j] + 0.5) * STRIDE
+        xyxy = np.stack([cx - box_w / 2, cy - box_h / 2, cx + box_w / 2, cy + box_h / 2], axis=1)
+        xyxy /= np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
+        np.clip(xyxy, 0, np.array([frame_size[0], frame_size[1]] * 2, np.float32), out=xyxy)
+        visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        b, xyxy, score = b[visible], xyxy[visible], score[visible]
+        keep = nms(xyxy, score, self.cfg.nms_iou, group=b)
+        keep = keep[np.lexsort((-score[keep], b[keep]))]
+        return Detections.build(first_index + b[keep], xyxy[keep], score[keep], FACE)

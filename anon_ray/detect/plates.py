@@ -1,0 +1,63 @@
+"""Licence-plate detector: YOLOv8(-seg) ONNX model, letterboxed input, boxes only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from anon_ray.config import PlateConfig, SessionConfig
+from anon_ray.detect.faces import check_frame
+from anon_ray.detect.nms import nms
+from anon_ray.detect.session import make_session, run_checked
+from anon_ray.types import PLATE, Detections
+
+PAD_VALUE = 114  # Ultralytics letterbox grey: the model was trained with it
+SEG_COEFFS = 32  # rows after the class scores in a YOLOv8-seg output; ignored (masks are drawn from boxes)
+
+
+class PlateDetector:
+    def __init__(self, model_path: str, cfg: PlateConfig, session_cfg: SessionConfig) -> None:
+        self.cfg = cfg
+        self.session = make_session(model_path, session_cfg)
+        model_input = self.session.get_inputs()[0]
+        self.input = model_input.name
+        self.dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self.height, self.width = model_input.shape[2:]
+        if not (isinstance(self.height, int) and isinstance(self.width, int)):
+            raise ValueError(f"plate model {model_path} must have a fixed input size, got {model_input.shape}")
+        self.output = self.session.get_outputs()[0].name
+        # Ultralytics exports record their task; a detect-only model (a user's override) has no mask rows.
+        task = self.session.get_modelmeta().custom_metadata_map.get("task", "segment")
+        self.coeffs = SEG_COEFFS if task == "segment" else 0
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
+        # The exported model has batch size 1.
+        return Detections.concat([self.detect_one(frame, first_index + k) for k, frame in enumerate(frames)])
+
+    def detect_one(self, frame: np.ndarray, index: int) -> Detections:
+        check_frame(frame)
+        height, width = frame.shape[:2]
+        ratio = min(self.height / height, self.width / width)
+        inner_w, inner_h = round(width * ratio), round(height * ratio)
+        left, top = (self.width - inner_w) // 2, (self.height - inner_h) // 2
+        canvas = np.full((self.height, self.width, 3), PAD_VALUE, np.uint8)
+        if (inner_w, inner_h) != (width, height):
+            frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
+        canvas[top:top + inner_h, left:left + inner_w] = frame
+        blob = (canvas.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).astype(self.dtype)
+        (pred,) = run_checked(self.session, [self.output], {self.input: blob})
+        pred = pred[0].astype(np.float32)  # (4 box + classes + mask coefficients, anchors)
+        score = pred[4:len(pred) - self.coeffs].max(axis=0)
+        candidates = score > self.cfg.threshold
+        cx, cy, w, h = pred[:4, candidates]
+        score = score[candidates]
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        xyxy -= np.array([left, top, left, top], np.float32)
+        xyxy /= np.array([inner_w / width, inner_h / height] * 2, np.float32)
+        np.clip(xyxy, 0, np.array([width, height] * 2, np.float32), out=xyxy)
+        visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        xyxy, score = xyxy[visible], score[visible]
+        keep = nms(xyxy, score, self.cfg.nms_iou)
+        return Detections.build(index, xyxy[keep], score[keep], PLATE)

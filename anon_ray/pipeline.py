@@ -1,0 +1,194 @@
+"""Plain-Python anonymization of one photo or one video segment: no Ray, no Hydra.
+
+A `Worker` owns the detectors (loaded once per process). The Ray layer wraps the same calls in
+actors; tests, notebooks and single-machine runs call them directly (`run_local`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import mask, plan, refine, stitch
+from .config import AppConfig
+from .detect import Detector
+from .media import image as image_io
+from .media import packets, rotation, video
+from .prefetch import prefetch
+from .track import bytetrack
+from .types import FACE, PLATE, Detections, PacketIndex, SegmentPlan, SegmentResult
+
+
+class AssetError(Exception):
+    """An asset cannot be fully processed; it gets no output (fail-closed)."""
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    faces: int
+    plates: int
+    output_sha256: str
+    output_size: int
+    boxes: Detections
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    info: video.VideoInfo
+    index: PacketIndex
+    segments: tuple[SegmentPlan, ...]
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    faces: int
+    plates: int
+    frames: int
+    output_sha256: str
+    output_size: int
+    tracks: Detections  # owned boxes of every segment, with global track ids
+
+
+def part_name(seg: SegmentPlan) -> str:
+    # MP4 parts: the muxer keeps decode timestamps, which the stream-copy concatenation needs.
+    return f"part-{seg.index:05d}.mp4"
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_objects(dets: Detections) -> tuple[int, int]:
+    """Objects masked per class: one per track, plus each detection that joined no track."""
+
+    def count(cls: int) -> int:
+        sel = dets.cls == cls
+        tracked = dets.track[sel]
+        return int(len(np.unique(tracked[tracked >= 0])) + np.count_nonzero(tracked < 0))
+
+    return count(FACE), count(PLATE)
+
+
+def _group_by_frame(dets: Detections) -> dict[int, Detections]:
+    order = np.argsort(dets.frame, kind="stable")
+    frames = dets.frame[order]
+    starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]]) if len(frames) else np.zeros(0, int)
+    bounds = np.r_[starts, len(frames)]
+    return {int(frames[a]): dets.select(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])}
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Worker:
+    """Everything one process needs to anonymize photos and video segments."""
+
+    def __init__(self, cfg: AppConfig):
+        self.cfg = cfg
+        self.detector = Detector(cfg.detect, cfg.models)
+
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        return self.detector.model_hashes
+
+    def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int]) -> Detections:
+        """Detect on the displayed orientation (upright faces), return boxes in stored pixels."""
+        found = []
+        for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
+            shown = [rotation.to_display(rgb, rot) for _, rgb in batch]
+            first = batch[0][0]
+            if [i for i, _ in batch] != list(range(first, first + len(batch))):
+                raise AssetError("decoder skipped frames inside a batch")
+            dets = self.detector.detect(shown, first_index=first)
+            if rot:
+                dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
+                                  dets.score, dets.cls, dets.track)
+            found.append(dets)
+        return Detections.concat(found)
+
+    def image(self, src: str, dst: str) -> ImageOutcome:
+        loaded = image_io.read_image(src, self.cfg.image)
+        h, w = loaded.rgb.shape[:2]
+        dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h))
+        rgb = loaded.rgb.copy()
+        mask.apply(rgb, dets, self.cfg.mask)
+        data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
+                                                          bit_depth=loaded.bit_depth), self.cfg.image)
+        image_io.atomic_write_bytes(dst, data)
+        faces, plates = count_objects(dets)
+        return ImageOutcome(faces, plates, hashlib.sha256(data).hexdigest(), len(data), dets)
+
+    def segment(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
+                part_path: str) -> SegmentResult:
+        """Detect and track over the context range, then mask and encode only the owned frames.
+
+        Two decoding passes keep memory bounded by the batch size instead of the segment length
+        (I3); decoding is cheap next to detection.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        ctx = range(seg.ctx_start, seg.ctx_end)
+        decoded = ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
+        raw = self.detect_stream(prefetch(decoded), info.rotation, (info.width, info.height))
+        timings["detect"] = time.perf_counter() - t0
+        tracked = bytetrack.track(raw, self.cfg.track, ctx)
+        boxes = refine.mask_boxes(tracked, self.cfg.track, ctx, (info.width, info.height))
+        t1 = time.perf_counter()
+        per_frame = _group_by_frame(boxes)
+        empty = Detections.empty()
+        written = 0
+        tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
+        try:
+            with video.VideoWriter(tmp, info, self.cfg.video) as writer:
+                for i, pts, rgb in prefetch(video.decode(src, seg.seek_pts, index, seg.start, seg.end)):
+                    if i != seg.start + written:
+                        raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
+                    mask.apply(rgb, per_frame.get(i, empty), self.cfg.mask)
+                    writer.write(rgb, pts)
+                    written += 1
+            if written != seg.end - seg.start:
+                raise AssetError(f"segment {seg.index}: decoded {written} of {seg.end - seg.start} frames")
+            os.replace(tmp, part_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        timings["render"] = time.perf_counter() - t1
+        return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written, seconds=timings)
+
+
+def plan_video(src: str, asset: str, cfg: AppConfig) -> VideoPlan:
+    index = packets.scan_packets(src)
+    info = video.probe(src, index)
+    fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
+    segs = plan.plan_segments(asset, index, fps, cfg.segment)
+    return VideoPlan(info=info, index=index, segments=tuple(segs))
+
+
+def finalize_video(src: str, dst: str, vplan: VideoPlan, results: list[SegmentResult]) -> VideoOutcome:
+    """Join tracks across cuts, concatenate the parts, mux the source's other streams, verify."""
+    results = sorted(results, key=lambda r: r.plan.index)
+    if [r.plan.index for r in results] != list(range(len(vplan.segments))):
+        raise AssetError("segments missing at finalize")
+    tracks = stitch.asset_tracks([(r.plan, r.tracks) for r in results])
+    video.finalize([r.part_path for r in results], src, dst, vplan.info)
+    faces, plates = count_objects(tracks)
+    frames = sum(r.frames_written for r in results)
+    return VideoOutcome(faces, plates, frames, sha256_file(dst), os.path.getsize(dst), tracks)
+

@@ -1,0 +1,78 @@
+"""Tracks -> the boxes to mask per frame, recall first.
+
+A detector misses a face now and then (motion blur, a turned head, one bad frame); a track that
+was seen just before and just after still marks where it is. So, per track:
+
+- gaps of up to max_gap frames between two detections are filled by linear interpolation;
+- each run of detections (detections linked by fillable gaps) is extended `pad` frames before its
+  first and after its last detection, the box held in place and grown by PAD_GROWTH per frame of
+  distance, because the object keeps moving while the detector has not (yet) seen it. Holding is
+  safer than extrapolating a velocity fitted on a few noisy frames.
+
+Untracked detections (track -1) are masked as they are. Synthetic boxes (interpolated or padded)
+carry their track's id and class and score 0, which tells them apart from detections. Margin
+dilation is the masker's job, not done here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anon_ray.config import TrackConfig
+from anon_ray.types import Detections
+
+PAD_GROWTH = 0.05  # relative growth of w and h per padded frame (25% at the default pad of 5)
+
+
+def mask_boxes(tracked: Detections, cfg: TrackConfig, frames: range, frame_size: tuple[int, int]) -> Detections:
+    """Every box to mask on frames in `frames`, clipped to the frame (w, h), sorted by frame.
+
+    Each detection is kept (clipped); synthetic boxes that fall outside the frame are dropped.
+    """
+    t = tracked.select(tracked.track >= 0)
+    t = t.select(np.lexsort((t.frame, t.track)))
+    same = t.track[1:] == t.track[:-1]
+    missing = t.frame[1:] - t.frame[:-1] - 1
+    linked = same & (missing <= cfg.max_gap)
+    breaks = np.flatnonzero(~linked)
+    run_start = np.r_[0, breaks + 1] if len(t) else breaks
+    run_end = np.r_[breaks, len(t) - 1] if len(t) else breaks
+    synthetic = Detections.concat(
+        [
+            _interpolate(t, np.flatnonzero(linked & (missing > 0)), missing),
+            _pad(t, run_start, -1, cfg.pad),
+            _pad(t, run_end, +1, cfg.pad),
+        ]
+    )
+    out = Detections.concat([tracked, synthetic])
+    w, h = frame_size
+    xyxy = np.clip(out.xyxy, 0, np.array([w, h, w, h], np.float32))
+    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    is_detection = np.arange(len(out)) < len(tracked)
+    keep = (out.frame >= frames.start) & (out.frame < frames.stop) & (is_detection | (area > 0))
+    out = Detections(out.frame, xyxy, out.score, out.cls, out.track).select(keep)
+    return out.select(np.argsort(out.frame, kind="stable"))
+
+
+def _interpolate(t: Detections, pairs: np.ndarray, missing: np.ndarray) -> Detections:
+    """Boxes on the missing frames between rows i and i+1 for each i in pairs."""
+    reps = missing[pairs]
+    src = np.repeat(pairs, reps)
+    step = np.arange(len(src)) - np.repeat(np.cumsum(reps) - reps, reps) + 1
+    alpha = (step / np.repeat(reps + 1, reps))[:, None]
+    a, b = t.xyxy[src].astype(np.float64), t.xyxy[src + 1].astype(np.float64)
+    return _synthetic(t, src, t.frame[src] + step, a + alpha * (b - a))
+
+
+def _pad(t: Detections, rows: np.ndarray, direction: int, pad: int) -> Detections:
+    """`pad` boxes before (direction -1) or after (+1) each of `rows`, held and grown."""
+    src = np.repeat(rows, pad)
+    dist = np.tile(np.arange(1, pad + 1), len(rows))
+    box = t.xyxy[src].astype(np.float64)
+    centre, half = (box[:, :2] + box[:, 2:]) / 2, (box[:, 2:] - box[:, :2]) / 2
+    half = half * (1 + PAD_GROWTH * dist)[:, None]
+    return _synthetic(t, src, t.frame[src] + direction * dist, np.concatenate([centre - half, centre + half], axis=1))
+
+
+def _synthetic(t: Detections, src: np.ndarray, frame: np.ndarray, xyxy: np.ndarray) -> Detections:
+    return Detections.build(frame, xyxy, np.zeros(len(src)), t.cls[src], t.track[src])

@@ -1,0 +1,138 @@
+"""Segment-local tracks -> one asset's global track ids, and the manifest's tracks table.
+
+Neighbouring segments decode and track the same context frames (segment k's context after its end
+is segment k+1's owned frames and the other way round), so one object seen across a cut has a
+track on both sides with boxes on the same frames. Two tracks of the same class whose boxes agree
+there (mean IoU >= iou over >= min_frames common frames) are the same object; joining every such
+pair with union-find over all segments of the asset also joins a track that one side split in two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from anon_ray.track.matching import iou_pairs
+from anon_ray.types import Detections, SegmentPlan
+
+
+def global_ids(
+    results: list[tuple[SegmentPlan, Detections]], iou: float = 0.5, min_frames: int = 3
+) -> list[np.ndarray]:
+    """Per result, the global track id of each of its rows (-1 stays -1).
+
+    Each result is a segment's plan and the boxes it masked over its whole context range (the
+    `mask_boxes` output, SegmentResult.tracks) with segment-local track ids; any order.
+
+    Ids are dense from 0, ordered by the first owned frame each object is masked on; objects
+    seen only in context frames (never written) come last, so the ids in `asset_tracks` are dense.
+    """
+    local = [np.unique(d.track[d.track >= 0]) for _, d in results]
+    offset = np.cumsum([0] + [len(u) for u in local])
+    # Union-find node of each row; meaningless on untracked rows (track -1), which are skipped.
+    node = [offset[k] + np.searchsorted(local[k], d.track) for k, (_, d) in enumerate(results)]
+    parent = np.arange(offset[-1])
+    for i, j in _overlapping(results):
+        (pi, di), (pj, dj) = results[i], results[j]
+        lo, hi = max(pi.ctx_start, pj.ctx_start), min(pi.ctx_end, pj.ctx_end)
+        ti, tj = _same_objects(di, dj, lo, hi, iou, min_frames)
+        for a, b in zip(offset[i] + np.searchsorted(local[i], ti), offset[j] + np.searchsorted(local[j], tj)):
+            parent[_root(parent, a)] = _root(parent, b)
+    root = np.array([_root(parent, a) for a in range(len(parent))], np.int64)
+    dense = _dense_by_first_appearance(results, node, root)
+    out = []
+    for (_, d), n in zip(results, node):
+        ids = np.full(len(d), -1, np.int64)
+        ids[d.track >= 0] = dense[root[n[d.track >= 0]]]
+        out.append(ids)
+    return out
+
+
+def _dense_by_first_appearance(
+    results: list[tuple[SegmentPlan, Detections]], node: list[np.ndarray], root: np.ndarray
+) -> np.ndarray:
+    """Dense id per union-find root, by (first owned frame, first frame seen, root)."""
+    never = np.iinfo(np.int64).max
+    first_owned, first_seen = np.full(len(root), never), np.full(len(root), never)
+    for (plan, d), n in zip(results, node):
+        rows = d.track >= 0
+        owned = rows & (d.frame >= plan.start) & (d.frame < plan.end)
+        np.minimum.at(first_seen, root[n[rows]], d.frame[rows])
+        np.minimum.at(first_owned, root[n[owned]], d.frame[owned])
+    roots = np.unique(root)
+    dense = np.empty(len(root), np.int64)
+    dense[roots[np.lexsort((roots, first_seen[roots], first_owned[roots]))]] = np.arange(len(roots))
+    return dense
+
+
+def asset_tracks(results: list[tuple[SegmentPlan, Detections]], iou: float = 0.5, min_frames: int = 3) -> Detections:
+    """The rows on each segment's owned frames with global ids: what was masked in the output."""
+    parts = []
+    for (plan, d), ids in zip(results, global_ids(results, iou, min_frames)):
+        owned = (d.frame >= plan.start) & (d.frame < plan.end)
+        parts.append(d.with_track(ids).select(owned))
+    return Detections.concat(parts)
+
+
+def track_table(dets: Detections, boxes: bool) -> pa.Table:
+    """One row per track (track >= 0): id, class, first and last frame, frames masked.
+
+    With `boxes`, the per-frame boxes too as list columns (frame, x1, y1, x2, y2), sorted by frame;
+    they are personal data's location, hence off by default (audit.boxes). Untracked detections
+    are not listed here.
+    """
+    t = dets.select(dets.track >= 0)
+    t = t.select(np.lexsort((t.frame, t.track)))
+    ids, start, count = np.unique(t.track, return_index=True, return_counts=True)
+    new_frame = np.r_[True, (np.diff(t.track) != 0) | (np.diff(t.frame) != 0)][: len(t)]
+    columns = {
+        "track": pa.array(ids, pa.int64()),
+        "cls": pa.array(t.cls[start], pa.int8()),
+        "first_frame": pa.array(t.frame[start], pa.int64()),
+        "last_frame": pa.array(t.frame[start + count - 1], pa.int64()),
+        "frames": pa.array(np.add.reduceat(new_frame.astype(np.int64), start) if len(t) else [], pa.int64()),
+    }
+    if boxes:
+        offsets = pa.array(np.r_[start, len(t)].astype(np.int32))
+        columns["frame"] = pa.ListArray.from_arrays(offsets, pa.array(t.frame, pa.int64()))
+        for c, name in enumerate(("x1", "y1", "x2", "y2")):
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(t.xyxy[:, c], pa.float32()))
+    return pa.table(columns)
+
+
+def _overlapping(results: list[tuple[SegmentPlan, Detections]]) -> list[tuple[int, int]]:
+    """Pairs of segments whose context ranges share frames."""
+    return [
+        (i, j)
+        for i, (pi, _) in enumerate(results)
+        for j, (pj, _) in enumerate(results)
+        if i < j and max(pi.ctx_start, pj.ctx_start) < min(pi.ctx_end, pj.ctx_end)
+    ]
+
+
+def _same_objects(
+    a: Detections, b: Detections, lo: int, hi: int, iou: float, min_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Track id pairs (of a, of b) with mean IoU >= iou over >= min_frames frames in [lo, hi)."""
+    a = a.select((a.track >= 0) & (a.frame >= lo) & (a.frame < hi))
+    b = b.select((b.track >= 0) & (b.frame >= lo) & (b.frame < hi))
+    b = b.select(np.argsort(b.frame, kind="stable"))
+    first, last = np.searchsorted(b.frame, a.frame, "left"), np.searchsorted(b.frame, a.frame, "right")
+    n = last - first
+    ia = np.repeat(np.arange(len(a)), n)
+    ib = np.repeat(first, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    same_cls = a.cls[ia] == b.cls[ib]
+    ia, ib = ia[same_cls], ib[same_cls]
+    pairs, inverse = np.unique(np.stack([a.track[ia], b.track[ib]], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    frames = np.bincount(inverse, minlength=len(pairs))
+    total = np.bincount(inverse, weights=iou_pairs(a.xyxy[ia], b.xyxy[ib]), minlength=len(pairs))
+    keep = (frames >= min_frames) & (total >= iou * frames)
+    return pairs[keep, 0], pairs[keep, 1]
+
+
+def _root(parent: np.ndarray, a: int) -> int:
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return int(a)

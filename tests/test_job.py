@@ -1,0 +1,154 @@
+"""End to end on real media: photos and a video through job.run (in-process engine) and the CLI (Ray)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anon_ray import job, tasks
+from anon_ray.config import AppConfig
+from anon_ray.detect import Detector
+from anon_ray.media import packets, video
+from anon_ray.types import FACE
+
+from conftest import REPO, SAMPLES
+
+
+def _cfg(src: Path, dst: Path, **kw) -> AppConfig:
+    return replace(AppConfig(input=str(src), output=str(dst)), **kw)
+
+
+def _gps_jpeg(path: Path, rgb: np.ndarray) -> None:
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0110] = "SecretCam 3000"  # model
+    exif[0x0112] = 1
+    gps = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    exif[0x8825] = gps
+    img.save(path, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+    src = tmp_path_factory.mktemp("in")
+    out = tmp_path_factory.mktemp("out")
+    astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))[:, :, ::-1].copy()
+    (src / "sub").mkdir()
+    _gps_jpeg(src / "sub" / "astro_gps.jpg", astro)
+    cv2.imwrite(str(src / "astro.png"), astro[:, :, ::-1])
+    odd = cv2.resize(astro, (333, 301))
+    cv2.imwrite(str(src / "odd.webp"), odd[:, :, ::-1], [cv2.IMWRITE_WEBP_QUALITY, 100])
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    (src / "notes.txt").write_text("not media")
+    cfg = _cfg(src, out)
+    summary = job.run(cfg, tasks.run_local)
+    return src, out, summary, astro
+
+
+def test_photos_masked_and_clean(photo_run):
+    src, out, summary, astro = photo_run
+    assert (summary.ok, summary.failed) == (3, 1)
+    assert summary.exit_code == 1
+    assert not (out / "broken.jpg").exists(), "a failed asset must leave no output"
+    assert not (out / "notes.txt").exists()
+    masked = cv2.imread(str(out / "sub" / "astro_gps.jpg"))[:, :, ::-1]
+    face = (slice(60, 168), slice(178, 268))  # eyebrows to chin
+    diff = np.abs(masked[face].astype(int) - astro[face].astype(int)).mean()
+    assert diff > 20, f"face region barely changed (mean abs diff {diff:.1f})"
+    far = (slice(400, 512), slice(0, 150))  # the suit's arm, far from the face
+    assert psnr(masked[far], astro[far]) > 35
+    raw = (out / "sub" / "astro_gps.jpg").read_bytes()
+    assert b"Exif" not in raw and b"SecretCam" not in raw and b"http://ns.adobe.com/xap" not in raw
+    assert not Image.open(io.BytesIO(raw)).getexif()
+
+
+def test_masked_output_rescanned_has_no_face(photo_run):
+    _, out, _, _ = photo_run
+    detector = Detector(AppConfig().detect, AppConfig().models)
+    for name in ("astro.png", "sub/astro_gps.jpg", "odd.webp"):
+        rgb = cv2.imread(str(out / name))[:, :, ::-1].copy()
+        dets = detector.detect([rgb])
+        assert not np.any(dets.cls == FACE), f"{name}: a face is still detectable after masking"
+
+
+def test_manifest_rows(photo_run):
+    _, out, _, _ = photo_run
+    table = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    rows = {r["relpath"]: r for r in table}
+    assert set(rows) == {"astro.png", "sub/astro_gps.jpg", "odd.webp", "broken.jpg"}
+    assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["error_class"]
+    for name in ("astro.png", "sub/astro_gps.jpg", "odd.webp"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["faces"] >= 1
+        assert len(r["input_sha256"]) == 64 and len(r["output_sha256"]) == 64 and r["config_hash"]
+        assert "centerface" in r["models"]
+    text = (out / "_anon_ray" / "manifest.parquet").read_bytes()
+    assert b"SecretCam" not in text
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    src = tmp_path_factory.mktemp("vin")
+    out = tmp_path_factory.mktemp("vout")
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
+    summary = job.run(_cfg(src, out), tasks.run_local)
+    return src / "clip.mp4", out / "clip.mp4", summary
+
+
+def _audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def test_video_streams_kept(video_run):
+    src, dst, summary = video_run
+    assert summary.ok == 1 and summary.failed == 0
+    a, b = packets.scan_packets(str(src)), packets.scan_packets(str(dst))
+    assert len(a) == len(b)
+    assert np.array_equal(a.pts - a.pts[0], b.pts - b.pts[0])
+    assert _audio_packets(src) == _audio_packets(dst)
+
+
+def test_video_faces_masked(video_run):
+    src, dst, _ = video_run
+    detector = Detector(AppConfig().detect, AppConfig().models)
+    idx_src, idx_dst = packets.scan_packets(str(src)), packets.scan_packets(str(dst))
+    before = list(video.decode(str(src), None, idx_src, 0, len(idx_src)))
+    after = list(video.decode(str(dst), None, idx_dst, 0, len(idx_dst)))
+    found_before = sum(int(np.any(detector.detect([f]).cls == FACE)) for _, _, f in before[::10])
+    found_after = sum(int(np.any(detector.detect([f]).cls == FACE)) for _, _, f in after[::10])
+    assert found_before >= 6 and found_after == 0
+    corner = (slice(0, 20), slice(0, 20))  # background, never under a mask
+    assert psnr(before[40][2][corner], after[40][2][corner]) > 30
+
+
+def test_cli_runs_on_ray_and_reports_failures(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
+    (src / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "anon_ray", f"input={src}", f"output={out}", "cluster.workers=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "corrupt.mp4" in proc.stderr
+    assert (out / "a.jpg").is_file() and not (out / "corrupt.mp4").exists()
+    leftovers = [p for p in out.rglob("*") if "tmp" in p.name or p.name.startswith(".")]
+    assert not leftovers
