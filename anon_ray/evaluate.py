@@ -59,7 +59,7 @@ def target_class(cfg: EvalConfig) -> int:
 
 
 def _mask(shape_hw: tuple[int, int], dets: Detections, cfg: EvalConfig) -> np.ndarray:
-    return mask.mask_region(shape_hw, mask.dilate(dets, cfg.mask), cfg.mask)
+    return mask.mask_region(shape_hw, dets, cfg.mask)
 
 
 def _write_curve(rows: list[dict], report_dir: str, cls: int) -> None:

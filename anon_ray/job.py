@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import pyarrow as pa
 
-from . import __version__, inventory, manifest, stitch
+from . import __version__, inventory, manifest, stitch, storage
 from .config import AppConfig
 from .models import resolve
 from .tasks import AssetResult, Failure
@@ -37,13 +37,10 @@ class Summary:
         return 1 if self.failed else 0
 
 
-def destination(cfg: AppConfig, asset: Asset) -> str:
-    """Output path mirroring the input's relative path; refuses anything escaping the output root."""
-    root = os.path.abspath(cfg.output)
-    dst = os.path.abspath(os.path.join(root, asset.relpath))
-    if os.path.isabs(asset.relpath) or os.path.commonpath([root, dst]) != root or dst == root:
-        raise ValueError(f"output path escapes the output root: {asset.relpath!r}")
-    return dst
+def list_assets(cfg: AppConfig) -> Iterator[Asset]:
+    if storage.is_s3(cfg.input):
+        return storage.list_s3(cfg.input, cfg.storage, exclude_prefix=cfg.output)
+    return inventory.list_local(cfg.input, exclude=cfg.output)
 
 
 def model_hashes(cfg: AppConfig) -> dict[str, str]:
@@ -74,15 +71,18 @@ def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None
     return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([res.asset.relpath] * n))
 
 
-def run(cfg: AppConfig, engine: Engine, out=sys.stderr) -> Summary:
+def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
     """List, skip what is done, run the rest on `engine`, write the manifest; never raises per asset."""
+    out = out or sys.stderr  # looked up per call, so a redirected stderr is honoured
     run_id = manifest.new_run_id()
     models = model_hashes(cfg)
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
-    done = {} if cfg.force else manifest.done_versions(cfg.output)
+    done = {} if cfg.force else manifest.done_versions(cfg.output, cfg.storage)
+    if storage.is_s3(cfg.output) and not cfg.dry_run:
+        storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
     summary = Summary()
-    writer = manifest.ManifestWriter(cfg.output, run_id)
+    writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
     started = time.time()
 
     def finish(res: AssetResult) -> None:
@@ -95,17 +95,23 @@ def run(cfg: AppConfig, engine: Engine, out=sys.stderr) -> Summary:
             summary.ok += 1
             summary.frames += res.frames
         elapsed = time.time() - started
-        print(f"[{summary.ok + summary.failed} done, {summary.skipped} skipped] {res.asset.relpath} "
-              f"{summary.frames / max(elapsed, 1e-9):.1f} frames/s", file=out)
+        # The listing streams, so the total is what has been listed so far (final once it ends).
+        print(f"[{summary.ok + summary.failed + summary.skipped}/{listed} assets, {summary.failed} failed, "
+              f"{summary.skipped} skipped] {res.asset.relpath}: {summary.frames / max(elapsed, 1e-9):.1f} frames/s",
+              file=out)
+
+    listed = 0
 
     def todo() -> Iterator[tuple[Asset, str]]:
-        for asset in inventory.list_local(cfg.input, exclude=cfg.output):
+        nonlocal listed
+        for asset in list_assets(cfg):
+            listed += 1
             try:
-                dst = destination(cfg, asset)
-            except ValueError as exc:
+                dst = storage.safe_join(cfg.output, asset.relpath)
+            except storage.UnsafePathError as exc:
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
                 continue
-            if done.get(asset.relpath) == (asset.version, chash) and os.path.exists(dst):
+            if done.get(asset.relpath) == (asset.version, chash) and storage.exists(dst, cfg.storage):
                 summary.skipped += 1
                 writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
                 continue

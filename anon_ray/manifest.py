@@ -8,10 +8,8 @@ assets still count as done on the next run (I4).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
-import os
 import time
 import uuid
 
@@ -19,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .config import AppConfig
+from . import storage
+from .config import AppConfig, StorageConfig
 from .inventory import INTERNAL_DIR
 from .types import AssetRecord
 
@@ -58,33 +57,43 @@ def config_hash(cfg: AppConfig, model_hashes: dict[str, str]) -> str:
 
 
 def _dir(output: str) -> str:
-    return os.path.join(output, INTERNAL_DIR)
+    return storage.join(output, INTERNAL_DIR)
 
 
-def _write_table(path: str, table: pa.Table) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_table(uri: str, table: pa.Table, cfg: StorageConfig) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), cfg)
 
 
-def _read_all(output: str, name: str, schema: pa.Schema) -> pa.Table:
-    paths = [os.path.join(_dir(output), f"{name}.parquet")] + sorted(glob.glob(os.path.join(_dir(output), name, "*.parquet")))
-    tables = [pq.read_table(p).cast(schema) for p in paths if os.path.exists(p)]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+def _chunks(output: str, name: str, cfg: StorageConfig) -> list[str]:
+    return sorted(u for u in storage.list_uris(storage.join(_dir(output), name), cfg) if u.endswith(".parquet"))
 
 
-def read_manifest(output: str) -> pa.Table:
-    return _read_all(output, "manifest", SCHEMA)
+def _read_all(output: str, name: str, schema: pa.Schema, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for uri in [storage.join(_dir(output), f"{name}.parquet"), *_chunks(output, name, cfg)]:
+        try:
+            data = storage.read_bytes(uri, cfg)
+        except FileNotFoundError:
+            continue
+        tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
+    target = pa.schema([schema.field(c) for c in columns]) if columns else schema
+    return pa.concat_tables([t.cast(target) for t in tables]) if tables else target.empty_table()
 
 
-def read_tracks(output: str) -> pa.Table:
-    return _read_all(output, "tracks", TRACK_SCHEMA)
+def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
+    return _read_all(output, "manifest", SCHEMA, cfg, columns)
 
 
-def done_versions(output: str) -> dict[str, tuple[str, str]]:
+def read_tracks(output: str, cfg: StorageConfig) -> pa.Table:
+    return _read_all(output, "tracks", TRACK_SCHEMA, cfg)
+
+
+def done_versions(output: str, cfg: StorageConfig) -> dict[str, tuple[str, str]]:
     """relpath -> (input_version, config_hash) of its latest successful row."""
-    table = read_manifest(output).filter(pc.field("status") == "ok")
+    table = read_manifest(output, cfg, ["relpath", "status", "input_version", "config_hash"])
+    table = table.filter(pc.field("status") == "ok")
     rel, ver, cfg = (table.column(c).to_pylist() for c in ("relpath", "input_version", "config_hash"))
     return {r: (v, c) for r, v, c in zip(rel, ver, cfg)}
 
@@ -92,8 +101,9 @@ def done_versions(output: str) -> dict[str, tuple[str, str]]:
 class ManifestWriter:
     """Buffers rows and flushes them in chunks; `close` folds chunks into the main files."""
 
-    def __init__(self, output: str, run_id: str, flush_rows: int = 64, flush_seconds: float = 10.0):
-        self.output, self.run_id = output, run_id
+    def __init__(self, output: str, run_id: str, cfg: StorageConfig, flush_rows: int = 64,
+                 flush_seconds: float = 10.0):
+        self.output, self.run_id, self.cfg = output, run_id, cfg
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.rows: list[AssetRecord] = []
         self.tracks: list[pa.Table] = []
@@ -110,19 +120,21 @@ class ManifestWriter:
     def flush(self) -> None:
         if self.rows:
             table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rows], schema=SCHEMA)
-            _write_table(os.path.join(_dir(self.output), "manifest", f"{self.run_id}-{self.seq:05d}.parquet"), table)
+            _write_table(storage.join(_dir(self.output), "manifest", f"{self.run_id}-{self.seq:05d}.parquet"),
+                         table, self.cfg)
         if self.tracks:
-            _write_table(os.path.join(_dir(self.output), "tracks", f"{self.run_id}-{self.seq:05d}.parquet"),
-                         pa.concat_tables(self.tracks))
+            _write_table(storage.join(_dir(self.output), "tracks", f"{self.run_id}-{self.seq:05d}.parquet"),
+                         pa.concat_tables(self.tracks), self.cfg)
         self.seq += 1
         self.rows, self.tracks, self.last = [], [], time.monotonic()
 
     def close(self) -> None:
         self.flush()
         for name, schema in (("manifest", SCHEMA), ("tracks", TRACK_SCHEMA)):
-            chunks = sorted(glob.glob(os.path.join(_dir(self.output), name, "*.parquet")))
+            chunks = _chunks(self.output, name, self.cfg)
             if not chunks:
                 continue
-            _write_table(os.path.join(_dir(self.output), f"{name}.parquet"), _read_all(self.output, name, schema))
-            for path in chunks:
-                os.remove(path)
+            folded = _read_all(self.output, name, schema, self.cfg)
+            _write_table(storage.join(_dir(self.output), f"{name}.parquet"), folded, self.cfg)
+            for uri in chunks:
+                storage.remove(uri, self.cfg)

@@ -40,21 +40,21 @@ def dilate(dets: Detections, cfg: MaskConfig) -> np.ndarray:
     return np.concatenate([xyxy[:, :2] - grow, xyxy[:, 2:] + grow], axis=1)
 
 
-def mask_weight(shape_hw: tuple[int, int], boxes_xyxy: np.ndarray, cfg: MaskConfig) -> np.ndarray:
-    """float32 HxW: for each pixel the largest weight any (dilated) box gives it."""
+def mask_weight(shape_hw: tuple[int, int], dets: Detections, cfg: MaskConfig) -> np.ndarray:
+    """float32 HxW: for each pixel the largest weight any of the raw boxes gives it once dilated."""
     _check(cfg)
     out = np.zeros(shape_hw[:2], np.float32)
-    for box in np.asarray(boxes_xyxy, np.float32).reshape(-1, 4):
+    for box, shape in zip(dilate(dets, cfg), _shapes(dets, cfg)):
         roi = _roi(box, cfg, shape_hw)
         if roi is not None:
             y0, y1, x0, x1 = roi
-            np.maximum(out[y0:y1, x0:x1], _weight(box, roi, cfg), out=out[y0:y1, x0:x1])
+            np.maximum(out[y0:y1, x0:x1], _weight(box, roi, cfg, shape), out=out[y0:y1, x0:x1])
     return out
 
 
-def mask_region(shape_hw: tuple[int, int], boxes_xyxy: np.ndarray, cfg: MaskConfig) -> np.ndarray:
-    """bool HxW: the masked region of (dilated) boxes, i.e. where `mask_weight` >= 0.5."""
-    return mask_weight(shape_hw, boxes_xyxy, cfg) >= 0.5
+def mask_region(shape_hw: tuple[int, int], dets: Detections, cfg: MaskConfig) -> np.ndarray:
+    """bool HxW: the region `apply` masks for these raw boxes, i.e. where `mask_weight` >= 0.5."""
+    return mask_weight(shape_hw, dets, cfg) >= 0.5
 
 
 def apply(rgb: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
@@ -68,12 +68,12 @@ def apply(rgb: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 frame, got {rgb.dtype} {rgb.shape}")
     raw_short = np.minimum(dets.xyxy[:, 2] - dets.xyxy[:, 0], dets.xyxy[:, 3] - dets.xyxy[:, 1])
-    for box, short in zip(dilate(dets, cfg), raw_short):
+    for box, short, shape in zip(dilate(dets, cfg), raw_short, _shapes(dets, cfg)):
         roi = _roi(box, cfg, rgb.shape)
         if roi is None:
             continue
         y0, y1, x0, x1 = roi
-        weight = _weight(box, roi, cfg)[..., None]
+        weight = _weight(box, roi, cfg, shape)[..., None]
         if cfg.method == "fill":
             anon = np.asarray(cfg.fill_color, np.float32)
         else:
@@ -85,8 +85,12 @@ def apply(rgb: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
 
 
 def _check(cfg: MaskConfig) -> None:
-    if cfg.method not in METHODS or cfg.shape not in SHAPES:
-        raise ValueError(f"unknown mask method {cfg.method!r} or shape {cfg.shape!r}")
+    if cfg.method not in METHODS or cfg.face_shape not in SHAPES or cfg.plate_shape not in SHAPES:
+        raise ValueError(f"unknown mask method {cfg.method!r} or shape {cfg.face_shape!r}/{cfg.plate_shape!r}")
+
+
+def _shapes(dets: Detections, cfg: MaskConfig) -> list[str]:
+    return [cfg.plate_shape if c == PLATE else cfg.face_shape for c in dets.cls]
 
 
 def _block_size(raw_short_side: float, blocks: int) -> int:
@@ -116,12 +120,12 @@ def _feather_px(box: np.ndarray, cfg: MaskConfig) -> float:
     return max(cfg.feather, 0.0) * float(min(box[2] - box[0], box[3] - box[1]))
 
 
-def _weight(box: np.ndarray, roi: tuple[int, int, int, int], cfg: MaskConfig) -> np.ndarray:
+def _weight(box: np.ndarray, roi: tuple[int, int, int, int], cfg: MaskConfig, shape: str) -> np.ndarray:
     """float32 weight of one dilated box over its ROI: 1 in the core, a linear ramp outside it."""
     y0, y1, x0, x1 = roi
     xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
     ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
-    if cfg.shape == "box":
+    if shape == "box":
         dx = np.maximum(np.maximum(box[0] - xs, xs - box[2]), 0.0)
         dy = np.maximum(np.maximum(box[1] - ys, ys - box[3]), 0.0)
         dist = np.hypot(dx, dy)

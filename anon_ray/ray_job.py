@@ -4,13 +4,22 @@ One actor class owns the ONNX sessions (created once per actor). Videos are plan
 tasks, their segments spread over the pool, and each asset is finalized by a task as soon as its
 last segment is done. At most `cluster.max_in_flight` assets are open at once, so the driver's
 memory depends on that bound, not on the archive's size (I3).
+
+Failure handling, per asset: an actor that dies mid-call is restarted (max_restarts=-1) and the
+call retried on it (max_task_retries); the asset fails once a call has used up its retries, one of
+its calls reports a failure, or it stays open longer than `asset_timeout_s` (error_class
+'Timeout'; 0 = no limit). A failed asset's remaining calls are cancelled, and it is closed
+(manifest row, output and parts removed) only once none of them can still write anything.
+
+An asset's clock runs from when it is opened, as its manifest `seconds` does, so it includes
+waiting for workers behind the other open assets (at most max_in_flight - 1 of them).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -18,9 +27,10 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from . import pipeline, tasks
+from . import pipeline, staging, storage, tasks
 from .config import AppConfig
-from .types import Asset, SegmentResult
+from .media import TMP_MARKER
+from .types import Asset, SegmentPlan, SegmentResult
 
 log = logging.getLogger("anon_ray")
 
@@ -28,6 +38,12 @@ log = logging.getLogger("anon_ray")
 # whole CPU (Ray would hold them back and the pipeline would stall; see DESIGN.md §3).
 LIGHT_TASK_CPUS = 0.1
 ACTOR_QUEUE_DEPTH = 2  # calls queued per actor so it never idles between two segments
+# ray.cancel does not stop an actor call: Ray has delivered it to the actor at submission, and
+# once running it only sets a flag that the pipeline does not poll. A plan or finalize task stuck
+# in native code ignores the KeyboardInterrupt of a soft cancel too. A failed asset's call still
+# running this long after its cancel is stopped by force: the task's worker, or the actor
+# (restarted with a fresh model load; calls of other assets queued on it are retried).
+KILL_GRACE_S = 30.0
 
 
 class SegmentActor:
@@ -42,21 +58,9 @@ class SegmentActor:
     def image(self, asset: Asset, dst: str) -> tasks.AssetResult:
         return tasks.image_task(self.worker, asset, dst)
 
-    def segment(self, asset: Asset, seg, vplan, part_path: str):
+    def segment(self, asset: Asset, seg: SegmentPlan, vplan: pipeline.VideoPlan,
+                part_path: str) -> SegmentResult | tasks.Failure:
         return tasks.segment_task(self.worker, asset, seg, vplan, part_path)
-
-
-@dataclass
-class _Open:
-    """Driver-side state of one asset in flight."""
-
-    asset: Asset
-    dst: str
-    started: float
-    part_dir: str = ""
-    vplan: pipeline.VideoPlan | None = None
-    results: dict[int, SegmentResult] = field(default_factory=dict)
-    failure: tasks.Failure | None = None
 
 
 def threads_per_worker(cfg: AppConfig, node_cpus: float) -> int:
@@ -71,126 +75,263 @@ def connect(cfg: AppConfig) -> None:
         return
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, log_to_driver=False)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)  # set by `ray job submit`: join the cluster running the job
     else:
-        # RAY_ADDRESS is set under `ray job submit`: ray.init() then joins that cluster.
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": a fresh cluster of our own. Without it ray.init() joins whatever cluster the
+        # last `ray start` on this machine left in /tmp/ray - maybe another user's.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def check_resources(cfg: AppConfig, cluster: dict[str, float]) -> None:
+    """Refuse a pool that cannot be placed, or that leaves no CPU for plan/finalize tasks.
+
+    Either would make the job hang instead of fail. Only a cluster we started ourselves is known
+    not to grow; on a joined cluster an autoscaler may still add nodes, so there it is a warning.
+    """
+    workers = max(1, cfg.cluster.workers)
+    cpus_left = cluster.get("CPU", 0.0) - workers * cfg.cluster.cpus_per_worker
+    gpus_left = cluster.get("GPU", 0.0) - workers * cfg.cluster.gpus_per_worker
+    problems = []
+    if cpus_left < LIGHT_TASK_CPUS:
+        problems.append(f"{workers} workers x {cfg.cluster.cpus_per_worker:g} CPU leave {cpus_left:g} CPU, "
+                        f"less than the {LIGHT_TASK_CPUS:g} that planning and finalizing need")
+    if gpus_left < 0:
+        problems.append(f"{workers} workers x {cfg.cluster.gpus_per_worker:g} GPU exceed the cluster's "
+                        f"{cluster.get('GPU', 0.0):g} GPU")
+    if not problems:
+        return
+    msg = "; ".join(problems) + " (set cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker)"
+    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
+        log.warning(msg)
+    else:
+        raise ValueError(msg)
 
 
 def make_pool(cfg: AppConfig) -> list:
-    node_cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+    cluster = ray.cluster_resources()
+    check_resources(cfg, cluster)
     actor_cfg = replace(cfg, detect=replace(cfg.detect, session=replace(
-        cfg.detect.session, intra_op_threads=threads_per_worker(cfg, node_cpus))))
+        cfg.detect.session, intra_op_threads=threads_per_worker(cfg, cluster.get("CPU", os.cpu_count() or 1)))))
     cls = ray.remote(SegmentActor).options(
         num_cpus=cfg.cluster.cpus_per_worker,
         num_gpus=cfg.cluster.gpus_per_worker,
         max_restarts=-1,
         max_task_retries=cfg.cluster.max_retries,
     )
-    return [cls.remote(actor_cfg) for _ in range(max(1, cfg.cluster.workers))]
+    pool = [cls.remote(actor_cfg) for _ in range(max(1, cfg.cluster.workers))]
+    # Fail the job, not every asset, when no actor can start (missing models, bad config); and
+    # start the assets' clocks (asset_timeout_s) only once a worker is there to work on them.
+    log.info("waiting for the first of %d workers to load its models", len(pool))
+    ready, _ = ray.wait([a.pid.remote() for a in pool], num_returns=1)
+    ray.get(ready[0])
+    return pool
 
 
 _plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(tasks.plan_task)
 _finalize = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(tasks.finalize_task)
 
 
+@dataclass
+class _Open:
+    """Driver-side state of one asset in flight."""
+
+    asset: Asset
+    dst: str
+    started: float
+    part_dir: str = ""
+    vplan: pipeline.VideoPlan | None = None
+    results: dict[int, SegmentResult] = field(default_factory=dict)
+    failure: tasks.Failure | None = None
+    failed_at: float = 0.0
+    calls: int = 0  # refs in flight
+    forced: bool = False
+
+
+@dataclass
+class _Call:
+    kind: str  # plan | segment | image | finalize
+    key: str
+    actor: int | None = None  # pool index of an actor call
+
+
+class _Scheduler:
+    """Driver state of one run: open assets, calls in flight, per-actor queue depth."""
+
+    def __init__(self, cfg: AppConfig, pool: list, work_root: str):
+        self.cfg = cfg
+        self.pool = pool
+        self.work_root = work_root
+        self.load = [0] * len(pool)
+        self.queue: deque = deque()  # (method name, args, asset key) waiting for an actor slot
+        self.refs: dict = {}  # ObjectRef -> _Call, in submission order (an actor runs its calls in order)
+        self.open: dict[str, _Open] = {}
+
+    def run(self, source: Iterator[tuple[Asset, str]]) -> Iterator[tasks.AssetResult]:
+        exhausted = False
+        while True:
+            while not exhausted and len(self.open) < self.cfg.cluster.max_in_flight:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    self._start(*item)
+            self._submit_actor_work()
+            yield from self._close_failed()
+            if not self.refs:
+                if exhausted and not self.open:
+                    return
+                continue
+            ready, _ = ray.wait(list(self.refs), num_returns=1, timeout=self._next_deadline())
+            if ready:
+                result = self._collect(ready[0])
+                if result is not None:
+                    yield result
+            self._enforce_deadlines()
+
+    def abort(self) -> None:
+        """The run ends early (consumer gone, driver error): stop everything still running."""
+        for ref, call in self.refs.items():
+            if call.actor is None:
+                ray.cancel(ref)
+        for actor in self.pool:
+            ray.kill(actor)
+
+    def _start(self, asset: Asset, dst: str) -> None:
+        key = asset.relpath
+        state = self.open[key] = _Open(asset, dst, time.time())
+        if asset.kind == "video":
+            state.part_dir = storage.join(self.work_root, tasks.asset_dir_name(asset))
+            self._track(_plan.remote(asset, self.cfg), _Call("plan", key))
+        else:
+            self.queue.append(("image", (asset, dst), key))
+
+    def _track(self, ref, call: _Call) -> None:
+        self.refs[ref] = call
+        self.open[call.key].calls += 1
+
+    def _submit_actor_work(self) -> None:
+        while self.queue:
+            idx = min(range(len(self.pool)), key=self.load.__getitem__)
+            if self.load[idx] >= ACTOR_QUEUE_DEPTH:
+                return
+            method, args, key = self.queue.popleft()
+            state = self.open.get(key)
+            if state is None or state.failure is not None:
+                continue
+            self.load[idx] += 1
+            self._track(getattr(self.pool[idx], method).remote(*args), _Call(method, key, idx))
+
+    def _collect(self, ref) -> tasks.AssetResult | None:
+        """Take one finished call into its asset's state; the asset's result once it is final."""
+        call = self.refs.pop(ref)
+        state = self.open[call.key]
+        state.calls -= 1
+        if call.actor is not None:
+            self.load[call.actor] -= 1
+        try:
+            value = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - retries used up, cancelled, or the actor is gone
+            value = tasks.Failure.of(exc)
+        if state.failure is not None:
+            return None  # too late: what it wrote is removed when the asset closes
+        if isinstance(value, tasks.Failure):
+            self._fail(state, value)
+            return None
+        if call.kind in ("image", "finalize"):
+            return self._close(call.key, value)  # ok, or failed with its output removed by the task
+        if call.kind == "plan":
+            state.vplan = value
+            for seg in value.segments:
+                part = storage.join(state.part_dir, pipeline.part_name(seg))
+                self.queue.append(("segment", (state.asset, seg, value, part), call.key))
+        else:
+            state.results[value.plan.index] = value
+            if len(state.results) == len(state.vplan.segments):
+                results = [state.results[i] for i in sorted(state.results)]
+                self._track(_finalize.remote(self.cfg, state.asset, state.dst, state.vplan, results, state.started),
+                            _Call("finalize", call.key))
+        return None
+
+    def _fail(self, state: _Open, failure: tasks.Failure) -> None:
+        """Mark the asset failed and cancel its calls; it closes when the last one has returned."""
+        state.failure, state.failed_at = failure, time.time()
+        for ref, call in self.refs.items():
+            if call.key == state.asset.relpath:
+                ray.cancel(ref)
+
+    def _due(self, state: _Open) -> float | None:
+        """When an asset next needs the driver: at its time limit, or to force its cancelled calls."""
+        if state.failure is None:
+            return state.started + self.cfg.asset_timeout_s if self.cfg.asset_timeout_s > 0 else None
+        return state.failed_at + KILL_GRACE_S if state.calls and not state.forced else None
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the next _due of any open asset (None: no deadline)."""
+        due = [d for d in map(self._due, self.open.values()) if d is not None]
+        return max(0.0, min(due) - time.time()) if due else None
+
+    def _enforce_deadlines(self) -> None:
+        now = time.time()
+        for key, state in self.open.items():
+            due = self._due(state)
+            if due is None or now < due:
+                continue
+            if state.failure is None:
+                self._fail(state, tasks.Failure(
+                    "Timeout", f"still open after asset_timeout_s={self.cfg.asset_timeout_s:g} s"))
+            else:
+                self._force(key)
+
+    def _force(self, key: str) -> None:
+        state = self.open[key]
+        state.forced = True
+        done, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
+        done = set(done)
+        running = {}  # actor index -> its oldest unfinished call: the one it is executing
+        for ref, call in self.refs.items():
+            if ref in done:
+                continue
+            if call.actor is not None:
+                running.setdefault(call.actor, call)
+            elif call.key == key:
+                ray.cancel(ref, force=True)
+        for idx, call in running.items():
+            if call.key == key:
+                log.warning("%s: killing worker %d, whose call has run %.0f s past its cancel",
+                            key, idx, time.time() - state.failed_at)
+                ray.kill(self.pool[idx], no_restart=False)
+
+    def _close_failed(self) -> Iterator[tasks.AssetResult]:
+        for key in [k for k, s in self.open.items() if s.failure is not None and not s.calls]:
+            state = self.open[key]
+            tasks.remove_quietly(state.dst, self.cfg.storage)
+            if state.forced and not storage.is_s3(state.dst):  # a killed writer left its temporary file
+                for tmp in glob.glob(glob.escape(_tmp_prefix(state.dst)) + "*"):
+                    tasks.remove_quietly(tmp, self.cfg.storage)
+            yield self._close(key, tasks.AssetResult(state.asset, state.dst, failure=state.failure,
+                                                     seconds=time.time() - state.started))
+
+    def _close(self, key: str, result: tasks.AssetResult) -> tasks.AssetResult:
+        state = self.open.pop(key)
+        if state.part_dir:
+            staging.remove_tree(state.part_dir, self.cfg.storage)
+        return result
+
+
+def _tmp_prefix(dst: str) -> str:
+    """What media.temp_path_beside names a temporary file for `dst` begins with."""
+    folder, name = os.path.split(os.path.abspath(dst))
+    return os.path.join(folder, f".{name}{TMP_MARKER}")
+
+
 def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str) -> Iterator[tasks.AssetResult]:
     """Engine for job.run: stream assets through the pool, yield each result when it is final."""
     connect(cfg)
     pool = make_pool(cfg)
-    load = {i: 0 for i in range(len(pool))}
-    queue: deque = deque()  # (method name, args, asset key, segment index or None)
-    refs: dict = {}  # ObjectRef -> (kind, key, detail)
-    open_assets: dict[str, _Open] = {}
-    source = iter(todo)
-    exhausted = False
-    scratch = tasks.part_root(cfg.output, run_id)
-    work_root = scratch.__enter__()
-
-    def submit_actor_work() -> None:
-        while queue:
-            idx = min(load, key=load.get)
-            if load[idx] >= ACTOR_QUEUE_DEPTH:
-                return
-            method, args, key, seg_index = queue.popleft()
-            if open_assets[key].failure is not None:
-                continue
-            ref = getattr(pool[idx], method).remote(*args)
-            load[idx] += 1
-            refs[ref] = (method, key, (idx, seg_index))
-
-    def close(key: str, result: tasks.AssetResult) -> tasks.AssetResult:
-        state = open_assets.pop(key)
-        if state.part_dir:
-            shutil.rmtree(state.part_dir, ignore_errors=True)
-        return result
-
-    def fail(key: str, failure: tasks.Failure) -> tasks.AssetResult:
-        state = open_assets[key]
-        tasks.remove_quietly(state.dst)
-        return close(key, tasks.AssetResult(state.asset, state.dst, failure=failure,
-                                            seconds=time.time() - state.started))
-
-    try:
-        while True:
-            while not exhausted and len(open_assets) < cfg.cluster.max_in_flight:
-                try:
-                    asset, dst = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                key = asset.relpath
-                state = open_assets[key] = _Open(asset, dst, time.time())
-                if asset.kind == "video":
-                    state.part_dir = os.path.join(work_root, tasks.asset_dir_name(asset))
-                    os.makedirs(state.part_dir, exist_ok=True)
-                    refs[_plan.remote(asset, cfg)] = ("plan", key, None)
-                else:
-                    queue.append(("image", (asset, dst), key, None))
-            submit_actor_work()
-            if not refs:
-                if exhausted and not queue:
-                    return
-                continue
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            ref = ready[0]
-            kind, key, detail = refs.pop(ref)
-            if kind in ("image", "segment"):
-                load[detail[0]] -= 1
-            if key not in open_assets:
-                continue
-            try:
-                value = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a task that exhausted its retries
-                if kind != "segment" or open_assets[key].failure is None:
-                    open_assets[key].failure = tasks.Failure.of(exc)
-                value = open_assets[key].failure
-            state = open_assets[key]
-            if kind == "image" or kind == "finalize":
-                if isinstance(value, tasks.Failure):
-                    yield fail(key, value)
-                else:
-                    yield close(key, value)
-            elif kind == "plan":
-                if isinstance(value, tasks.Failure):
-                    yield fail(key, value)
-                    continue
-                state.vplan = value
-                for seg in value.segments:
-                    part = os.path.join(state.part_dir, pipeline.part_name(seg))
-                    queue.append(("segment", (state.asset, seg, value, part), key, seg.index))
-            else:  # segment
-                if isinstance(value, tasks.Failure):
-                    state.failure = value
-                    if not any(k == key for _, k, _ in refs.values()):
-                        yield fail(key, value)
-                    continue
-                state.results[value.plan.index] = value
-                if len(state.results) == len(state.vplan.segments):
-                    results = [state.results[i] for i in sorted(state.results)]
-                    refs[_finalize.remote(state.asset, state.dst, state.vplan, results, state.started)] = ("finalize", key, None)
-            if state.failure is not None and key in open_assets and not any(k == key for _, k, _ in refs.values()):
-                yield fail(key, state.failure)
-    finally:
-        for ref in refs:
-            ray.cancel(ref, force=False)
-        scratch.__exit__(None, None, None)
+    with tasks.part_root(cfg, run_id) as work_root:
+        scheduler = _Scheduler(cfg, pool, work_root)
+        try:
+            yield from scheduler.run(iter(todo))
+        finally:
+            scheduler.abort()

@@ -484,3 +484,29 @@ def safe_join(output_root_uri: str, relpath: str) -> str:
     if len(key.encode()) > _MAX_KEY_BYTES:
         raise UnsafePathError(f"key longer than {_MAX_KEY_BYTES} bytes: {relpath!r}")
     return f"s3://{bucket}/{key}"
+
+
+def join(root_uri: str, *parts: str) -> str:
+    """Join trusted path parts (our own names, not user input: see safe_join) under a root."""
+    if is_s3(root_uri):
+        return "/".join([root_uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(root_uri, *parts)
+
+
+def list_uris(prefix_uri: str, cfg: StorageConfig) -> Iterator[str]:
+    """Every object or file under a prefix (our own folders: manifest chunks, parts), streamed."""
+    scheme, bucket, key = parse_uri(prefix_uri)
+    if scheme == "file":
+        for dirpath, _, files in os.walk(key):
+            for name in sorted(files):
+                yield os.path.join(dirpath, name)
+        return
+    client = s3_client(cfg)
+    request = {"Bucket": bucket, "Prefix": _folder(key)}
+    while True:
+        response = client.list_objects_v2(**request)
+        for obj in response.get("Contents", []):
+            yield f"s3://{bucket}/{obj['Key']}"
+        if not response.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = response["NextContinuationToken"]

@@ -7,6 +7,7 @@ the exception text but are cut short; they never carry pixels or file contents.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -14,8 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import pipeline
-from .config import AppConfig
+from . import pipeline, staging, storage
+from .config import AppConfig, StorageConfig
 from .inventory import INTERNAL_DIR
 from .types import Asset, Detections, SegmentPlan, SegmentResult
 
@@ -50,37 +51,42 @@ class AssetResult:
     tracks: Detections | None = None
 
 
-def failed(asset: Asset, dst: str, exc: BaseException, started: float, **extra) -> AssetResult:
-    remove_quietly(dst)
-    return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started, **extra)
+def failed(asset: Asset, dst: str, exc: BaseException, started: float, cfg: StorageConfig) -> AssetResult:
+    remove_quietly(dst, cfg)
+    return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
 
 
 def asset_dir_name(asset: Asset) -> str:
     return hashlib.sha256(asset.relpath.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def remove_quietly(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
-    except OSError:
-        pass
+def remove_quietly(uri: str, cfg: StorageConfig) -> None:
+    """Best-effort clean-up of a part or a failed output; the failure being handled matters more."""
+    with contextlib.suppress(Exception):
+        if storage.is_s3(uri) or not os.path.isdir(uri):
+            storage.remove(uri, cfg)
+        elif not os.path.islink(uri):
+            shutil.rmtree(uri)
 
 
 @contextlib.contextmanager
-def part_root(output: str, run_id: str) -> Iterator[str]:
-    """This run's folder for segment parts; removed with its parent when the run ends."""
-    parent = os.path.join(os.path.abspath(output), INTERNAL_DIR, "tmp")
-    root = os.path.join(parent, run_id)
-    os.makedirs(root, exist_ok=True)
+def part_root(cfg: AppConfig, run_id: str) -> Iterator[str]:
+    """This run's folder (or prefix, for object-store outputs) for segment parts.
+
+    Parts sit beside the output so every node of a cluster reaches them; the folder goes when the
+    run ends, with its parent when no other run uses it.
+    """
+    parent = storage.join(cfg.output, INTERNAL_DIR, "tmp")
+    root = storage.join(parent, run_id)
+    if not storage.is_s3(root):
+        os.makedirs(root, exist_ok=True)
     try:
         yield root
     finally:
-        remove_quietly(root)
-        with contextlib.suppress(OSError):
-            os.rmdir(parent)  # only when no other run is using it
+        staging.remove_tree(root, cfg.storage)
+        if not storage.is_s3(parent):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
 
 def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
@@ -88,19 +94,21 @@ def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
     try:
         if asset.kind != "image":
             raise pipeline.AssetError(f"unsupported or unreadable input (detected kind: {asset.kind})")
-        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        digest = pipeline.sha256_file(asset.uri)
-        out = worker.image(asset.uri, dst)
+        src = staging.local_input(asset, worker.cfg.storage)
+        digest = pipeline.sha256_file(src)
+        with staging.output_target(dst, worker.cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            out = worker.image(src, target)
         return AssetResult(asset, dst, faces=out.faces, plates=out.plates, frames=1, segments=1,
                            input_sha256=digest, output_sha256=out.output_sha256, output_size=out.output_size,
                            seconds=time.time() - started, tracks=out.boxes)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
-        return failed(asset, dst, exc, started)
+        return failed(asset, dst, exc, started, worker.cfg.storage)
 
 
 def plan_task(asset: Asset, cfg: AppConfig) -> pipeline.VideoPlan | Failure:
     try:
-        vplan = pipeline.plan_video(asset.uri, asset.relpath, cfg)
+        vplan = pipeline.plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg)
         if not vplan.segments:
             raise pipeline.AssetError("video has no frames")
         return vplan
@@ -109,34 +117,43 @@ def plan_task(asset: Asset, cfg: AppConfig) -> pipeline.VideoPlan | Failure:
 
 
 def segment_task(worker: pipeline.Worker, asset: Asset, seg: SegmentPlan, vplan: pipeline.VideoPlan,
-                 part_path: str) -> SegmentResult | Failure:
+                 part_uri: str) -> SegmentResult | Failure:
+    """Encode one segment's part; for object-store outputs it is uploaded so finalize can reach it."""
+    cfg = worker.cfg.storage
     try:
-        return worker.segment(asset.uri, seg, vplan.info, vplan.index, part_path)
+        src = staging.local_input(asset, cfg)
+        with staging.output_target(part_uri, cfg) as local_part:
+            os.makedirs(os.path.dirname(local_part), exist_ok=True)
+            result = worker.segment(src, seg, vplan.info, vplan.index, local_part)
+        return dataclasses.replace(result, part_path=part_uri)
     except Exception as exc:  # noqa: BLE001
-        remove_quietly(part_path)
+        remove_quietly(part_uri, cfg)
         return Failure.of(exc)
 
 
-def finalize_task(asset: Asset, dst: str, vplan: pipeline.VideoPlan, results: list[SegmentResult],
-                  started: float) -> AssetResult:
+def finalize_task(cfg: AppConfig, asset: Asset, dst: str, vplan: pipeline.VideoPlan,
+                  results: list[SegmentResult], started: float) -> AssetResult:
     try:
-        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        digest = pipeline.sha256_file(asset.uri)
-        out = pipeline.finalize_video(asset.uri, dst, vplan, results)
+        src = staging.local_input(asset, cfg.storage)
+        digest = pipeline.sha256_file(src)
+        local = [dataclasses.replace(r, part_path=staging.fetch(r.part_path, "", cfg.storage)) for r in results]
+        with staging.output_target(dst, cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            out = pipeline.finalize_video(src, target, vplan, local)
         return AssetResult(asset, dst, faces=out.faces, plates=out.plates, frames=out.frames,
                            segments=len(results), input_sha256=digest, output_sha256=out.output_sha256,
                            output_size=out.output_size, seconds=time.time() - started, tracks=out.tracks)
     except Exception as exc:  # noqa: BLE001
-        return failed(asset, dst, exc, started)
+        return failed(asset, dst, exc, started, cfg.storage)
     finally:
         for r in results:
-            remove_quietly(r.part_path)
+            remove_quietly(r.part_path, cfg.storage)
 
 
 def run_local(cfg: AppConfig, todo, run_id: str):
     """Engine for job.run without Ray: one process, assets in order (tests, notebooks)."""
     worker = pipeline.Worker(cfg)
-    with part_root(cfg.output, run_id) as root:
+    with part_root(cfg, run_id) as root:
         for asset, dst in todo:
             started = time.time()
             if asset.kind != "video":
@@ -146,16 +163,15 @@ def run_local(cfg: AppConfig, todo, run_id: str):
             if isinstance(vplan, Failure):
                 yield AssetResult(asset, dst, failure=vplan, seconds=time.time() - started)
                 continue
-            part_dir = os.path.join(root, asset_dir_name(asset))
-            os.makedirs(part_dir, exist_ok=True)
+            part_dir = storage.join(root, asset_dir_name(asset))
             results = []
             for seg in vplan.segments:
-                res = segment_task(worker, asset, seg, vplan, os.path.join(part_dir, pipeline.part_name(seg)))
+                res = segment_task(worker, asset, seg, vplan, storage.join(part_dir, pipeline.part_name(seg)))
                 if isinstance(res, Failure):
                     for r in results:
-                        remove_quietly(r.part_path)
+                        remove_quietly(r.part_path, cfg.storage)
                     yield AssetResult(asset, dst, failure=res, seconds=time.time() - started)
                     break
                 results.append(res)
             else:
-                yield finalize_task(asset, dst, vplan, results, started)
+                yield finalize_task(cfg, asset, dst, vplan, results, started)

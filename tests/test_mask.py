@@ -25,7 +25,7 @@ def _dets(boxes, cls=FACE) -> Detections:
 
 
 def _core(shape_hw, dets, cfg) -> np.ndarray:
-    return mask_weight(shape_hw, dilate(dets, cfg), cfg) == 1.0
+    return mask_weight(shape_hw, dets, cfg) == 1.0
 
 
 def _block(dets: Detections, cfg: MaskConfig) -> int:
@@ -50,18 +50,18 @@ def test_dilate_keeps_boxes_past_the_frame_edge():
 
 def test_face_cut_by_the_frame_edge_is_fully_covered():
     # An ellipse inscribed in a box clipped to the frame would leave the frame-edge corners bare.
-    cfg = MaskConfig(shape="ellipse", feather=0.0)
+    cfg = MaskConfig(face_shape="ellipse", feather=0.0)
     raw = np.array([[-40, 100, 60, 220], [450, -30, 540, 80]], np.float32)
-    region = mask_region((512, 512), dilate(_dets(raw), cfg), cfg)
+    region = mask_region((512, 512), _dets(raw), cfg)
     np.testing.assert_array_equal(coverage(raw, region), [1.0, 1.0])
 
 
 @pytest.mark.parametrize("method,shape", ALL)
 def test_pixels_outside_the_weighted_region_are_untouched(astronaut, method, shape):
-    cfg = MaskConfig(method=method, shape=shape, feather=0.2)
+    cfg = MaskConfig(method=method, face_shape=shape, feather=0.2)
     dets = _dets([FACE_BOX, [400, 300, 470, 340]])
     out = apply(astronaut.copy(), dets, cfg)
-    weight = mask_weight(astronaut.shape[:2], dilate(dets, cfg), cfg)
+    weight = mask_weight(astronaut.shape[:2], dets, cfg)
     changed = (out != astronaut).any(axis=2)
     assert changed.any()
     assert not changed[weight == 0].any()
@@ -69,14 +69,14 @@ def test_pixels_outside_the_weighted_region_are_untouched(astronaut, method, sha
 
 @pytest.mark.parametrize("method,shape", ALL)
 def test_region_is_covered_and_core_is_not_weakened_by_feathering(astronaut, method, shape):
-    sharp = MaskConfig(method=method, shape=shape, feather=0.0)
-    soft = MaskConfig(method=method, shape=shape, feather=0.3)
+    sharp = MaskConfig(method=method, face_shape=shape, feather=0.0)
+    soft = MaskConfig(method=method, face_shape=shape, feather=0.3)
     dets = _dets([FACE_BOX])
-    core_sharp = mask_region(astronaut.shape[:2], dilate(dets, sharp), sharp)
+    core_sharp = mask_region(astronaut.shape[:2], dets, sharp)
     core_soft = _core(astronaut.shape[:2], dets, soft)
     np.testing.assert_array_equal(core_sharp, core_soft)
     # The soft region is the core plus half its ramp: a strict superset of the sharp one.
-    soft_region = mask_region(astronaut.shape[:2], dilate(dets, soft), soft)
+    soft_region = mask_region(astronaut.shape[:2], dets, soft)
     assert (soft_region >= core_sharp).all() and soft_region.sum() > core_sharp.sum()
     # Inside the core both settings write exactly the same pixels.
     a, b = apply(astronaut.copy(), dets, sharp), apply(astronaut.copy(), dets, soft)
@@ -84,51 +84,51 @@ def test_region_is_covered_and_core_is_not_weakened_by_feathering(astronaut, met
 
 
 def test_fill_changes_exactly_the_region_without_feather(astronaut):
-    cfg = MaskConfig(method="fill", shape="ellipse", feather=0.0, fill_color=[255, 0, 255])
+    cfg = MaskConfig(method="fill", face_shape="ellipse", feather=0.0, fill_color=[255, 0, 255])
     dets = _dets([FACE_BOX, [300, 400, 380, 430]])
     out = apply(astronaut.copy(), dets, cfg)
-    region = mask_region(astronaut.shape[:2], dilate(dets, cfg), cfg)
+    region = mask_region(astronaut.shape[:2], dets, cfg)
     np.testing.assert_array_equal((out != astronaut).any(axis=2), region)
     assert (out[region] == [255, 0, 255]).all()
 
 
 def test_fill_with_feather_region_is_at_least_half_fill(astronaut):
     colour = np.array([255, 0, 255])
-    cfg = MaskConfig(method="fill", shape="box", feather=0.25, fill_color=colour.tolist())
+    cfg = MaskConfig(method="fill", face_shape="box", feather=0.25, fill_color=colour.tolist())
     dets = _dets([FACE_BOX])
     out = apply(astronaut.copy(), dets, cfg).astype(float)
-    region = mask_region(astronaut.shape[:2], dilate(dets, cfg), cfg)
+    region = mask_region(astronaut.shape[:2], dets, cfg)
     core = _core(astronaut.shape[:2], dets, cfg)
     assert (out[core] == colour).all()
     moved = np.abs(out - astronaut).sum(axis=2) / np.maximum(np.abs(colour - astronaut.astype(float)).sum(axis=2), 1)
     assert moved[region].min() >= 0.5 - 0.02  # rounding to uint8
-    ring = ~region & (mask_weight(astronaut.shape[:2], dilate(dets, cfg), cfg) > 0)
+    ring = ~region & (mask_weight(astronaut.shape[:2], dets, cfg) > 0)
     assert ring.any() and moved[ring].max() <= 0.5 + 0.02
 
 
 def test_box_feather_half_width_sets_the_region_edge():
-    cfg = MaskConfig(shape="box", face_margin=0.0, feather=0.2)
-    region = mask_region((200, 300), dilate(_dets([[100, 50, 200, 100]]), cfg), cfg)
+    cfg = MaskConfig(face_shape="box", face_margin=0.0, feather=0.2)
+    region = mask_region((200, 300), _dets([[100, 50, 200, 100]]), cfg)
     # feather = 0.2 * 50 = 10 px, so the region reaches 5 px past each side (pixel centres).
     rows, cols = np.nonzero(region)
     assert (cols.min(), cols.max(), rows.min(), rows.max()) == (95, 204, 45, 104)
 
 
 def test_ellipse_ramp_has_the_asked_width_on_both_axes():
-    cfg = MaskConfig(shape="ellipse", face_margin=0.0, feather=0.2)
+    cfg = MaskConfig(face_shape="ellipse", face_margin=0.0, feather=0.2)
     box = np.array([[100.0, 50.0, 300.0, 150.0]])  # short side 100: ramp 20 px
-    weight = mask_weight((300, 400), box, cfg)
+    weight = mask_weight((300, 400), _dets(box), cfg)
     # Pixel centres 10 px outside the ellipse on the long and on the short axis: weight 0.5.
     assert weight[99, 309] == pytest.approx(0.5, abs=0.03) and weight[159, 199] == pytest.approx(0.5, abs=0.03)
     assert weight[99, 320] == 0.0 and weight[99, 250] == 1.0
     # Box corners lie outside the ellipse and its ramp.
     assert weight[50, 100] == 0.0 and weight[149, 299] == 0.0
-    area = mask_region((300, 400), box, MaskConfig(shape="ellipse", feather=0.0)).sum()
+    area = mask_region((300, 400), _dets(box), MaskConfig(face_shape="ellipse", face_margin=0.0, feather=0.0)).sum()
     assert area == pytest.approx(math.pi * 100 * 50, rel=0.01)
 
 
 def test_pixelate_core_holds_only_block_means(astronaut):
-    cfg = MaskConfig(method="pixelate", shape="box", feather=0.1, blocks=6)
+    cfg = MaskConfig(method="pixelate", face_shape="box", feather=0.1, blocks=6)
     dets = _dets([FACE_BOX])
     out = apply(astronaut.copy(), dets, cfg)
     core = _core(astronaut.shape[:2], dets, cfg)
@@ -159,7 +159,7 @@ def _shuffle_within_cells(rgb: np.ndarray, block: int) -> np.ndarray:
 def test_masked_core_depends_only_on_block_means(astronaut, method):
     # Irreversibility: two images that differ everywhere inside each block but share the block
     # means mask to the same core pixels, so no inversion can recover more than the block means.
-    cfg = MaskConfig(method=method, shape="ellipse", blocks=6)
+    cfg = MaskConfig(method=method, face_shape="ellipse", blocks=6)
     dets = _dets([FACE_BOX])
     other = _shuffle_within_cells(astronaut, _block(dets, cfg))
     core = _core(astronaut.shape[:2], dets, cfg)
@@ -170,7 +170,7 @@ def test_masked_core_depends_only_on_block_means(astronaut, method):
 
 @pytest.mark.parametrize("method", ["blur", "pixelate"])
 def test_high_frequencies_are_gone_from_the_face(astronaut, method):
-    cfg = MaskConfig(method=method, shape="box", blocks=6)
+    cfg = MaskConfig(method=method, face_shape="box", blocks=6)
     dets = _dets([FACE_BOX])
     out = apply(astronaut.copy(), dets, cfg)
     grey = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY).astype(np.float32)  # noqa: E731
@@ -188,7 +188,7 @@ def test_high_frequencies_are_gone_from_the_face(astronaut, method):
 def test_small_box_still_gets_blocks_of_two_pixels():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    cfg = MaskConfig(method="pixelate", shape="box", face_margin=0.0, feather=0.0)
+    cfg = MaskConfig(method="pixelate", face_shape="box", face_margin=0.0, feather=0.0)
     out = apply(rgb.copy(), _dets([[20, 20, 24, 24]]), cfg)
     patch = out[20:24, 20:24]
     assert (patch[0::2, 0::2] == patch[1::2, 1::2]).all() and (patch[0::2, 0::2] == patch[0::2, 1::2]).all()
@@ -200,16 +200,16 @@ def test_in_place_empty_and_offscreen_boxes(astronaut):
     assert apply(rgb, Detections.empty(), MaskConfig()) is rgb
     apply(rgb, _dets([[600, 600, 700, 700], [-300, 10, -200, 90]]), MaskConfig())
     np.testing.assert_array_equal(rgb, astronaut)
-    assert not mask_region(rgb.shape[:2], np.zeros((0, 4), np.float32), MaskConfig()).any()
+    assert not mask_region(rgb.shape[:2], Detections.empty(), MaskConfig()).any()
 
 
 def test_overlapping_boxes_mask_their_union(astronaut):
-    cfg = MaskConfig(method="fill", shape="ellipse", feather=0.15)
+    cfg = MaskConfig(method="fill", face_shape="ellipse", feather=0.15)
     dets = _dets([FACE_BOX, [220, 100, 320, 200]])
     out = apply(astronaut.copy(), dets, cfg)
-    union = mask_region(astronaut.shape[:2], dilate(dets.select(np.array([True, False])), cfg), cfg)
-    union |= mask_region(astronaut.shape[:2], dilate(dets.select(np.array([False, True])), cfg), cfg)
-    np.testing.assert_array_equal(mask_region(astronaut.shape[:2], dilate(dets, cfg), cfg), union)
+    union = mask_region(astronaut.shape[:2], dets.select(np.array([True, False])), cfg)
+    union |= mask_region(astronaut.shape[:2], dets.select(np.array([False, True])), cfg)
+    np.testing.assert_array_equal(mask_region(astronaut.shape[:2], dets, cfg), union)
     core = _core(astronaut.shape[:2], dets, cfg)
     assert (out[core] == 0).all()
 
@@ -223,7 +223,7 @@ def test_many_boxes_on_a_video_frame_run_roi_only():
     for method in METHODS:
         cfg = MaskConfig(method=method)
         out = apply(frame.copy(), dets, cfg)
-        weight = mask_weight(frame.shape[:2], dilate(dets, cfg), cfg)
+        weight = mask_weight(frame.shape[:2], dets, cfg)
         assert ((out != frame).any(axis=2) <= (weight > 0)).all()
 
 

@@ -134,7 +134,8 @@ def test_listing_streams_5000_keys(cfg, bucket):
     n5, stream5, held5 = _peaks(uri, cfg, out)
     assert (n1, n5) == (1000, len(expected))
     print(f"\nlisting: {len(expected) / seconds:.0f} keys/s; tracemalloc peak streaming / holding all: "
-          f"{n1} keys {stream1 / MiB:.2f} / {held1 / MiB:.2f} MiB, {n5} keys {stream5 / MiB:.2f} / {held5 / MiB:.2f} MiB")
+          f"{n1} keys {stream1 / MiB:.2f} / {held1 / MiB:.2f} MiB, "
+          f"{n5} keys {stream5 / MiB:.2f} / {held5 / MiB:.2f} MiB")
     assert stream5 < held5
     assert stream5 - stream1 < (held5 - held1) / 4
 

@@ -38,9 +38,21 @@ class PlateDetector:
 
     def detect_one(self, frame: np.ndarray, index: int) -> Detections:
         check_frame(frame)
+        found = [self._at_scale(frame, scale) for scale in self.cfg.scales]
+        xyxy = np.concatenate([f[0] for f in found])
+        score = np.concatenate([f[1] for f in found])
+        keep = nms(xyxy, score, self.cfg.nms_iou)
+        return Detections.build(index, xyxy[keep], score[keep], PLATE)
+
+    def _at_scale(self, frame: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and scores with the frame letterboxed to `scale` of the network input.
+
+        Scales below 1 shrink close-up plates, which fill the frame, to the sizes the model was
+        trained on (a half-size pass recovers most large plates the full-size pass misses).
+        """
         height, width = frame.shape[:2]
-        ratio = min(self.height / height, self.width / width)
-        inner_w, inner_h = round(width * ratio), round(height * ratio)
+        ratio = min(self.height / height, self.width / width) * scale
+        inner_w, inner_h = max(1, round(width * ratio)), max(1, round(height * ratio))
         left, top = (self.width - inner_w) // 2, (self.height - inner_h) // 2
         canvas = np.full((self.height, self.width, 3), PAD_VALUE, np.uint8)
         if (inner_w, inner_h) != (width, height):
@@ -58,6 +70,4 @@ class PlateDetector:
         xyxy /= np.array([inner_w / width, inner_h / height] * 2, np.float32)
         np.clip(xyxy, 0, np.array([width, height] * 2, np.float32), out=xyxy)
         visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        xyxy, score = xyxy[visible], score[visible]
-        keep = nms(xyxy, score, self.cfg.nms_iou)
-        return Detections.build(index, xyxy[keep], score[keep], PLATE)
+        return xyxy[visible], score[visible]

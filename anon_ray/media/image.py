@@ -151,14 +151,20 @@ def _png_header(d: bytes) -> _Header:
     if kind != b"IHDR":
         raise MediaError("corrupt PNG: IHDR missing")
     width, height = struct.unpack_from(">II", d, 16)
-    orientation, pos = 1, 8
+    orientation, pos, seen_idat = 1, 8, False
+    # Every chunk is walked (a few thousand at most, no data read): libpng takes seconds to give
+    # up on a chunk whose length claims gigabytes, so a 200-byte file could stall a worker.
     while pos + 8 <= len(d):
         length, kind = struct.unpack_from(">I4s", d, pos)
-        if kind == b"IDAT":
+        if pos + 12 + length > len(d):
+            raise MediaError(f"truncated PNG: chunk {kind!r} claims {length} bytes, {len(d) - pos - 12} remain")
+        if kind == b"IEND":
             break
-        if kind == b"acTL":
+        if kind == b"IDAT":
+            seen_idat = True
+        elif kind == b"acTL":
             raise MediaError("animated PNG is not supported (only its first frame would be kept)")
-        if kind == b"eXIf":
+        elif kind == b"eXIf" and not seen_idat:
             orientation = _exif_orientation(d[pos + 8:pos + 8 + length])
         pos += 12 + length
     return _Header("png", width, height, orientation)
@@ -216,6 +222,9 @@ _PARSERS = {"jpeg": _jpeg_header, "png": _png_header, "webp": _webp_header, "bmp
 
 def _read_header(data: bytes) -> _Header:
     fmt = sniff_format(data[:16])
+    if fmt is None and data[:6] in (b"GIF87a", b"GIF89a"):
+        # Re-encoding would requantize to a palette and drop every frame after the first.
+        raise MediaError("GIF images are not supported (animated or not)")
     if fmt is None:
         raise MediaError("unsupported or unrecognized image format (by content)")
     try:

@@ -10,8 +10,10 @@ from . import MediaError
 
 
 def open_input(path: str) -> av.container.InputContainer:
+    # Tags in a legacy 8-bit charset (old cameras write Latin-1 titles) must not make a video
+    # unreadable; no tag text reaches the output anyway.
     try:
-        return av.open(path, mode="r")
+        return av.open(path, mode="r", metadata_errors="replace")
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"cannot open {path}: {exc}") from exc
 

@@ -11,6 +11,7 @@ output name (invariant I1).
 from __future__ import annotations
 
 import heapq
+import io
 import os
 import zlib
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+import av.bitstream
 import numpy as np
 from av.video.reformatter import Interpolation
 
@@ -28,7 +30,19 @@ from .packets import main_video_stream, open_input, scan_packets
 from .rotation import normalize
 
 # Part files should be MP4/MOV: Matroska rounds timestamps to milliseconds and stores no dts.
-_MOV_FORMATS = ("mp4", "mov", "m4v", "3gp", "3g2")
+_MOV_MUXERS = ("mp4", "mov", "m4v", "3gp", "3g2")
+# Source demuxer -> (muxer per output extension, muxer for any other name). The output keeps the
+# source's container whatever its name says (an MP4 named .jpg stays MP4), as photos keep theirs.
+_MUXERS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": ({".mov": "mov", ".3gp": "3gp", ".3g2": "3g2"}, "mp4"),
+    "matroska,webm": ({".webm": "webm"}, "matroska"),
+    "avi": ({}, "avi"),
+    "mpegts": ({}, "mpegts"),
+}
+# Parts hold length-prefixed (MP4-style) NAL units; these muxers want start codes and, unlike
+# MPEG-TS, do not convert on their own.
+_ANNEX_B_MUXERS = ("avi",)
+_TO_ANNEX_B = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 # Formats libx264 encodes from RGB without surprises; anything else falls back to yuv420p.
 _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
@@ -144,6 +158,10 @@ def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
         )
 
 
+class _SeekOvershot(Exception):
+    """A seek landed after the first wanted frame; nothing was yielded yet."""
+
+
 def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
            ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (frame index, pts, rgb uint8 (h, w, 3) in stored orientation) for frames [first, stop).
@@ -151,9 +169,33 @@ def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop
     Decoding starts at the keyframe `seek_pts` (None: the file's start). Every index in the range
     is yielded exactly once and in order, or MediaError is raised: a frame the decoder drops or a
     file that ends early must never turn into a silently shorter segment.
+
+    Seeking only saves decode work. Some demuxers land late (MPEG-TS seeks by byte position and
+    can pass the wanted keyframe, or find nothing when asked for the first one), so an overshoot
+    retries from the keyframe before and then from the file's start.
     """
     if first >= stop:
         return
+    for target in _seek_targets(index, seek_pts, first):
+        try:
+            yield from _decode_from(path, target, index, first, stop)
+            return
+        except _SeekOvershot:
+            continue
+
+
+def _seek_targets(index: PacketIndex, seek_pts: int | None, first: int) -> list[int | None]:
+    if seek_pts is None or seek_pts <= index.pts[0]:
+        return [None]
+    if seek_pts > index.pts[first]:  # the caller's mistake, not the demuxer's: no retry hides it
+        return [seek_pts]
+    keys = index.pts[index.key]
+    earlier = keys[(keys < seek_pts) & (keys > index.pts[0])]
+    return [seek_pts, *[int(k) for k in earlier[-1:]], None]
+
+
+def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
+                 ) -> Iterator[tuple[int, int, np.ndarray]]:
     with open_input(path) as container:
         stream = main_video_stream(container)
         stream.thread_type = "AUTO"
@@ -171,19 +213,41 @@ def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop
                 if i >= stop:
                     return
                 if i != expected:
+                    if expected == first and seek_pts is not None and seek_pts <= index.pts[first]:
+                        raise _SeekOvershot
                     raise MediaError(f"frame {expected} missing from decode (got frame {i})")
                 # to_ndarray converts with the frame's own matrix and range (full or limited).
                 yield i, pts, frame.to_ndarray(format="rgb24", interpolation=_TO_RGB)
                 expected += 1
         except av.FFmpegError as exc:
             raise MediaError(f"decoding failed at frame {expected}: {exc}") from exc
+        if expected == first and seek_pts is not None and seek_pts <= index.pts[first]:
+            raise _SeekOvershot
         if expected < stop:
             raise MediaError(f"video ended at frame {expected}, expected frames up to {stop}")
 
 
-def _container_options(path: str, time_base: tuple[int, int]) -> dict[str, str]:
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
-    if ext in _MOV_FORMATS:
+def output_muxer(path: str, info: VideoInfo) -> str:
+    """The muxer that writes `info`'s container under `path`; MediaError if there is none."""
+    names, default = _MUXERS.get(info.container, ({}, ""))
+    if not default:
+        raise MediaError(f"writing {info.container or 'unknown'} containers is not supported")
+    return names.get(os.path.splitext(path)[1].lower(), default)
+
+
+def check_writable(path: str, info: VideoInfo, codec: str) -> None:
+    """Refuse, before any decoding, a video whose container cannot hold `codec` (H.264 in WebM)."""
+    muxer = output_muxer(path, info)
+    try:
+        with av.open(io.BytesIO(), mode="w", format=muxer) as out:
+            out.add_stream(codec)  # no frame is written: this only asks the muxer
+    except (av.FFmpegError, ValueError) as exc:
+        raise MediaError(f"cannot write {codec} video into a {muxer} container: {exc}") from exc
+
+
+def _container_options(muxer: str, time_base: tuple[int, int]) -> dict[str, str]:
+    """Options for a muxer (or an extension naming one)."""
+    if muxer in _MOV_MUXERS:
         # Otherwise the MOV muxer picks its own timescale and pts get rescaled (and rounded).
         return {"video_track_timescale": str(time_base[1])}
     return {}
@@ -217,8 +281,9 @@ class VideoWriter:
         self._matrix = _SWS_MATRIX.get(info.colorspace)
         self._tmp = temp_path_beside(path)
         try:
-            self._container = av.open(self._tmp, mode="w",
-                                      container_options=_container_options(path, info.time_base))
+            # The muxer follows the name here: callers pick the container of parts and copies.
+            ext = os.path.splitext(path)[1].lower().lstrip(".")
+            self._container = av.open(self._tmp, mode="w", container_options=_container_options(ext, info.time_base))
             stream = self._container.add_stream(
                 cfg.codec, rate=Fraction(*info.fps), options={"crf": str(cfg.crf), "preset": cfg.preset})
             stream.width, stream.height, stream.pix_fmt = info.width, info.height, self._pix_fmt
@@ -341,12 +406,23 @@ def _part_offsets(parts: list[str], src_index: PacketIndex) -> list[int]:
     return offsets
 
 
+def _annex_b(packets: Iterator[av.Packet], stream: av.stream.Stream, muxer: str) -> Iterator[av.Packet]:
+    bsf = _TO_ANNEX_B.get(stream.codec_context.name) if muxer in _ANNEX_B_MUXERS else None
+    if bsf is None:
+        yield from packets
+        return
+    context = av.bitstream.BitStreamFilterContext(bsf, in_stream=stream)
+    for packet in packets:
+        yield from context.filter(packet)
+    yield from context.filter(None)
+
+
 def _video_packets(parts: list[str], offsets: list[int], src_tb: Fraction,
-                   out_stream: av.stream.Stream) -> Iterator[av.Packet]:
+                   out_stream: av.stream.Stream, muxer: str) -> Iterator[av.Packet]:
     for part, offset in zip(parts, offsets):
         with open_input(part) as container:
             stream = main_video_stream(container)
-            for packet in container.demux(stream):
+            for packet in _annex_b(container.demux(stream), stream, muxer):
                 if packet.size == 0:
                     continue
                 if packet.dts is None:
@@ -464,7 +540,8 @@ def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoIn
     """Write the output; return its frame count, digests of the copied streams, dropped streams."""
     with open_input(src) as source, open_input(parts[0]) as first_part:
         src_video = main_video_stream(source)
-        with av.open(tmp, mode="w", container_options=_container_options(tmp, info.time_base)) as out:
+        muxer = output_muxer(tmp, info)
+        with av.open(tmp, mode="w", format=muxer, container_options=_container_options(muxer, info.time_base)) as out:
             out_video = _add_template(out, main_video_stream(first_part), src_video.language,
                                       src_video.disposition)
             out_video.time_base = src_tb
@@ -475,7 +552,7 @@ def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoIn
                      for s in source.streams if s.type in _COPIED_TYPES}
             muxed = {o.index: _StreamDigest(o.type) for o in pairs.values()}
             frames = 0
-            video = _video_packets(parts, offsets, src_tb, out_video)
+            video = _video_packets(parts, offsets, src_tb, out_video, muxer)
             for packet in heapq.merge(video, _copied_packets(source, pairs), key=_mux_time):
                 if packet.stream_index == out_video.index:
                     frames += 1

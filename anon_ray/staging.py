@@ -1,0 +1,70 @@
+"""Local files for remote assets: inputs fetched into a node-local cache, outputs staged then published.
+
+Workers always decode from and encode to local files; this module is the only place that knows an
+asset or a part may live in object storage. Publishing is atomic: an object appears under its
+final key only when complete (I1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+from . import storage
+from .config import StorageConfig
+from .types import Asset
+
+
+def scratch_root(cfg: StorageConfig) -> str:
+    root = cfg.scratch_dir or os.path.join(tempfile.gettempdir(), "anon-ray-scratch")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+@functools.lru_cache(maxsize=4)
+def _cache(root: str, max_bytes: int) -> storage.ScratchCache:
+    return storage.ScratchCache(os.path.join(root, "inputs"), max_bytes)
+
+
+def fetch(uri: str, version: str, cfg: StorageConfig) -> str:
+    """A local path holding `uri` at `version` (the path itself for local files)."""
+    if not storage.is_s3(uri):
+        return uri
+    return _cache(scratch_root(cfg), int(cfg.scratch_max_gb * 2**30)).fetch(uri, version, cfg)
+
+
+def local_input(asset: Asset, cfg: StorageConfig) -> str:
+    return fetch(asset.uri, asset.version, cfg)
+
+
+@contextlib.contextmanager
+def output_target(dst: str, cfg: StorageConfig) -> Iterator[str]:
+    """A local path to write a finished file to; published to `dst` when the block succeeds.
+
+    Local destinations are written in place (the writers rename atomically themselves).
+    """
+    if not storage.is_s3(dst):
+        yield dst
+        return
+    staged = os.path.join(scratch_root(cfg), "outgoing", f"{uuid.uuid4().hex}{os.path.splitext(dst)[1]}")
+    os.makedirs(os.path.dirname(staged), exist_ok=True)
+    try:
+        yield staged
+        storage.publish_file(staged, dst, cfg)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(staged)
+
+
+def remove_tree(root: str, cfg: StorageConfig) -> None:
+    """Delete everything under a folder or prefix of ours (parts of a run)."""
+    for uri in list(storage.list_uris(root, cfg)):
+        storage.remove(uri, cfg)
+    if not storage.is_s3(root):
+        for dirpath, _, _ in sorted(os.walk(root), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
