@@ -21,6 +21,9 @@ demo: models
 test: models
 	$(PY) -m pytest -q
 
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz_targets --seconds 600
+
 bench: models
 	$(VENV)/bin/anon-ray-bench
 

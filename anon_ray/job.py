@@ -50,14 +50,15 @@ def model_hashes(cfg: AppConfig) -> dict[str, str]:
 
 def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
     a = res.asset
+    text = inventory.display_path  # Parquet text must be UTF-8; undecodable name bytes show as \xNN
     return AssetRecord(
-        run_id=run_id, uri=a.uri, relpath=a.relpath, kind=a.kind,
+        run_id=run_id, uri=text(a.uri), relpath=text(a.relpath), kind=a.kind,
         status="failed" if res.failure else "skipped" if skipped else "ok",
         error_class=res.failure.error_class if res.failure else "",
-        error=res.failure.error if res.failure else "",
+        error=text(res.failure.error) if res.failure else "",
         faces=res.faces, plates=res.plates, frames=res.frames, segments=res.segments, seconds=round(res.seconds, 3),
         input_version=a.version, input_size=a.size, input_sha256=res.input_sha256,
-        output_uri="" if res.failure else res.dst, output_size=res.output_size, output_sha256=res.output_sha256,
+        output_uri="" if res.failure else text(res.dst), output_size=res.output_size, output_sha256=res.output_sha256,
         config_hash=chash, models=models_json, tool_version=__version__,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
@@ -68,7 +69,8 @@ def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None
         return None
     table = stitch.track_table(res.tracks, boxes=boxes)
     n = table.num_rows
-    return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([res.asset.relpath] * n))
+    relpath = inventory.display_path(res.asset.relpath)
+    return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([relpath] * n))
 
 
 def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
@@ -87,17 +89,18 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
 
     def finish(res: AssetResult) -> None:
         writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
+        name = inventory.display_path(res.asset.relpath)
         if res.failure:
             summary.failed += 1
-            summary.failures.append((res.asset.relpath, res.failure.error_class, res.failure.error))
-            print(f"FAILED {res.asset.relpath}: {res.failure.error_class}: {res.failure.error}", file=out)
+            summary.failures.append((name, res.failure.error_class, inventory.display_path(res.failure.error)))
+            print(f"FAILED {name}: {res.failure.error_class}: {summary.failures[-1][2]}", file=out)
         else:
             summary.ok += 1
             summary.frames += res.frames
         elapsed = time.time() - started
         # The listing streams, so the total is what has been listed so far (final once it ends).
         print(f"[{summary.ok + summary.failed + summary.skipped}/{listed} assets, {summary.failed} failed, "
-              f"{summary.skipped} skipped] {res.asset.relpath}: {summary.frames / max(elapsed, 1e-9):.1f} frames/s",
+              f"{summary.skipped} skipped] {name}: {summary.frames / max(elapsed, 1e-9):.1f} frames/s",
               file=out)
 
     listed = 0
@@ -111,12 +114,13 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
             except storage.UnsafePathError as exc:
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
                 continue
-            if done.get(asset.relpath) == (asset.version, chash) and storage.exists(dst, cfg.storage):
+            done_before = done.get(inventory.display_path(asset.relpath)) == (asset.version, chash)
+            if done_before and storage.exists(dst, cfg.storage):
                 summary.skipped += 1
                 writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
                 continue
             if cfg.dry_run:
-                print(f"would process: {asset.relpath} ({asset.kind})", file=out)
+                print(f"would process: {inventory.display_path(asset.relpath)} ({asset.kind})", file=out)
                 continue
             yield asset, dst
 

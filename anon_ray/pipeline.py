@@ -176,6 +176,7 @@ class Worker:
 def plan_video(src: str, asset: str, cfg: AppConfig) -> VideoPlan:
     index = packets.scan_packets(src)
     info = video.probe(src, index)
+    video.check_writable(asset, info, cfg.video.codec)  # fail before detection, not after it
     fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
     segs = plan.plan_segments(asset, index, fps, cfg.segment)
     return VideoPlan(info=info, index=index, segments=tuple(segs))

@@ -10,12 +10,11 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import pipeline, staging, storage
+from . import inventory, pipeline, staging, storage
 from .config import AppConfig, StorageConfig
 from .inventory import INTERNAL_DIR
 from .types import Asset, Detections, SegmentPlan, SegmentResult
@@ -61,12 +60,10 @@ def asset_dir_name(asset: Asset) -> str:
 
 
 def remove_quietly(uri: str, cfg: StorageConfig) -> None:
-    """Best-effort clean-up of a part or a failed output; the failure being handled matters more."""
+    """Best-effort clean-up of a part or a failed output file (never a folder someone else owns);
+    the failure being handled matters more than this one."""
     with contextlib.suppress(Exception):
-        if storage.is_s3(uri) or not os.path.isdir(uri):
-            storage.remove(uri, cfg)
-        elif not os.path.islink(uri):
-            shutil.rmtree(uri)
+        storage.remove(uri, cfg)
 
 
 @contextlib.contextmanager
@@ -93,7 +90,8 @@ def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
     started = time.time()
     try:
         if asset.kind != "image":
-            raise pipeline.AssetError(f"unsupported or unreadable input (detected kind: {asset.kind})")
+            reason = f"detected kind: {asset.kind}" if storage.is_s3(asset.uri) else inventory.unusable_reason(asset.uri)
+            raise pipeline.AssetError(f"unsupported or unreadable input: {reason}")
         src = staging.local_input(asset, worker.cfg.storage)
         digest = pipeline.sha256_file(src)
         with staging.output_target(dst, worker.cfg.storage) as target:

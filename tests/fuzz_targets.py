@@ -46,6 +46,10 @@ def _instrumented():
     return contextlib.nullcontext()
 
 
+if __name__ == "__main__":
+    # Millions of rejected inputs would each log a warning; only findings should reach the log.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+
 with _instrumented():
     from anon_ray.config import ImageConfig, SegmentConfig
     from anon_ray.media import MediaError
@@ -293,15 +297,18 @@ def run_random(target: str, seconds: float, seed: int, artifacts: Path) -> int:
     return runs
 
 
-def run_atheris(target: str, seconds: int, seed: int, artifacts: Path, corpus: Path | None) -> None:
-    """libFuzzer loop in this process; it exits the process when time is up or on a finding."""
-    work = corpus or Path(tempfile.mkdtemp(prefix=f"anon-ray-fuzz-{target}-"))
+def run_atheris(target: str, seconds: int, seed: int, artifacts: Path, corpus: Path) -> None:
+    """libFuzzer loop in this process; it exits the process when time is up or on a finding.
+
+    `corpus` keeps what coverage guidance found, so a later run resumes from it.
+    """
+    work = corpus / target
     seeds = work / "seeds"
     write_seeds(target, seeds)
     found = work / "found"
     found.mkdir(exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
-    args = [sys.argv[0], f"-max_total_time={seconds}", f"-seed={seed}", "-timeout=20", "-rss_limit_mb=3072",
+    args = [sys.argv[0], f"-max_total_time={seconds}", f"-seed={seed}", "-timeout=10", "-rss_limit_mb=3072",
             "-max_len=16384", "-print_final_stats=1", f"-artifact_prefix={artifacts}/", str(found), str(seeds)]
     atheris.Setup(args, TARGET_FUNCS[target])
     atheris.Fuzz()
@@ -313,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=60, help="per target")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--engine", choices=("atheris", "random"), default="atheris" if atheris else "random")
-    parser.add_argument("--corpus", type=Path, help="keep the atheris working corpus here (default: a temp dir)")
+    parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "anon-ray-fuzz",
+                        help="atheris working corpus, one folder per target (kept between runs)")
     parser.add_argument("--artifacts", type=Path, help="where findings go (default: tests/corpus_regressions/<target>)")
     args = parser.parse_args(argv)
     if args.target == "all":

@@ -25,12 +25,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from anon_ray import inventory, job, manifest, tasks
-from anon_ray.config import AppConfig
+from anon_ray.config import AppConfig, SegmentConfig
 from anon_ray.media import TMP_MARKER, MediaError, video
 from anon_ray.media.packets import scan_packets
 
@@ -57,8 +58,12 @@ def _frame(i: int) -> np.ndarray:
 
 def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int = N, fmt: str | None = None,
           container_options: dict | None = None, options: dict | None = None, pts: list[int] | None = None,
-          time_base: Fraction | None = None, rotation: int = 0, audio: bool = False, video_stream: bool = True) -> None:
-    with av.open(str(path), "w", format=fmt, container_options=container_options or {}) as out:
+          time_base: Fraction | None = None, rotation: int = 0, audio: bool = False, video_stream: bool = True,
+          latin1_title: str = "") -> None:
+    with av.open(str(path), "w", format=fmt, container_options=container_options or {},
+                 metadata_encoding="latin-1") as out:
+        if latin1_title:
+            out.metadata["title"] = latin1_title  # stored as Latin-1 bytes: invalid UTF-8
         v = out.add_stream(codec, rate=FPS, options=options or {}) if video_stream else None
         a = out.add_stream("aac", rate=48000) if audio else None
         if v is not None:
@@ -155,10 +160,8 @@ def image(fmt: str, convert: str | None = None, size: tuple[int, int] = (W, H), 
 
 
 def _png16(p: Path) -> None:
-    rgb16 = (_frame(5).astype(np.uint16) * 257)[:, :, ::-1].copy()
-    import cv2  # only here: the corpus otherwise builds images with Pillow
-
-    p.write_bytes(cv2.imencode(".png", rgb16)[1].tobytes())
+    bgr16 = (_frame(5).astype(np.uint16) * 257)[:, :, ::-1].copy()  # Pillow cannot write 16-bit RGB
+    p.write_bytes(cv2.imencode(".png", bgr16)[1].tobytes())
 
 
 def _animated(fmt: str) -> Callable[[Path], None]:
@@ -250,6 +253,7 @@ CASES = [
     Case("audio only, video extension", "audio_only.mp4", clip(video_stream=False, audio=True), ERROR,
          "no video stream"),
     Case("video with an audio track", "with_audio.mp4", clip(audio=True), PROCESSED),
+    Case("Latin-1 (non-UTF-8) title tag", "latin1.mkv", clip(latin1_title="Café Müller"), PROCESSED),
     # ---- codecs and containers other than H.264/MP4
     Case("mpeg4 (Part 2) in mp4", "mpeg4.mp4", clip(codec="mpeg4"), PROCESSED),
     Case("mpeg4 (Part 2) in avi", "mpeg4.avi", clip(codec="mpeg4"), PROCESSED),
@@ -325,7 +329,9 @@ def corpus_config(src: Path, out: Path) -> AppConfig:
     cfg = AppConfig(input=str(src), output=str(out))
     # Plates are the slow detector and add nothing to what the corpus tests.
     detect = dataclasses.replace(cfg.detect, plate=dataclasses.replace(cfg.detect.plate, enabled=False))
-    return dataclasses.replace(cfg, detect=detect, video=dataclasses.replace(cfg.video, preset="ultrafast"))
+    # Short segments: every clip is cut in three or four, so every container is seeked into.
+    return dataclasses.replace(cfg, detect=detect, video=dataclasses.replace(cfg.video, preset="ultrafast"),
+                               segment=SegmentConfig(seconds=0.4, overlap=3))
 
 
 def run_job(src: Path, out: Path) -> CorpusRun:
@@ -384,13 +390,14 @@ def test_job_never_raises_and_leaves_nothing_partial(corpus):
 
 
 def _decoded_frames(path: Path) -> int:
-    with av.open(str(path)) as c:
+    with av.open(str(path), metadata_errors="replace") as c:
         return sum(1 for _ in c.decode(video=0))
 
 
 def _check_video(src: Path, dst: Path, row: dict) -> None:
     frames = _decoded_frames(src)
     assert _decoded_frames(dst) == frames == row["frames"] == len(scan_packets(str(dst)))
+    assert row["segments"] > 1 or frames < 20, "short segments are meant to cut every clip"
     src_info, dst_info = video.probe(str(src)), video.probe(str(dst))
     assert dst_info.rotation == src_info.rotation
     assert dst_info.audio_streams == src_info.audio_streams
@@ -448,8 +455,6 @@ def test_outcome_table(corpus, record_property):
 NON_UTF8 = b"caf\xe9.jpg"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="job.py must write inventory.display_path(...) into the manifest's text columns")
 def test_non_utf8_file_name(tmp_path):
     """storage.safe_join refuses undecodable names (an UnsafePath error row); the row must still
     be written, with the name shown as valid UTF-8 (caf\\xe9.jpg), and the job must go on."""
@@ -501,6 +506,20 @@ def test_display_path_is_utf8_and_only_escapes_undecodable_bytes():
     assert inventory.display_path("été/photo.jpg") == "été/photo.jpg"
     shown = inventory.display_path(os.fsdecode(NON_UTF8))
     assert shown == "caf\\xe9.jpg" and shown.encode("utf-8")
+
+
+@pytest.mark.parametrize("name,kw", [("late.ts", {"fmt": "mpegts"}), ("late.avi", {"codec": "mpeg4"}),
+                                     ("late.mkv", {})])
+def test_decode_from_every_keyframe_is_exact(tmp_path, name, kw):
+    """MPEG-TS seeks land a keyframe late (or nowhere, asked for the first one); decode recovers."""
+    path = tmp_path / name
+    _clip(path, n=40, options={"g": "8"}, **kw)
+    index = scan_packets(str(path))
+    full = list(video.decode(str(path), None, index, 0, len(index)))
+    for k in np.flatnonzero(index.key):
+        got = list(video.decode(str(path), int(index.pts[k]), index, int(k), len(index)))
+        assert [i for i, _, _ in got] == list(range(k, len(index)))
+        np.testing.assert_array_equal(got[0][2], full[k][2])
 
 
 def test_webm_output_is_refused_before_any_work(tmp_path):

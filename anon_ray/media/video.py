@@ -196,6 +196,8 @@ def _seek_targets(index: PacketIndex, seek_pts: int | None, first: int) -> list[
 
 def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
                  ) -> Iterator[tuple[int, int, np.ndarray]]:
+    # Landing after `first` is the demuxer's doing only when the seek aimed at or before it.
+    overshoot_possible = seek_pts is not None and seek_pts <= index.pts[first]
     with open_input(path) as container:
         stream = main_video_stream(container)
         stream.thread_type = "AUTO"
@@ -213,7 +215,7 @@ def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int
                 if i >= stop:
                     return
                 if i != expected:
-                    if expected == first and seek_pts is not None and seek_pts <= index.pts[first]:
+                    if expected == first and overshoot_possible:
                         raise _SeekOvershot
                     raise MediaError(f"frame {expected} missing from decode (got frame {i})")
                 # to_ndarray converts with the frame's own matrix and range (full or limited).
@@ -221,7 +223,7 @@ def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int
                 expected += 1
         except av.FFmpegError as exc:
             raise MediaError(f"decoding failed at frame {expected}: {exc}") from exc
-        if expected == first and seek_pts is not None and seek_pts <= index.pts[first]:
+        if expected == first and overshoot_possible:
             raise _SeekOvershot
         if expected < stop:
             raise MediaError(f"video ended at frame {expected}, expected frames up to {stop}")
