@@ -32,7 +32,7 @@ class ModelsConfig:
 @dataclass
 class FaceConfig:
     enabled: bool = True
-    model: str = "centerface"
+    model: str = "centerface_int8"  # cluster=gpu picks the float "centerface" (INT8 QDQ is slow on GPUs)
     threshold: float = 0.3
     nms_iou: float = 0.3
     max_side: int = 1280  # the long side of the network input; larger frames are downscaled

@@ -125,7 +125,8 @@ def source_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
     """Where the verified original is kept, so preparations can be rerun and checked offline."""
     if entry["prepare"] == "none":
         return cache_file(name, entry, cfg)
-    return repo_path(cfg.cache_dir) / "sources" / f"{name}.onnx"
+    # Keyed by content: several prepared models from one original share a single download.
+    return repo_path(cfg.cache_dir) / "sources" / f"{entry['sha256']}.onnx"
 
 
 def fetch_source(name: str, entry: dict, cfg: ModelsConfig) -> bytes:
