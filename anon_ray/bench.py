@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 import psutil
 
-from . import tasks
+from . import pipeline, tasks
 from .config import BenchConfig, SegmentConfig
 from .detect import Detector
 from .media import packets, video
@@ -168,7 +168,7 @@ def reference_phase(src: str, dst: str, cfg: BenchConfig, n: int, backend: str) 
 
 
 def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
-    """Throughput of the Ray job with k workers of about one core each (one ORT thread per worker).
+    """Throughput of the Ray job with k workers of about one core each (one ORT and one x264 thread).
 
     0.9 CPU, not 1: the embedded cluster keeps a little CPU free for planning and finalizing.
     """
@@ -178,6 +178,7 @@ def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
     for k in cfg.workers_sweep:
         run_cfg = replace(cfg, input=src, output=os.path.join(tmp, f"sweep-{k}"), force=True,
                           cluster=replace(cfg.cluster, workers=k, cpus_per_worker=0.9),
+                          video=replace(cfg.video, threads=1),
                           detect=replace(cfg.detect, session=replace(cfg.detect.session, intra_op_threads=1)))
         t0 = time.perf_counter()
         summary = job.run(run_cfg, ray_job.run_assets)
@@ -213,30 +214,52 @@ def synthetic_clip(dst: str, minutes: float, fps: int, size: tuple[int, int], cf
     return n
 
 
-def _worker_peak_rss(src: str, out_dir: str, cfg: BenchConfig, result) -> None:
+def _segments_in_process(src: str, part_dir: str, cfg: BenchConfig, result) -> None:
+    """What one actor does for a video: plan, then every segment; reports its peak RSS."""
     import resource
 
-    job_phase(src, out_dir, cfg)
+    worker = pipeline.Worker(cfg)
+    vplan = pipeline.plan_video(src, os.path.basename(src), cfg)
+    results = [worker.segment(src, seg, vplan.info, vplan.index, os.path.join(part_dir, pipeline.part_name(seg)))
+               for seg in vplan.segments]
+    result.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, vplan, results))
+
+
+def _finalize_in_process(src: str, dst: str, vplan, results, result) -> None:
+    """The finalize task on its own: concatenation, muxing and verification."""
+    import resource
+
+    pipeline.finalize_video(src, dst, vplan, results)
     result.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def memory_phase(tmp: str, cfg: BenchConfig) -> dict:
-    """Peak RSS of one worker process anonymizing 1080p clips of different lengths (I3)."""
+    """Peak RSS of a segment worker and of the finalize task on 1080p clips of different lengths (I3).
+
+    Each runs in a fresh process (spawn), as in the Ray job where segments run on actors and
+    finalize is a task of its own, so each peak belongs to that clip and that role alone.
+    """
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")  # a fresh process per clip: its peak is that clip's alone
-    peaks = {}
+    ctx = mp.get_context("spawn")
+    workers, finalizers = {}, {}
     for minutes in cfg.memory_minutes:
         src = os.path.join(tmp, f"mem-{minutes}.mp4")
         synthetic_clip(src, minutes, cfg.memory_fps, (1920, 1080), cfg)
-        result = ctx.Queue()
-        proc = ctx.Process(target=_worker_peak_rss, args=(src, os.path.join(tmp, f"mem-out-{minutes}"), cfg, result))
+        part_dir = os.path.join(tmp, f"parts-{minutes}")
+        os.makedirs(part_dir)
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_segments_in_process, args=(src, part_dir, cfg, queue))
         proc.start()
-        peak = result.get()
+        workers[minutes], vplan, results = queue.get()
         proc.join()
-        peaks[minutes] = peak
-    return {"memory_peak_rss_mb": peaks, "memory_fps": cfg.memory_fps,
-            "memory_segment_seconds": cfg.segment.seconds}
+        proc = ctx.Process(target=_finalize_in_process,
+                           args=(src, os.path.join(tmp, f"out-{minutes}.mp4"), vplan, results, queue))
+        proc.start()
+        finalizers[minutes] = queue.get()
+        proc.join()
+    return {"memory_worker_peak_rss_mb": workers, "memory_finalize_peak_rss_mb": finalizers,
+            "memory_fps": cfg.memory_fps, "memory_segment_seconds": cfg.segment.seconds}
 
 
 def run(cfg: BenchConfig) -> dict:
