@@ -66,7 +66,7 @@ class MaskConfig:
     face_margin: float = 0.3
     plate_margin: float = 0.15
     feather: float = 0.1  # share of the mask's short side that fades into the background
-    blocks: int = 3  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
+    blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
     fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 

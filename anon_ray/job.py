@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,18 +24,72 @@ log = logging.getLogger("anon_ray")
 
 Engine = Callable[[AppConfig, Iterable[tuple[Asset, str]], str], Iterator[AssetResult]]
 
+# error_class of an asset whose work was cancelled because the driver was told to stop: it has no
+# output and no "ok" row, so the next run processes it.
+INTERRUPTED = "Interrupted"
+
+
+class StopRequest:
+    """A request to wind a run down (the CLI sets it from SIGTERM/SIGINT), checked by the engine.
+
+    Once set, no new asset is taken; assets already in flight may finish for `grace_s` seconds
+    and are then cancelled (error rows of class INTERRUPTED, no output). A second request skips
+    what is left of the grace period. Safe to call from a signal handler: it only sets fields.
+    """
+
+    def __init__(self, grace_s: float = 20.0) -> None:
+        self.grace_s = grace_s
+        self.signum = 0
+        self.count = 0
+        self.at = 0.0  # time.monotonic() of the first request
+        self._event = threading.Event()
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        if not self.count:
+            self.signum, self.at = signum, time.monotonic()
+        self.count += 1
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def urgent(self) -> bool:
+        """In-flight work must be cancelled now: asked twice, or the grace period is over."""
+        return self.requested and (self.count > 1 or time.monotonic() >= self.at + self.grace_s)
+
+    def seconds_left(self) -> float | None:
+        """Until the grace period ends (None: no stop requested)."""
+        return max(0.0, self.at + self.grace_s - time.monotonic()) if self.requested else None
+
+    @property
+    def name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
 
 @dataclass
 class Summary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    interrupted: int = 0  # in flight when the run was stopped: cancelled, no output (also not in `failed`)
     frames: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    stopped_by: int = 0  # the signal that stopped the run early; 0 = it ran to the end
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by:
+            return 128 + self.stopped_by
         return 1 if self.failed else 0
 
 
@@ -73,8 +129,13 @@ def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None
     return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([relpath] * n))
 
 
-def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
-    """List, skip what is done, run the rest on `engine`, write the manifest; never raises per asset."""
+def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopRequest | None = None) -> Summary:
+    """List, skip what is done, run the rest on `engine`, write the manifest; never raises per asset.
+
+    `stop`, once requested, ends the listing: the engine gets no new asset and winds down what it
+    has in flight (an engine that can cancel work should be given the same StopRequest). Rows of
+    every asset that finished are in the manifest either way: the writer is always closed.
+    """
     out = out or sys.stderr  # looked up per call, so a redirected stderr is honoured
     run_id = manifest.new_run_id()
     models = model_hashes(cfg)
@@ -90,7 +151,13 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
     def finish(res: AssetResult) -> None:
         writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
         name = inventory.display_path(res.asset.relpath)
-        if res.failure:
+        log.debug("%s: %s, %d faces, %d plates, %d frames, %d segments, %.2f s", name,
+                  res.failure.error_class if res.failure else "ok", res.faces, res.plates, res.frames,
+                  res.segments, res.seconds)
+        if res.failure and res.failure.error_class == INTERRUPTED:
+            summary.interrupted += 1
+            print(f"INTERRUPTED {name}: cancelled, no output (the next run processes it)", file=out)
+        elif res.failure:
             summary.failed += 1
             summary.failures.append((name, res.failure.error_class, inventory.display_path(res.failure.error)))
             print(f"FAILED {name}: {res.failure.error_class}: {summary.failures[-1][2]}", file=out)
@@ -98,16 +165,27 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
             summary.ok += 1
             summary.frames += res.frames
         elapsed = time.time() - started
+        seen = summary.ok + summary.failed + summary.skipped + summary.interrupted
         # The listing streams, so the total is what has been listed so far (final once it ends).
-        print(f"[{summary.ok + summary.failed + summary.skipped}/{listed} assets, {summary.failed} failed, "
-              f"{summary.skipped} skipped] {name}: {summary.frames / max(elapsed, 1e-9):.1f} frames/s",
-              file=out)
+        print(f"[{seen}/{listed} assets, {summary.failed} failed, {summary.skipped} skipped] {name}: "
+              f"{summary.frames / max(elapsed, 1e-9):.1f} frames/s", file=out)
 
     listed = 0
+    cut_short = False  # the listing was left unfinished because of `stop`
+
+    def stopping() -> bool:
+        nonlocal cut_short
+        if stop is not None and stop.requested:
+            cut_short = True
+        return cut_short
 
     def todo() -> Iterator[tuple[Asset, str]]:
         nonlocal listed
+        if stopping():
+            return
         for asset in list_assets(cfg):
+            if stopping():
+                return  # take no new work; what is in flight winds down in the engine
             listed += 1
             try:
                 dst = storage.safe_join(cfg.output, asset.relpath)
@@ -124,11 +202,16 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None) -> Summary:
                 continue
             yield asset, dst
 
+    source = todo()
     try:
-        for res in engine(cfg, todo(), run_id):
+        for res in engine(cfg, source, run_id):
             finish(res)
+        if stop is not None and stop.requested:
+            next(source, None)  # the engine stopped pulling: sets cut_short if anything is left to list
     finally:
         if not cfg.dry_run:
             writer.close()
     summary.seconds = time.time() - started
+    if cut_short or summary.interrupted:  # a stop that came after the last asset changes nothing
+        summary.stopped_by = stop.signum if stop is not None and stop.signum else signal.SIGTERM
     return summary

@@ -13,6 +13,12 @@ its calls reports a failure, or it stays open longer than `asset_timeout_s` (err
 
 An asset's clock runs from when it is opened, as its manifest `seconds` does, so it includes
 waiting for workers behind the other open assets (at most max_in_flight - 1 of them).
+
+Stopping (a job.StopRequest, set by the CLI on SIGTERM/SIGINT): no new asset is opened; the open
+ones may finish during the request's grace period. Then, or at once on a second signal, every
+open asset is failed as job.INTERRUPTED, its task calls cancelled by force and the pool's actors
+killed; each asset closes as a failed one does (output, temporary files and parts removed) once
+its calls have reported back. Results that were already complete are taken first, not thrown away.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,6 +37,7 @@ import ray
 
 from . import pipeline, staging, storage, tasks
 from .config import AppConfig
+from .job import INTERRUPTED, StopRequest
 from .media import TMP_MARKER
 from .types import Asset, SegmentPlan, SegmentResult
 
@@ -44,6 +53,10 @@ ACTOR_QUEUE_DEPTH = 2  # calls queued per actor so it never idles between two se
 # running this long after its cancel is stopped by force: the task's worker, or the actor
 # (restarted with a fresh model load; calls of other assets queued on it are retried).
 KILL_GRACE_S = 30.0
+POLL_S = 0.5  # while a stop may be requested, the driver looks for it at least this often
+# After a stop cancels everything, calls of killed workers report back within seconds; past this,
+# the driver closes the assets left without waiting any longer (their files are removed all the same).
+STOP_WAIT_S = 30.0
 
 
 class SegmentActor:
@@ -73,6 +86,19 @@ def threads_per_worker(cfg: AppConfig, node_cpus: float) -> int:
 def connect(cfg: AppConfig) -> None:
     if ray.is_initialized():
         return
+    # ray.init makes SIGTERM call sys.exit; a handler our caller installed (the CLI's graceful
+    # stop) must survive it.
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        _init(cfg)
+    finally:
+        for signum, handler in saved.items():
+            if callable(handler):
+                signal.signal(signum, handler)
+
+
+def _init(cfg: AppConfig) -> None:
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, log_to_driver=False)
     elif os.environ.get("RAY_ADDRESS"):
@@ -108,7 +134,7 @@ def check_resources(cfg: AppConfig, cluster: dict[str, float]) -> None:
         raise ValueError(msg)
 
 
-def make_pool(cfg: AppConfig) -> list:
+def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
     cluster = ray.cluster_resources()
     check_resources(cfg, cluster)
     actor_cfg = replace(cfg, detect=replace(cfg.detect, session=replace(
@@ -123,9 +149,14 @@ def make_pool(cfg: AppConfig) -> list:
     # Fail the job, not every asset, when no actor can start (missing models, bad config); and
     # start the assets' clocks (asset_timeout_s) only once a worker is there to work on them.
     log.info("waiting for the first of %d workers to load its models", len(pool))
-    ready, _ = ray.wait([a.pid.remote() for a in pool], num_returns=1)
-    ray.get(ready[0])
-    return pool
+    pending = [a.pid.remote() for a in pool]
+    while True:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S if stop is not None else None)
+        if ready:
+            ray.get(ready[0])
+            return pool
+        if stop is not None and stop.requested:
+            return pool  # stopped before any work: the scheduler opens nothing
 
 
 _plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(tasks.plan_task)
@@ -167,9 +198,22 @@ class _Scheduler:
         self.refs: dict = {}  # ObjectRef -> _Call, in submission order (an actor runs its calls in order)
         self.open: dict[str, _Open] = {}
 
-    def run(self, source: Iterator[tuple[Asset, str]]) -> Iterator[tasks.AssetResult]:
+    def run(self, source: Iterator[tuple[Asset, str]], stop: StopRequest | None = None) -> Iterator[tasks.AssetResult]:
         exhausted = False
+        cancelled_at = 0.0
         while True:
+            if stop is not None and stop.requested:
+                if not exhausted:
+                    exhausted = True
+                    if self.open:
+                        log.warning("%s: taking no new assets; the %d in flight get %.0f s to finish, then are "
+                                    "cancelled (signal again to cancel now)", stop.name, len(self.open),
+                                    stop.seconds_left() or 0.0)
+                if self.open and not cancelled_at and stop.urgent:
+                    yield from self._cancel_all(f"the run was stopped by {stop.name} before this asset finished")
+                    cancelled_at = time.time()
+                if cancelled_at and time.time() > cancelled_at + STOP_WAIT_S:
+                    yield from self._close_all_now()
             while not exhausted and len(self.open) < self.cfg.cluster.max_in_flight:
                 item = next(source, None)
                 if item is None:
@@ -182,7 +226,10 @@ class _Scheduler:
                 if exhausted and not self.open:
                     return
                 continue
-            ready, _ = ray.wait(list(self.refs), num_returns=1, timeout=self._next_deadline())
+            timeout = self._next_deadline()
+            if stop is not None:  # wake up to see a stop request and the end of its grace period
+                timeout = POLL_S if timeout is None else min(timeout, POLL_S)
+            ready, _ = ray.wait(list(self.refs), num_returns=1, timeout=timeout)
             if ready:
                 result = self._collect(ready[0])
                 if result is not None:
@@ -196,6 +243,37 @@ class _Scheduler:
                 ray.cancel(ref)
         for actor in self.pool:
             ray.kill(actor)
+
+    def _cancel_all(self, reason: str) -> Iterator[tasks.AssetResult]:
+        """Stop every open asset now: fail it as interrupted, cancel its calls, kill the workers."""
+        done, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0) if self.refs else ([], [])
+        for ref in done:  # complete already: keep it
+            result = self._collect(ref)
+            if result is not None:
+                yield result
+        log.warning("cancelling %d assets in flight", len(self.open))
+        failure = tasks.Failure(INTERRUPTED, reason)
+        for state in self.open.values():
+            if state.failure is None:
+                self._fail(state, failure)
+            state.forced = True  # a killed writer may leave a temporary file beside the output
+        self.queue.clear()
+        for ref, call in self.refs.items():
+            if call.actor is None:
+                ray.cancel(ref, force=True)
+        # A running actor call ignores its cancel: stop the actors themselves. No restart: no new
+        # work is coming, and their pending calls then fail at once instead of being retried.
+        for actor in self.pool:
+            ray.kill(actor, no_restart=True)
+
+    def _close_all_now(self) -> Iterator[tasks.AssetResult]:
+        """Last resort after a stop: close what is still open without waiting for its calls."""
+        for key, state in self.open.items():
+            log.warning("%s: closed without its calls reporting back after the stop", key)
+            state.calls = 0
+        for ref in list(self.refs):
+            del self.refs[ref]
+        yield from self._close_failed()
 
     def _start(self, asset: Asset, dst: str) -> None:
         key = asset.relpath
@@ -309,6 +387,10 @@ class _Scheduler:
             if state.forced and not storage.is_s3(state.dst):  # a killed writer left its temporary file
                 for tmp in glob.glob(glob.escape(_tmp_prefix(state.dst)) + "*"):
                     tasks.remove_quietly(tmp, self.cfg.storage)
+            elif state.forced:  # ... or its multipart uploads: invisible, but stored and billed
+                _abort_uploads(state.dst, self.cfg, exact=True)
+                if state.part_dir:
+                    _abort_uploads(state.part_dir.rstrip("/") + "/", self.cfg)
             yield self._close(key, tasks.AssetResult(state.asset, state.dst, failure=state.failure,
                                                      seconds=time.time() - state.started))
 
@@ -319,19 +401,37 @@ class _Scheduler:
         return result
 
 
+def _abort_uploads(uri: str, cfg: AppConfig, exact: bool = False) -> None:
+    """Abort the multipart uploads to `uri`'s key (`exact`) or under it, left by a killed writer
+    (best effort: the next run's storage.abort_stale_uploads catches what this misses)."""
+    try:
+        _, bucket, key = storage.parse_uri(uri)
+        client = storage.s3_client(cfg.storage)
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+            for upload in page.get("Uploads", ()):
+                if not exact or upload["Key"] == key:
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    except Exception as exc:  # noqa: BLE001 - clean-up must not hide the asset's own failure
+        log.warning("could not abort multipart uploads under %s: %s", prefix_uri, exc)
+
+
 def _tmp_prefix(dst: str) -> str:
     """What media.temp_path_beside names a temporary file for `dst` begins with."""
     folder, name = os.path.split(os.path.abspath(dst))
     return os.path.join(folder, f".{name}{TMP_MARKER}")
 
 
-def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str) -> Iterator[tasks.AssetResult]:
-    """Engine for job.run: stream assets through the pool, yield each result when it is final."""
+def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str,
+               stop: StopRequest | None = None) -> Iterator[tasks.AssetResult]:
+    """Engine for job.run: stream assets through the pool, yield each result when it is final.
+
+    With `stop`, the run winds down once it is requested (see the module's docstring).
+    """
     connect(cfg)
-    pool = make_pool(cfg)
+    pool = make_pool(cfg, stop)
     with tasks.part_root(cfg, run_id) as work_root:
         scheduler = _Scheduler(cfg, pool, work_root)
         try:
-            yield from scheduler.run(iter(todo))
+            yield from scheduler.run(iter(todo), stop)
         finally:
             scheduler.abort()
