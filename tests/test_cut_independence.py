@@ -101,7 +101,7 @@ def clip(request) -> str:
 def test_masks_do_not_depend_on_cuts(clip):
     whole, cut = local_run(clip, 0.0), local_run(clip, 2.0)
     assert whole.segments == 1 and cut.segments >= 5
-    assert len(whole.tracks) >= 200, "too few masks for the comparison to mean anything"
+    assert len(whole.tracks) >= 150, "too few masks for the comparison to mean anything"
     report = consistency.compare_masks(whole.tracks, cut.tracks)
     flicker = consistency.flicker(whole.tracks), consistency.flicker(cut.tracks)
     print(f"\n{Path(clip).name}: {report}, flicker (one segment, cut) {flicker}")

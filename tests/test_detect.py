@@ -136,8 +136,10 @@ def test_rejects_non_rgb_frames(faces, plates):
 
 
 def test_detector_combines_enabled_models(astronaut, plate_set):
-    detector = Detector(DetectConfig(session=SESSION), ModelsConfig())
-    assert detector.model_hashes == {name: resolve(name, ModelsConfig()).sha256 for name in ("centerface", "platedet")}
+    cfg = DetectConfig(session=SESSION)
+    detector = Detector(cfg, ModelsConfig())
+    names = (cfg.face.model, cfg.plate.model)
+    assert detector.model_hashes == {name: resolve(name, ModelsConfig()).sha256 for name in names}
     detector.warmup(256, 320)
     found = detector.detect([astronaut, plate_set[1][0]], first_index=3)
     assert found.for_frame(3).cls.tolist() == [FACE]
