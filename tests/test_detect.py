@@ -146,7 +146,7 @@ def test_detector_combines_enabled_models(astronaut, plate_set):
     assert PLATE in found.for_frame(4).cls.tolist()
 
     faces_only = Detector(DetectConfig(plate=PlateConfig(enabled=False), session=SESSION), ModelsConfig())
-    assert list(faces_only.model_hashes) == ["centerface"]
+    assert list(faces_only.model_hashes) == [cfg.face.model]
     assert set(faces_only.detect([astronaut, plate_set[1][0]]).cls.tolist()) <= {FACE}
 
 
