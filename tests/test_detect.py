@@ -166,7 +166,7 @@ def test_providers_skip_missing_and_end_with_cpu():
 
 @pytest.mark.slow
 def test_int8_preparation_finds_the_same_face(faces, astronaut, tmp_path):
-    """centerface_int8 is not in the manifest; this keeps the build step working for CPU experiments."""
+    """centerface_int8 (opt-in, not the default): the build step keeps working for CPU experiments."""
     entry = load_manifest(ModelsConfig())["centerface"]
     source = models.source_file("centerface", entry, ModelsConfig()).read_bytes()
     path = tmp_path / "centerface_int8.onnx"
