@@ -412,7 +412,7 @@ def _abort_uploads(uri: str, cfg: AppConfig, exact: bool = False) -> None:
                 if not exact or upload["Key"] == key:
                     client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     except Exception as exc:  # noqa: BLE001 - clean-up must not hide the asset's own failure
-        log.warning("could not abort multipart uploads under %s: %s", prefix_uri, exc)
+        log.warning("could not abort multipart uploads under %s: %s", uri, exc)
 
 
 def _tmp_prefix(dst: str) -> str:

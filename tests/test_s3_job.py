@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import av
 import boto3
 import cv2
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from s3server import DUMMY_AWS_ENV, moto_s3_server
