@@ -93,6 +93,23 @@ class Summary:
         return 1 if self.failed else 0
 
 
+class OutputIndex:
+    """Which outputs exist, for assets that arrive in key order, from one streamed listing.
+
+    S3 lists keys in UTF-8 byte order (Python's str order), input and output alike, so a re-run
+    checks its outputs with a merge against the output listing instead of one HEAD per asset.
+    """
+
+    def __init__(self, outputs: Iterator[Asset]):
+        self._outputs = outputs
+        self._current = next(self._outputs, None)
+
+    def has(self, relpath: str) -> bool:
+        while self._current is not None and self._current.relpath < relpath:
+            self._current = next(self._outputs, None)
+        return self._current is not None and self._current.relpath == relpath
+
+
 def list_assets(cfg: AppConfig) -> Iterator[Asset]:
     if storage.is_s3(cfg.input):
         return storage.list_s3(cfg.input, cfg.storage, exclude_prefix=cfg.output)
@@ -179,6 +196,12 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             cut_short = True
         return cut_short
 
+    merged = storage.is_s3(cfg.input) and storage.is_s3(cfg.output) and bool(done)
+    outputs = OutputIndex(storage.list_s3(cfg.output, cfg.storage)) if merged else None
+
+    def output_exists(asset: Asset, dst: str) -> bool:
+        return outputs.has(asset.relpath) if outputs else storage.exists(dst, cfg.storage)
+
     def todo() -> Iterator[tuple[Asset, str]]:
         nonlocal listed
         if stopping():
@@ -193,7 +216,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
                 continue
             done_before = done.get(inventory.display_path(asset.relpath)) == (asset.version, chash)
-            if done_before and storage.exists(dst, cfg.storage):
+            if done_before and output_exists(asset, dst):
                 summary.skipped += 1
                 writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
                 continue

@@ -119,3 +119,11 @@ def test_dry_run_lists_without_writing(s3, first_run, capsys):
     assert "would process: new/fresh.jpg" in capsys.readouterr().err
     assert _keys(client, "out/") == before
     client.delete_object(Bucket="archive", Key="in/new/fresh.jpg")
+
+
+def test_deleted_output_is_redone(s3, first_run):
+    url, client, scratch = s3
+    client.delete_object(Bucket="archive", Key="out/day2/p005.jpg")
+    summary = job.run(_cfg(url, scratch), tasks.run_local)
+    assert summary.ok == 1 and summary.failed == 0
+    assert "out/day2/p005.jpg" in _keys(client, "out/")
