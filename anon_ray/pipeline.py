@@ -19,6 +19,7 @@ from .config import AppConfig
 from .detect import Detector
 from .media import image as image_io
 from .media import packets, rotation, video
+from .models import sha256_file
 from .prefetch import prefetch
 from .track import bytetrack
 from .types import FACE, PLATE, Detections, PacketIndex, SegmentPlan, SegmentResult
@@ -57,14 +58,6 @@ class VideoOutcome:
 def part_name(seg: SegmentPlan) -> str:
     # MP4 parts: the muxer keeps decode timestamps, which the stream-copy concatenation needs.
     return f"part-{seg.index:05d}.mp4"
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_objects(dets: Detections) -> tuple[int, int]:

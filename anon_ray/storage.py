@@ -32,6 +32,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from .config import StorageConfig
 from .inventory import IMAGE_EXTS, INTERNAL_DIR, VIDEO_EXTS
+from .media import remove_quietly
 from .types import Asset
 
 log = logging.getLogger(__name__)
@@ -213,11 +214,6 @@ def _flock(path: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
 class _KnownVersion(BaseSubscriber):
     """Gives s3transfer the size and ETag already checked: it skips its own HEAD and sends the
     ETag as IfMatch with every ranged GET, so a change mid-download fails instead of mixing
@@ -305,7 +301,7 @@ class ScratchCache:
         try:
             _download(client, bucket, key, etag, tmp)
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
         os.replace(tmp, path)
         self._evict(keep=path)
@@ -326,7 +322,7 @@ class ScratchCache:
                 if ".part-" in entry.name:
                     # In-flight downloads count against the bound but belong to their process.
                     if now - st.st_mtime > _STALE_PART_S:
-                        _remove_quietly(entry.path)
+                        remove_quietly(entry.path)
                     else:
                         total += st.st_size
                     continue
@@ -336,7 +332,7 @@ class ScratchCache:
                 if total <= self.max_bytes:
                     break
                 if path != keep:
-                    _remove_quietly(path)
+                    remove_quietly(path)
                     total -= size
 
 
@@ -356,7 +352,7 @@ def _write_local_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
 
 
@@ -420,7 +416,7 @@ def remove(uri: str, cfg: StorageConfig) -> None:
     if scheme == "s3":
         s3_client(cfg).delete_object(Bucket=bucket, Key=key)
     else:
-        _remove_quietly(key)
+        remove_quietly(key)
 
 
 def abort_stale_uploads(prefix_uri: str, cfg: StorageConfig, older_than_s: float = DEFAULT_STALE_UPLOAD_S) -> int:

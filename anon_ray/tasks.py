@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import inventory, pipeline, staging, storage
 from .config import AppConfig, StorageConfig
 from .inventory import INTERNAL_DIR
+from .models import sha256_file
 from .types import Asset, Detections, SegmentPlan, SegmentResult
 
 MAX_MESSAGE = 300
@@ -93,7 +94,7 @@ def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
             reason = f"detected kind: {asset.kind}" if storage.is_s3(asset.uri) else inventory.unusable_reason(asset.uri)
             raise pipeline.AssetError(f"unsupported or unreadable input: {reason}")
         src = staging.local_input(asset, worker.cfg.storage)
-        digest = pipeline.sha256_file(src)
+        digest = sha256_file(src)
         with staging.output_target(dst, worker.cfg.storage) as target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             out = worker.image(src, target)
@@ -133,7 +134,7 @@ def finalize_task(cfg: AppConfig, asset: Asset, dst: str, vplan: pipeline.VideoP
                   results: list[SegmentResult], started: float) -> AssetResult:
     try:
         src = staging.local_input(asset, cfg.storage)
-        digest = pipeline.sha256_file(src)
+        digest = sha256_file(src)
         local = [dataclasses.replace(r, part_path=staging.fetch(r.part_path, "", cfg.storage)) for r in results]
         with staging.output_target(dst, cfg.storage) as target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)

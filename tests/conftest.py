@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,3 +33,14 @@ def annotations(folder: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLES
+
+
+def mux_stereo_tone(out, stream, samples: int) -> None:
+    """A 48 kHz stereo tone of `samples` samples, encoded on `stream` and muxed into `out`."""
+    tone = (0.3 * np.sin(np.arange(samples) / 7.0)).astype(np.float32)
+    for k in range(0, samples, 1024):
+        chunk = np.ascontiguousarray(np.repeat(tone[None, k:k + 1024], 2, axis=0))
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = 48000, k
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))

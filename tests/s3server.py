@@ -30,6 +30,22 @@ DUMMY_AWS_ENV = {
 }
 
 
+@contextlib.contextmanager
+def aws_env(extra: dict[str, str] | None = None) -> Iterator[None]:
+    """DUMMY_AWS_ENV (plus `extra`) in os.environ for a module-scoped fixture, restored after."""
+    values = {**DUMMY_AWS_ENV, **(extra or {})}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

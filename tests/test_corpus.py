@@ -34,6 +34,7 @@ from anon_ray import inventory, job, manifest, tasks
 from anon_ray.config import AppConfig, SegmentConfig
 from anon_ray.media import TMP_MARKER, MediaError, video
 from anon_ray.media.packets import scan_packets
+from conftest import mux_stereo_tone
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,13 +82,7 @@ def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int =
             out.mux(v.encode(None))
         if a is not None:
             samples = 48000 * N // FPS
-            tone = (0.3 * np.sin(np.arange(samples) / 7.0)).astype(np.float32)
-            for k in range(0, samples, 1024):
-                chunk = np.ascontiguousarray(np.repeat(tone[None, k:k + 1024], 2, axis=0))
-                af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
-                af.sample_rate, af.pts = 48000, k
-                out.mux(a.encode(af))
-            out.mux(a.encode(None))
+            mux_stereo_tone(out, a, samples)
 
 
 def clip(**kw) -> Callable[[Path], None]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from s3server import DUMMY_AWS_ENV, moto_s3_server
+from s3server import DUMMY_AWS_ENV, aws_env, moto_s3_server
 
 from anon_ray import cli, job, storage, tasks
 from anon_ray.config import AppConfig, StorageConfig
@@ -128,11 +128,8 @@ def privacy_run(tmp_path_factory):
     plate_path, plate_text = _plate_image()
     # Ray's unix sockets live under its temp dir: keep the path short.
     ray_tmp = Path(tempfile.mkdtemp(prefix="arp", dir="/tmp"))
-    saved = {k: os.environ.get(k) for k in {**DUMMY_AWS_ENV, **FAKE_CREDS}}
-    os.environ.update(DUMMY_AWS_ENV)
-    os.environ.update(FAKE_CREDS)
     try:
-        with moto_s3_server() as url:
+        with aws_env(FAKE_CREDS), moto_s3_server() as url:
             client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
             client.create_bucket(Bucket="media")
             astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))
@@ -150,11 +147,6 @@ def privacy_run(tmp_path_factory):
             yield {"proc": proc, "out": out, "scratch": scratch, "ray_tmp": ray_tmp, "plate_text": plate_text}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _forbidden(plate_text: str) -> list[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import boto3
 import cv2
 import pyarrow.parquet as pq
 import pytest
-from s3server import DUMMY_AWS_ENV, moto_s3_server
+from s3server import aws_env, moto_s3_server
 
 from anon_ray import job, tasks
 from anon_ray.config import AppConfig, StorageConfig
@@ -24,27 +23,18 @@ N_PHOTOS = 50
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in DUMMY_AWS_ENV}
-    os.environ.update(DUMMY_AWS_ENV)
-    try:
-        with moto_s3_server() as url:
-            client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-            client.create_bucket(Bucket="archive")
-            astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))
-            for i in range(N_PHOTOS):
-                crop = cv2.resize(astro, (160 + 2 * i, 160 + i))
-                ok, data = cv2.imencode(".jpg", crop)
-                client.put_object(Bucket="archive", Key=f"in/day{i % 3}/p{i:03d}.jpg", Body=data.tobytes())
-            clip = (SAMPLES / "astronaut_pan.mp4").read_bytes()
-            client.put_object(Bucket="archive", Key="in/videos/a.mp4", Body=clip)
-            client.put_object(Bucket="archive", Key="in/videos/b.mp4", Body=clip)
-            yield url, client, tmp_path_factory.mktemp("scratch")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with aws_env(), moto_s3_server() as url:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+        client.create_bucket(Bucket="archive")
+        astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))
+        for i in range(N_PHOTOS):
+            crop = cv2.resize(astro, (160 + 2 * i, 160 + i))
+            ok, data = cv2.imencode(".jpg", crop)
+            client.put_object(Bucket="archive", Key=f"in/day{i % 3}/p{i:03d}.jpg", Body=data.tobytes())
+        clip = (SAMPLES / "astronaut_pan.mp4").read_bytes()
+        client.put_object(Bucket="archive", Key="in/videos/a.mp4", Body=clip)
+        client.put_object(Bucket="archive", Key="in/videos/b.mp4", Body=clip)
+        yield url, client, tmp_path_factory.mktemp("scratch")
 
 
 def _cfg(url: str, scratch: Path) -> AppConfig:

@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from anon_ray.config import VideoConfig
 from anon_ray.media import TMP_MARKER, MediaError, rotation, video
 from anon_ray.media.packets import scan_packets
+from conftest import mux_stereo_tone
 
 N_FRAMES, W, H, FPS, GOP = 72, 320, 240, 30, 24
 # What an iPhone writes for a portrait video: stored landscape, shown turned 90 degrees clockwise.
@@ -63,13 +64,7 @@ def make_clip(path: str, matrix=PORTRAIT_MATRIX, audio: bool = True, subtitles: 
         out.mux(v.encode(None))
         if a is not None:
             n = 48000 * N_FRAMES // FPS
-            tone = (0.3 * np.sin(np.arange(n) / 7.0)).astype(np.float32)
-            for k in range(0, n, 1024):
-                chunk = np.ascontiguousarray(np.repeat(tone[None, k:k + 1024], 2, axis=0))
-                af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
-                af.sample_rate, af.pts = 48000, k
-                out.mux(a.encode(af))
-            out.mux(a.encode(None))
+            mux_stereo_tone(out, a, n)
         if s is not None:
             for j, text in enumerate([b"Bonjour", b"Au revoir"]):
                 packet = av.Packet(struct.pack(">H", len(text)) + text if mp4 else text)
