@@ -30,15 +30,39 @@ class ModelsConfig:
 
 
 @dataclass
+class TilingConfig:
+    """A zoomed-in pass over overlapping tiles, for objects too small for the whole-frame pass.
+
+    The frame is scaled by `scale`, cut into square tiles of `tile` pixels that overlap by
+    `overlap` of a side, and each tile goes through the detector on its own; boxes come back into
+    frame pixels and are merged with the whole-frame pass by cross-tile NMS. A frame that fits in
+    one tile costs one extra pass; one that needs more than `max_tiles` tiles (0 = no limit) gets
+    none, which bounds the cost on large frames (video) while small photos are always enlarged.
+    """
+
+    enabled: bool = False
+    scale: float = 2.0
+    tile: int = 640
+    overlap: float = 0.25
+    max_tiles: int = 0
+    # False: photos only. A photo has one chance, while a video frame's miss is covered by its
+    # neighbours (tracking, gap fill) and the tiles' cost repeats on every frame.
+    video: bool = True
+
+
+@dataclass
 class FaceConfig:
     enabled: bool = True
-    # The float model: the INT8 one ("centerface_int8", ~40% faster on CPU) scores the same on the
-    # dev photos but finds only 58% of the float model's faces on the dim hamilton clip.
-    model: str = "centerface"
+    # INT8 after a float stem (models.py): ~1.8x faster than "centerface" (float) on CPU; at a
+    # threshold 0.05 lower it finds every face the float model finds on the eval clips.
+    model: str = "centerface_int8"
     threshold: float = 0.3
     nms_iou: float = 0.3
     max_side: int = 1280  # the long side of the network input; larger frames are downscaled
+    min_side: int = 0  # smaller frames are upscaled until their long side reaches this (0 = never)
     batch: int = 4
+    flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
 
 
 @dataclass
@@ -49,6 +73,8 @@ class PlateConfig:
     nms_iou: float = 0.45
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups.
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
+    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(scale=1.0))
 
 
 @dataclass
@@ -110,6 +136,7 @@ class ClusterConfig:
     gpus_per_worker: float = 0.0
     max_in_flight: int = 8  # assets being planned/processed at once (bounds driver memory)
     max_retries: int = 3
+    pin_cpus: bool = False  # each worker claims round(cpus_per_worker) cores of its node (affinity.py)
 
 
 @dataclass

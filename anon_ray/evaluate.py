@@ -3,6 +3,11 @@
 The masks scored are exactly those the job applies (every enabled class, dilated, `mask_region`),
 so a face under a plate mask counts as protected and a plate mask over a face image counts as
 over-masking. Recall and precision at IoU >= 0.5 use the raw boxes of the labelled class only.
+
+Videos in the folder go through the job's video path (segments with context, tracking, gap fill,
+padding, stitching) without encoding. A video whose row names per-frame ground truth in
+`meta.mot` (a MOT-style `frame,id,x,y,w,h,...` text file, frames from 1, relative to the folder)
+is scored frame by frame like a photo; every video reports flicker (DESIGN.md section 5).
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import mask, metrics
+from . import consistency, mask, metrics, pipeline, refine, stitch
 from .config import EvalConfig
 from .detect import Detector
+from .inventory import VIDEO_EXTS
+from .media import video
 from .media.image import read_image
+from .track import bytetrack
 from .types import FACE, PLATE, Detections
 
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
+CURVE_MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)  # per side, a share of the box (MaskConfig margins)
 # Kaggle face-mask labels: a face wearing a medical mask is where the model struggles most.
 MASKED_FACE_LABELS = {"con_mascarilla", "with_mask", "mask_weared_incorrect"}
 
@@ -33,6 +42,11 @@ class Item:
     file: str
     gt: np.ndarray  # float64 (n, 4)
     tags: dict[str, np.ndarray]
+    mot: str = ""  # per-frame ground truth of a video, "" when it has none
+
+    @property
+    def is_video(self) -> bool:
+        return os.path.splitext(self.file)[1].lower() in VIDEO_EXTS
 
 
 def load_items(dataset: str) -> Iterator[Item]:
@@ -48,7 +62,20 @@ def load_items(dataset: str) -> Iterator[Item]:
             labels = meta.get("classes")
             if isinstance(labels, list) and len(labels) == n:
                 tags["masked_face"] = np.array([lab in MASKED_FACE_LABELS for lab in labels])
-            yield Item(os.path.join(dataset, row["file"]), gt, tags)
+            # Any other per-box flag list (e.g. "profile": [true, false, ...]) is a hard subset too.
+            for key, value in meta.items():
+                if isinstance(value, list) and len(value) == n and n and all(isinstance(v, bool) for v in value):
+                    tags[key] = np.array(value)
+            mot = os.path.join(dataset, meta["mot"]) if meta.get("mot") else ""
+            yield Item(os.path.join(dataset, row["file"]), gt, tags, mot)
+
+
+def load_mot(path: str) -> dict[int, np.ndarray]:
+    """MOT-style ground truth: frame index (from 0) -> float64 (n, 4) xyxy boxes."""
+    rows = np.loadtxt(path, delimiter=",", ndmin=2, usecols=range(6))
+    boxes = np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], axis=1)
+    frames = rows[:, 0].astype(np.int64) - 1
+    return {int(f): boxes[frames == f] for f in np.unique(frames)}
 
 
 def target_class(cfg: EvalConfig) -> int:
@@ -74,28 +101,33 @@ def _write_curve(rows: list[dict], report_dir: str, cls: int) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([r["over_masking"] for r in rows], [r["protected"] for r in rows], marker="o")
-    for r in rows:
-        ax.annotate(f"{r['threshold']:.2f}", (r["over_masking"], r["protected"]), fontsize=7)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for margin in sorted({r["margin"] for r in rows}):
+        line = [r for r in rows if r["margin"] == margin]
+        ax.plot([r["over_masking"] for r in line], [r["protected"] for r in line], marker="o", label=f"margin {margin:g}")
+        for r in line:
+            ax.annotate(f"{r['threshold']:.2f}", (r["over_masking"], r["protected"]), fontsize=6)
     ax.set_xlabel("over-masking (share of image)")
     ax.set_ylabel("protected share")
-    ax.set_title(f"{name}: protection vs over-masking by threshold")
+    ax.set_title(f"{name}: protection vs over-masking by threshold and margin")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(report_dir, f"curve_{name}.png"), dpi=120)
     plt.close(fig)
 
 
+def _low_threshold(cfg: EvalConfig) -> EvalConfig:
+    """The config with both classes' thresholds lowered to the curve's lowest, so one detection
+    run serves every threshold of the sweep."""
+    low = min(CURVE_THRESHOLDS)
+    face = replace(cfg.detect.face, threshold=min(low, cfg.detect.face.threshold))
+    plate = replace(cfg.detect.plate, threshold=min(low, cfg.detect.plate.threshold))
+    return replace(cfg, detect=replace(cfg.detect, face=face, plate=plate))
+
+
 def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     cls = target_class(cfg)
-    curve_cfg = cfg.detect
-    if cfg.curve:
-        # Detect once at the curve's lowest threshold; each threshold then filters the cache.
-        low = min(CURVE_THRESHOLDS)
-        face = type(cfg.detect.face)(**{**cfg.detect.face.__dict__, "threshold": min(low, cfg.detect.face.threshold)})
-        plate = type(cfg.detect.plate)(**{**cfg.detect.plate.__dict__, "threshold": min(low, cfg.detect.plate.threshold)})
-        curve_cfg = type(cfg.detect)(face=face, plate=plate, session=cfg.detect.session)
-    detector = Detector(curve_cfg, cfg.models)
+    detector = Detector((_low_threshold(cfg) if cfg.curve else cfg).detect, cfg.models)
     agg = metrics.Aggregate()
     cache: list[tuple[np.ndarray, tuple[tuple[int, int], Detections]]] = []
 
@@ -104,32 +136,77 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
 
     started = time.perf_counter()
     n = 0
+    videos = []
+    worker = None  # the job's video path, at the configured thresholds; built on the first video
     for item in load_items(cfg.dataset):
         if cfg.limit and n >= cfg.limit:
             break
+        n += 1
+        if item.is_video:
+            worker = worker or pipeline.Worker(cfg)
+            videos.append(score_video(item, worker, cfg, cls, agg))
+            continue
         rgb = read_image(item.file, cfg.image).rgb
-        found = detector.detect([rgb])
+        found = detector.detect([rgb], photo=True)
         dets = found.select(found.score >= configured(found))
         region = _mask(rgb.shape[:2], dets, cfg)
         agg.add(metrics.score_image(item.gt, region, dets.xyxy[dets.cls == cls], item.tags))
         if cfg.curve:
             cache.append((item.gt, (rgb.shape[:2], found)))
-        n += 1
     seconds = time.perf_counter() - started
     summary = agg.summary()
-    summary["images_per_second"] = n / seconds if seconds else float("nan")
+    summary["images_per_second"] = (n - len(videos)) / seconds if seconds else float("nan")
     summary["target"] = "plate" if cls == PLATE else "face"
-    if cfg.curve:
-        def build(c, threshold: float) -> np.ndarray:
-            shape, found = c
-            # The swept threshold applies to the labelled class; the other keeps its configured one.
-            keep = np.where(found.cls == cls, found.score >= threshold, found.score >= configured(found))
-            return _mask(shape, found.select(keep), cfg)
+    if videos:
+        summary["videos"] = videos
+        summary["flicker"] = sum(v["flicker"] for v in videos)
+    if cfg.curve and cache:
+        rows = []
+        for margin in CURVE_MARGINS:
+            margins = {"plate_margin": margin} if cls == PLATE else {"face_margin": margin}
+            swept = replace(cfg, mask=replace(cfg.mask, **margins))
 
-        rows = metrics.threshold_curve(cache, CURVE_THRESHOLDS, build)
+            def build(c, threshold: float) -> np.ndarray:
+                shape, found = c
+                # The swept threshold applies to the labelled class; the other keeps its configured one.
+                keep = np.where(found.cls == cls, found.score >= threshold, found.score >= configured(found))
+                return _mask(shape, found.select(keep), swept)
+
+            rows += [{"margin": margin, **r} for r in metrics.threshold_curve(cache, CURVE_THRESHOLDS, build)]
         _write_curve(rows, cfg.report_dir or os.path.join(os.getcwd(), "eval_report"), cls)
         summary["curve"] = rows
     return summary
+
+
+def video_masks(src: str, worker: pipeline.Worker, cfg: EvalConfig) -> tuple[Detections, video.VideoInfo]:
+    """The boxes the job masks a video with (owned frames, global track ids), as its segment
+    workers and finalize compute them, without encoding anything."""
+    vplan = pipeline.plan_video(src, src, cfg)
+    info = vplan.info
+    results = []
+    for seg in vplan.segments:
+        ctx = range(seg.ctx_start, seg.ctx_end)
+        decoded = ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, vplan.index, seg.ctx_start, seg.ctx_end))
+        raw = worker.detect_stream(decoded, info.rotation, (info.width, info.height))
+        tracked = bytetrack.track(raw, cfg.track, ctx)
+        results.append((seg, refine.mask_boxes(tracked, cfg.track, ctx, (info.width, info.height))))
+    return stitch.asset_tracks(results), info
+
+
+def score_video(item: Item, worker: pipeline.Worker, cfg: EvalConfig, cls: int, agg: metrics.Aggregate) -> dict:
+    """Flicker of one video; with MOT ground truth, each frame is also scored into `agg`."""
+    masks, info = video_masks(item.file, worker, cfg)
+    row = {"file": os.path.basename(item.file), "frames": info.n_frames, "masks": len(masks),
+           "tracks": int(len(np.unique(masks.track[masks.track >= 0]))), "flicker": consistency.flicker(masks),
+           "ground_truth": "mot" if item.mot else "none"}
+    if item.mot:
+        truth = load_mot(item.mot)
+        empty = np.zeros((0, 4))
+        for f in range(info.n_frames):
+            shown = masks.for_frame(f)
+            region = _mask((info.height, info.width), shown, cfg)
+            agg.add(metrics.score_image(truth.get(f, empty), region, shown.xyxy[shown.cls == cls]))
+    return row
 
 
 def _fmt(x) -> str:
@@ -138,13 +215,20 @@ def _fmt(x) -> str:
 
 def main(cfg: EvalConfig) -> None:
     summary = evaluate(cfg)
-    print(f"dataset: {cfg.dataset} ({summary['target']}s, {summary['n_images']} images, {summary['n_boxes']} boxes)")
-    for key in ("protected", "leak_rate", "leak_rate_ge16", "recall_iou50", "precision_iou50", "over_masking",
-                "images_per_second"):
-        print(f"  {key:18s} {_fmt(summary[key])}")
-    print("  by box height (protected share, boxes):")
-    for bucket, share in summary["by_height"].items():
-        print(f"    {bucket:6s} {_fmt(share)}  n={summary['by_height_n'][bucket]}")
-    for tag, row in summary["by_tag"].items():
-        print(f"  {tag}: protected {_fmt(row['protected'])} n={row['n']}")
+    print(f"dataset: {cfg.dataset} ({summary['target']}s, {summary['n_images']} images or frames, "
+          f"{summary['n_boxes']} boxes)")
+    if summary["n_images"]:
+        for key in ("protected", "leak_rate", "leak_rate_ge16", "recall_iou50", "precision_iou50", "over_masking",
+                    "images_per_second"):
+            print(f"  {key:18s} {_fmt(summary[key])}")
+        print("  by box height (leak rate, boxes):")
+        for bucket, leak in summary["leak_by_height"].items():
+            print(f"    {bucket:6s} {_fmt(leak)}  n={summary['by_height_n'][bucket]}")
+        print("  hard and per-source subsets (leak rate overall, by box height):")
+        for tag, row in summary["by_tag"].items():
+            heights = " ".join(f"{b}:{_fmt(v)}" for b, v in row["leak_by_height"].items())
+            print(f"    {tag}: leak {_fmt(row['leak_rate'])} n={row['n']}  [{heights}]")
+    for v in summary.get("videos", []):
+        print(f"  video {v['file']}: {v['frames']} frames, {v['tracks']} tracks, {v['masks']} masks, "
+              f"flicker {v['flicker']}, ground truth: {v['ground_truth']}")
     print(json.dumps(summary, sort_keys=True, default=float))

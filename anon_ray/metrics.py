@@ -150,7 +150,10 @@ class Aggregate:
         by_tag = {}
         for name in tag_names:
             flag = np.concatenate([s.tags.get(name, np.zeros(len(s.coverage), bool)) for s in scores])
-            by_tag[name] = {"protected": _share(protected[flag].sum(), flag.sum()), "n": int(flag.sum())}
+            share = _share(protected[flag].sum(), flag.sum())
+            by_tag[name] = {"protected": share, "leak_rate": 1.0 - share, "n": int(flag.sum()),
+                            "leak_by_height": _leak_by_height(protected[flag], buckets[flag])}
+        by_height = {b: _share(protected[buckets == b].sum(), (buckets == b).sum()) for b in HEIGHT_BUCKETS}
         return {
             "leak_rate": 1.0 - _share(protected.sum(), n),
             "protected": _share(protected.sum(), n),
@@ -159,11 +162,17 @@ class Aggregate:
             "over_masking": float(np.mean([s.over_masked / s.area for s in scores])) if scores else float("nan"),
             "n_boxes": n,
             "n_images": len(scores),
-            "by_height": {b: _share(protected[buckets == b].sum(), (buckets == b).sum()) for b in HEIGHT_BUCKETS},
+            "by_height": by_height,
+            "leak_by_height": _leak_by_height(protected, buckets),
             "by_height_n": {b: int((buckets == b).sum()) for b in HEIGHT_BUCKETS},
             "by_tag": by_tag,
             "leak_rate_ge16": 1.0 - _share(protected[tall].sum(), tall.sum()),
         }
+
+
+def _leak_by_height(protected: np.ndarray, buckets: np.ndarray) -> dict[str, float]:
+    """Leak rate per height bucket (NaN for an empty bucket): tiny faces are reported apart."""
+    return {b: 1.0 - _share(protected[buckets == b].sum(), (buckets == b).sum()) for b in HEIGHT_BUCKETS}
 
 
 def threshold_curve(

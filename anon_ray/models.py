@@ -271,11 +271,15 @@ def calibration_frames(count: int = 32, height: int = 384, width: int = 640) -> 
     return frames
 
 
-def prepare_centerface_int8(source: bytes) -> bytes:
-    """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations, for CPU speed.
+# The stem (the first conv and inverted-residual block, down to stride 4) stays float32: quantizing
+# it alone costs a third of the faces the float model finds at scores 0.3-0.6 on dim video, whatever
+# the calibration (min-max, entropy, percentile, darkened frames: all tried), while every later layer
+# quantizes with no such loss. The stem is ~10% of the INT8 model's time.
+FLOAT_STEM_OUTPUT = "377"
 
-    Not in the manifest by default: it changes outputs, so it must earn its place on the eval set.
-    """
+
+def prepare_centerface_int8(source: bytes) -> bytes:
+    """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations after the stem."""
     import onnx
     from onnx import version_converter
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -291,12 +295,19 @@ def prepare_centerface_int8(source: bytes) -> bytes:
 
     # Per-channel QDQ needs opset 13; the shipped model is opset 9.
     model = version_converter.convert_version(onnx.load_from_string(prepare_centerface_dynamic(source)), 13)
+    stem = []
+    for k, node in enumerate(model.graph.node):
+        node.name = node.name or f"node{k}"
+        if len(stem) == k:
+            stem.append(node.name)
+            if FLOAT_STEM_OUTPUT in node.output:
+                break
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(model, fp32)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=stem)
         return onnx.load(out).SerializeToString(deterministic=True)
 
 

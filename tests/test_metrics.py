@@ -114,7 +114,7 @@ def test_summary_keys_leak_rate_heights_and_tags():
     agg.add(score_image(gt[:1], mask, NO_DETS))  # no tags given: counts as untagged
     s = agg.summary()
     assert set(s) == {"leak_rate", "protected", "recall_iou50", "precision_iou50", "over_masking", "n_boxes",
-                      "n_images", "by_height", "by_height_n", "by_tag", "leak_rate_ge16"}
+                      "n_images", "by_height", "leak_by_height", "by_height_n", "by_tag", "leak_rate_ge16"}
     assert s["n_boxes"] == 6 and s["n_images"] == 2
     assert s["protected"] == pytest.approx(4 / 6)
     assert s["leak_rate"] == pytest.approx(2 / 6)
@@ -122,7 +122,13 @@ def test_summary_keys_leak_rate_heights_and_tags():
     assert s["by_height_n"] == {"<16": 3, "16-32": 1, "32-96": 1, ">=96": 1}
     assert s["by_height"]["<16"] == pytest.approx(2 / 3)
     assert s["by_height"]["32-96"] == 0.0 and s["by_height"][">=96"] == 1.0
-    assert s["by_tag"] == {"masked_face": {"protected": pytest.approx(2 / 3), "n": 3}}
+    assert s["leak_by_height"]["<16"] == pytest.approx(1 / 3) and s["leak_by_height"]["32-96"] == 1.0
+    # The hard subset: boxes 0 (tiny, protected), 1 (tiny, leaked), 4 (large, protected); the untagged
+    # second image's box is not in it.
+    masked = s["by_tag"]["masked_face"]
+    assert masked["n"] == 3 and masked["protected"] == pytest.approx(2 / 3) and masked["leak_rate"] == pytest.approx(1 / 3)
+    assert masked["leak_by_height"]["<16"] == 0.5 and masked["leak_by_height"][">=96"] == 0.0
+    assert math.isnan(masked["leak_by_height"]["16-32"])
     assert s["recall_iou50"] == pytest.approx(3 / 6) and s["precision_iou50"] == 1.0
     assert list(s["by_height"]) == list(HEIGHT_BUCKETS)
 

@@ -10,6 +10,7 @@ from anon_ray.config import DetectConfig, ModelsConfig
 from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
+from anon_ray.detect.tiling import MultiPass
 from anon_ray.models import ModelInfo, resolve
 from anon_ray.types import Detections
 
@@ -17,17 +18,20 @@ __all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "make_
 
 
 class Detector:
-    """Every enabled detector, run on the same frames; their detections are concatenated."""
+    """Every enabled detector with its configured passes (whole frame, mirrored, tiles), run on the
+    same frames; their detections are concatenated."""
 
     def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
         self.models: dict[str, ModelInfo] = {}
-        self.detectors: list[FaceDetector | PlateDetector] = []
+        self.detectors: list[MultiPass] = []
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
-            self.detectors.append(FaceDetector(info.path, cfg.face, cfg.session))
+            face = FaceDetector(info.path, cfg.face, cfg.session)
+            self.detectors.append(MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou))
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
-            self.detectors.append(PlateDetector(info.path, cfg.plate, cfg.session))
+            plate = PlateDetector(info.path, cfg.plate, cfg.session)
+            self.detectors.append(MultiPass(plate, cfg.plate.tiling, cfg.plate.flip, cfg.plate.nms_iou))
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -37,5 +41,6 @@ class Detector:
         """One inference at the expected frame size, so the first real batch does not pay for allocations."""
         self.detect([np.zeros((height, width, 3), np.uint8)])
 
-    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
-        return Detections.concat([d.detect(frames, first_index) for d in self.detectors])
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
+        """`photo`: the frames are photos, not video frames (TilingConfig.video)."""
+        return Detections.concat([d.detect(frames, first_index, photo) for d in self.detectors])

@@ -33,10 +33,16 @@ def same_size_batches(frames: Sequence[np.ndarray], size: int) -> Iterator[tuple
         start = stop
 
 
-def network_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """Image size inside the network input: downscaled so the long side fits, never upscaled."""
-    scale = min(1.0, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
+def zoom_for(height: int, width: int, max_side: int, min_side: int = 0) -> float:
+    """Scale of a frame inside the network input: down so the long side fits `max_side`, up so it
+    reaches `min_side` (CenterFace misses faces under ~10 input pixels, so small photos gain from
+    being enlarged; 0 = never upscale)."""
+    long = max(height, width)
+    return min(max_side / long, max(1.0, min_side / long))
+
+
+def zoomed_size(height: int, width: int, zoom: float) -> tuple[int, int]:
+    return max(1, round(height * zoom)), max(1, round(width * zoom))
 
 
 class FaceDetector:
@@ -45,22 +51,28 @@ class FaceDetector:
         self.session = make_session(model_path, session_cfg)
         self.input = self.session.get_inputs()[0].name
 
-    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
-        parts = [self.detect_batch(batch, first_index + start)
+    def zoom(self, height: int, width: int) -> float:
+        """Scale of the whole-frame pass for a frame of this size."""
+        return zoom_for(height, width, self.cfg.max_side, self.cfg.min_side)
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, zoom: float | None = None) -> Detections:
+        """Faces in frame pixels; `zoom` overrides the scale the frames are resized by (tiles)."""
+        parts = [self.detect_batch(batch, first_index + start, zoom)
                  for start, batch in same_size_batches(frames, max(1, self.cfg.batch))]
         return Detections.concat(parts)
 
-    def detect_batch(self, frames: Sequence[np.ndarray], first_index: int) -> Detections:
+    def detect_batch(self, frames: Sequence[np.ndarray], first_index: int, zoom: float | None = None) -> Detections:
         for frame in frames:
             check_frame(frame)
         height, width = frames[0].shape[:2]
-        inner_h, inner_w = network_size(height, width, self.cfg.max_side)
+        inner_h, inner_w = zoomed_size(height, width, self.zoom(height, width) if zoom is None else zoom)
         # Pad (not stretch) to the alignment, so x and y keep the scale of the resize alone.
         blob = np.zeros((len(frames), 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN), np.float32)
         for k, frame in enumerate(frames):
             if (inner_h, inner_w) != (height, width):
                 # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
-                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA)
+                shrink = inner_h < height
+                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             blob[k, :, :inner_h, :inner_w] = frame.transpose(2, 0, 1)
         heat, size, offset = run_checked(self.session, OUTPUTS, {self.input: blob})
         return self.decode(heat, size, offset, first_index, (inner_w / width, inner_h / height), (width, height))

@@ -32,26 +32,34 @@ class PlateDetector:
         task = self.session.get_modelmeta().custom_metadata_map.get("task", "segment")
         self.coeffs = SEG_COEFFS if task == "segment" else 0
 
-    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0) -> Detections:
-        # The exported model has batch size 1.
-        return Detections.concat([self.detect_one(frame, first_index + k) for k, frame in enumerate(frames)])
+    def zoom(self, height: int, width: int) -> float:
+        """Largest scale any whole-frame pass gives a frame of this size."""
+        return min(self.height / height, self.width / width) * max(self.cfg.scales)
 
-    def detect_one(self, frame: np.ndarray, index: int) -> Detections:
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, zoom: float | None = None) -> Detections:
+        """Plates in frame pixels; with `zoom` one pass per frame at that scale (tiles, which must
+        fit the network input once scaled) instead of the configured `scales`."""
+        # The exported model has batch size 1.
+        return Detections.concat([self.detect_one(frame, first_index + k, zoom) for k, frame in enumerate(frames)])
+
+    def detect_one(self, frame: np.ndarray, index: int, zoom: float | None = None) -> Detections:
         check_frame(frame)
-        found = [self._at_scale(frame, scale) for scale in self.cfg.scales]
+        height, width = frame.shape[:2]
+        fit = min(self.height / height, self.width / width)
+        ratios = [fit * scale for scale in self.cfg.scales] if zoom is None else [min(zoom, fit)]
+        found = [self._at_ratio(frame, ratio) for ratio in ratios]
         xyxy = np.concatenate([f[0] for f in found])
         score = np.concatenate([f[1] for f in found])
         keep = nms(xyxy, score, self.cfg.nms_iou)
         return Detections.build(index, xyxy[keep], score[keep], PLATE)
 
-    def _at_scale(self, frame: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes and scores with the frame letterboxed to `scale` of the network input.
+    def _at_ratio(self, frame: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and scores with the frame resized by `ratio` and letterboxed into the network input.
 
-        Scales below 1 shrink close-up plates, which fill the frame, to the sizes the model was
-        trained on (a half-size pass recovers most large plates the full-size pass misses).
+        Ratios below the fit shrink close-up plates, which fill the frame, to the sizes the model
+        was trained on (a half-size pass recovers most large plates the full-size pass misses).
         """
         height, width = frame.shape[:2]
-        ratio = min(self.height / height, self.width / width) * scale
         inner_w, inner_h = max(1, round(width * ratio)), max(1, round(height * ratio))
         left, top = (self.width - inner_w) // 2, (self.height - inner_h) // 2
         canvas = np.full((self.height, self.width, 3), PAD_VALUE, np.uint8)

@@ -1,0 +1,123 @@
+"""Extra passes for small objects: zoomed overlapping tiles and a mirrored frame, merged by NMS.
+
+A detector sees an object at the size it has in the network input; faces under ~10 input pixels
+and plates under ~15 are mostly missed. The tiled pass enlarges the frame by `scale` and runs the
+detector on tiles of it, so a small object reaches a size the model was trained on without one
+huge input. The flip pass runs the whole frame mirrored: the models are not exactly symmetric and
+a face in profile or a plate at an angle that scores just under the threshold one way often
+clears it the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from anon_ray.config import TilingConfig
+from anon_ray.detect.nms import nms
+from anon_ray.types import Detections
+
+EDGE_PX = 1.0  # a tiled box this close to an inner tile edge was cut by it
+
+
+class ZoomableDetector(Protocol):
+    def zoom(self, height: int, width: int) -> float: ...
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0,
+               zoom: float | None = None) -> Detections: ...
+
+
+def axis_starts(length: int, side: int, overlap: float) -> np.ndarray:
+    """Starts of windows of `side` covering [0, length), spread evenly, neighbours sharing at
+    least `overlap` of a side (one window from 0 when the axis fits in one)."""
+    if length <= side:
+        return np.zeros(1, np.int64)
+    stride = side * (1.0 - min(max(overlap, 0.0), 0.9))
+    count = math.ceil((length - side) / stride) + 1
+    return np.round(np.linspace(0, length - side, count)).astype(np.int64)
+
+
+def tile_windows(height: int, width: int, side: int, overlap: float) -> np.ndarray:
+    """int64 (n, 4) x0, y0, x1, y1 windows of at most side x side covering the frame, all of one
+    shape so the tiles of a frame batch together."""
+    xs, ys = axis_starts(width, side, overlap), axis_starts(height, side, overlap)
+    tw, th = min(side, width), min(side, height)
+    x0, y0 = np.meshgrid(xs, ys)
+    x0, y0 = x0.ravel(), y0.ravel()
+    return np.stack([x0, y0, x0 + tw, y0 + th], axis=1)
+
+
+def cut_by_tile(xyxy: np.ndarray, windows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """bool (n,): boxes (frame pixels) touching an edge of their tile (`windows`, one row per box)
+    that is not a frame edge.
+
+    Such a box shows only part of its object; with overlapping tiles, an object smaller than the
+    overlap lies whole in a neighbouring tile, and larger ones are the whole-frame pass's job.
+    """
+    x0, y0, x1, y1 = windows.T
+    return (((xyxy[:, 0] <= x0 + EDGE_PX) & (x0 > 0)) | ((xyxy[:, 1] <= y0 + EDGE_PX) & (y0 > 0))
+            | ((xyxy[:, 2] >= x1 - EDGE_PX) & (x1 < width)) | ((xyxy[:, 3] >= y1 - EDGE_PX) & (y1 < height)))
+
+
+def tiled(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_index: int,
+          cfg: TilingConfig) -> Detections:
+    """Boxes from the zoomed tile pass, in frame pixels; nothing where it would add no zoom.
+
+    A frame that fits in one tile at `scale` is run once, enlarged; one whose tile pass would see
+    it no larger than the whole-frame pass already does, or that needs more than `max_tiles`
+    tiles, is skipped.
+    """
+    side = max(1, int(cfg.tile / cfg.scale))
+    parts = []
+    for k, frame in enumerate(frames):
+        height, width = frame.shape[:2]
+        windows = tile_windows(height, width, side, cfg.overlap)
+        if cfg.max_tiles and len(windows) > cfg.max_tiles:
+            continue
+        zoom = cfg.scale if len(windows) > 1 else min(cfg.scale, cfg.tile / max(height, width))
+        if zoom <= detector.zoom(height, width) * 1.01:
+            continue
+        crops = [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+        found = detector.detect(crops, 0, zoom=zoom)
+        offset = windows[found.frame][:, [0, 1, 0, 1]].astype(np.float32)
+        xyxy = found.xyxy + offset
+        whole = ~cut_by_tile(xyxy, windows[found.frame], height, width)
+        parts.append(Detections.build(first_index + k, xyxy[whole], found.score[whole], found.cls[whole]))
+    return Detections.concat(parts)
+
+
+def flipped(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_index: int) -> Detections:
+    """Boxes found on the mirrored frames, mapped back to the frames."""
+    found = detector.detect([np.ascontiguousarray(f[:, ::-1]) for f in frames], first_index)
+    widths = np.array([f.shape[1] for f in frames], np.float32)[found.frame - first_index]
+    xyxy = np.stack([widths - found.xyxy[:, 2], found.xyxy[:, 1], widths - found.xyxy[:, 0], found.xyxy[:, 3]], axis=1)
+    return Detections.build(found.frame, xyxy, found.score, found.cls)
+
+
+def merge(parts: Sequence[Detections], iou: float) -> Detections:
+    """Cross-pass NMS: per frame and class, the best-scoring of boxes overlapping by IoU >= `iou`.
+    Sorted by frame, then score descending, like a single pass's output."""
+    dets = Detections.concat(list(parts))
+    group = dets.frame * 256 + dets.cls.astype(np.int64)
+    keep = nms(dets.xyxy, dets.score, iou, group=group)
+    keep = keep[np.lexsort((-dets.score[keep], dets.frame[keep]))]
+    return dets.select(keep)
+
+
+class MultiPass:
+    """One detector run as configured: the whole frame, plus the mirrored frame and the tiles when
+    switched on, merged. Errors of any pass propagate: a failed pass never reads as "nothing"."""
+
+    def __init__(self, detector: ZoomableDetector, tiling: TilingConfig, flip: bool, nms_iou: float) -> None:
+        self.detector, self.tiling, self.flip, self.nms_iou = detector, tiling, flip, nms_iou
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
+        parts = [self.detector.detect(frames, first_index)]
+        if self.flip:
+            parts.append(flipped(self.detector, frames, first_index))
+        if self.tiling.enabled and (photo or self.tiling.video):
+            parts.append(tiled(self.detector, frames, first_index, self.tiling))
+        return parts[0] if len(parts) == 1 else merge(parts, self.nms_iou)
