@@ -170,7 +170,9 @@ def reference_phase(src: str, dst: str, cfg: BenchConfig, n: int, backend: str) 
 def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
     """Throughput of the Ray job with k workers of about one core each (one ORT and one x264 thread).
 
-    0.9 CPU, not 1: the embedded cluster keeps a little CPU free for planning and finalizing.
+    0.9 CPU, not 1: the embedded cluster keeps a little CPU free for planning and finalizing. With
+    cluster.pin_cpus=true each worker is held to one core; unpinned, a lone worker's decode and
+    encode threads also use the cores the sweep leaves idle, which flatters k = 1.
     """
     from . import job, ray_job
 

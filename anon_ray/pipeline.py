@@ -7,6 +7,7 @@ actors; tests, notebooks and single-machine runs call them directly (`run_local`
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import mask, plan, refine, stitch
+from . import heap, mask, plan, refine, stitch
 from .config import AppConfig
 from .detect import Detector
 from .media import image as image_io
@@ -27,6 +28,38 @@ from .types import FACE, PLATE, Detections, PacketIndex, SegmentPlan, SegmentRes
 
 class AssetError(Exception):
     """An asset cannot be fully processed; it gets no output (fail-closed)."""
+
+
+class Timeout(AssetError):
+    """The asset was open longer than `asset_timeout_s`; both engines report it as this class."""
+
+    @staticmethod
+    def after_limit(limit_s: float) -> "Timeout":
+        return Timeout(f"still open after asset_timeout_s={limit_s:g} s")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When an asset's time is up, for an engine that cannot stop a worker from outside.
+
+    The in-process engine has no driver to kill an overdue call, so the worker checks this
+    between batches and frames. Ray calls get NO_DEADLINE: there the driver enforces the limit.
+    """
+
+    at: float = math.inf  # time.monotonic(): immune to wall-clock steps
+    limit_s: float = 0.0
+
+    @staticmethod
+    def after(limit_s: float) -> "Deadline":
+        """From now; 0 (or less) means no limit, as for the Ray engine."""
+        return Deadline(time.monotonic() + limit_s, limit_s) if limit_s > 0 else NO_DEADLINE
+
+    def check(self) -> None:
+        if time.monotonic() >= self.at:
+            raise Timeout.after_limit(self.limit_s)
+
+
+NO_DEADLINE = Deadline()
 
 
 @dataclass(frozen=True)
@@ -95,31 +128,34 @@ class Worker:
 
     def __init__(self, cfg: AppConfig):
         self.cfg = cfg
+        heap.fix_mmap_threshold()  # a worker lives for many segments: its heap must not creep (I3)
         self.detector = Detector(cfg.detect, cfg.models)
 
     @property
     def model_hashes(self) -> dict[str, str]:
         return self.detector.model_hashes
 
-    def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int]) -> Detections:
+    def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
+                      deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Detections:
         """Detect on the displayed orientation (upright faces), return boxes in stored pixels."""
         found = []
         for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
+            deadline.check()
             shown = [rotation.to_display(rgb, rot) for _, rgb in batch]
             first = batch[0][0]
             if [i for i, _ in batch] != list(range(first, first + len(batch))):
                 raise AssetError("decoder skipped frames inside a batch")
-            dets = self.detector.detect(shown, first_index=first)
+            dets = self.detector.detect(shown, first_index=first, photo=photo)
             if rot:
                 dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
                                   dets.score, dets.cls, dets.track)
             found.append(dets)
         return Detections.concat(found)
 
-    def image(self, src: str, dst: str) -> ImageOutcome:
+    def image(self, src: str, dst: str, deadline: Deadline = NO_DEADLINE) -> ImageOutcome:
         loaded = image_io.read_image(src, self.cfg.image)
         h, w = loaded.rgb.shape[:2]
-        dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h))
+        dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True)
         rgb = loaded.rgb.copy()
         mask.apply(rgb, dets, self.cfg.mask)
         data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
@@ -129,17 +165,17 @@ class Worker:
         return ImageOutcome(faces, plates, hashlib.sha256(data).hexdigest(), len(data), dets)
 
     def segment(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
-                part_path: str) -> SegmentResult:
+                part_path: str, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
         """Detect and track over the context range, then mask and encode only the owned frames.
 
         Two decoding passes keep memory bounded by the batch size instead of the segment length
-        (I3); decoding is cheap next to detection.
+        (I3); decoding is cheap next to detection. Past `deadline` it raises Timeout, leaving no part.
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         ctx = range(seg.ctx_start, seg.ctx_end)
         decoded = ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
-        raw = self.detect_stream(prefetch(decoded), info.rotation, (info.width, info.height))
+        raw = self.detect_stream(prefetch(decoded), info.rotation, (info.width, info.height), deadline)
         timings["detect"] = time.perf_counter() - t0
         tracked = bytetrack.track(raw, self.cfg.track, ctx)
         boxes = refine.mask_boxes(tracked, self.cfg.track, ctx, (info.width, info.height))
@@ -151,6 +187,7 @@ class Worker:
         try:
             with video.VideoWriter(tmp, info, self.cfg.video) as writer:
                 for i, pts, rgb in prefetch(video.decode(src, seg.seek_pts, index, seg.start, seg.end)):
+                    deadline.check()
                     if i != seg.start + written:
                         raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
                     mask.apply(rgb, per_frame.get(i, empty), self.cfg.mask)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from . import pipeline, staging, storage, tasks
+from . import affinity, pipeline, staging, storage, tasks
 from .config import AppConfig
 from .job import INTERRUPTED, StopRequest
 from .media import TMP_MARKER
@@ -63,6 +63,11 @@ class SegmentActor:
     """Holds one pipeline.Worker (detector sessions) for the actor's lifetime."""
 
     def __init__(self, cfg: AppConfig):
+        # Before the Worker: ONNX Runtime's thread pool inherits the affinity of its creator.
+        self.cores = affinity.claim_cores(pinned_cores(cfg)) if cfg.cluster.pin_cpus else None
+        if cfg.cluster.pin_cpus and self.cores is None:
+            log.warning("cluster.pin_cpus: fewer than %d free cores on this node; worker %d runs unpinned",
+                        pinned_cores(cfg), os.getpid())
         self.worker = pipeline.Worker(cfg)
 
     def pid(self) -> int:
@@ -74,6 +79,12 @@ class SegmentActor:
     def segment(self, asset: Asset, seg: SegmentPlan, vplan: pipeline.VideoPlan,
                 part_path: str) -> SegmentResult | tasks.Failure:
         return tasks.segment_task(self.worker, asset, seg, vplan, part_path)
+
+
+def pinned_cores(cfg: AppConfig) -> int:
+    """Cores a pinned worker claims: its CPU reservation rounded (0.9 leaves Ray a little slack
+    for planning and finalizing, still one core)."""
+    return max(1, round(cfg.cluster.cpus_per_worker))
 
 
 def threads_per_worker(cfg: AppConfig, node_cpus: float) -> int:
@@ -356,8 +367,7 @@ class _Scheduler:
             if due is None or now < due:
                 continue
             if state.failure is None:
-                self._fail(state, tasks.Failure(
-                    "Timeout", f"still open after asset_timeout_s={self.cfg.asset_timeout_s:g} s"))
+                self._fail(state, tasks.Failure.of(pipeline.Timeout.after_limit(self.cfg.asset_timeout_s)))
             else:
                 self._force(key)
 

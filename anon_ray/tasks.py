@@ -87,7 +87,8 @@ def part_root(cfg: AppConfig, run_id: str) -> Iterator[str]:
                 os.rmdir(parent)
 
 
-def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
+def image_task(worker: pipeline.Worker, asset: Asset, dst: str,
+               deadline: pipeline.Deadline = pipeline.NO_DEADLINE) -> AssetResult:
     started = time.time()
     try:
         if asset.kind != "image":
@@ -97,7 +98,7 @@ def image_task(worker: pipeline.Worker, asset: Asset, dst: str) -> AssetResult:
         digest = sha256_file(src)
         with staging.output_target(dst, worker.cfg.storage) as target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-            out = worker.image(src, target)
+            out = worker.image(src, target, deadline)
         return AssetResult(asset, dst, faces=out.faces, plates=out.plates, frames=1, segments=1,
                            input_sha256=digest, output_sha256=out.output_sha256, output_size=out.output_size,
                            seconds=time.time() - started, tracks=out.boxes)
@@ -116,14 +117,14 @@ def plan_task(asset: Asset, cfg: AppConfig) -> pipeline.VideoPlan | Failure:
 
 
 def segment_task(worker: pipeline.Worker, asset: Asset, seg: SegmentPlan, vplan: pipeline.VideoPlan,
-                 part_uri: str) -> SegmentResult | Failure:
+                 part_uri: str, deadline: pipeline.Deadline = pipeline.NO_DEADLINE) -> SegmentResult | Failure:
     """Encode one segment's part; for object-store outputs it is uploaded so finalize can reach it."""
     cfg = worker.cfg.storage
     try:
         src = staging.local_input(asset, cfg)
         with staging.output_target(part_uri, cfg) as local_part:
             os.makedirs(os.path.dirname(local_part), exist_ok=True)
-            result = worker.segment(src, seg, vplan.info, vplan.index, local_part)
+            result = worker.segment(src, seg, vplan.info, vplan.index, local_part, deadline)
         return dataclasses.replace(result, part_path=part_uri)
     except Exception as exc:  # noqa: BLE001
         remove_quietly(part_uri, cfg)
@@ -131,8 +132,10 @@ def segment_task(worker: pipeline.Worker, asset: Asset, seg: SegmentPlan, vplan:
 
 
 def finalize_task(cfg: AppConfig, asset: Asset, dst: str, vplan: pipeline.VideoPlan,
-                  results: list[SegmentResult], started: float) -> AssetResult:
+                  results: list[SegmentResult], started: float,
+                  deadline: pipeline.Deadline = pipeline.NO_DEADLINE) -> AssetResult:
     try:
+        deadline.check()  # the last segment may have ended just past it
         src = staging.local_input(asset, cfg.storage)
         digest = sha256_file(src)
         local = [dataclasses.replace(r, part_path=staging.fetch(r.part_path, "", cfg.storage)) for r in results]
@@ -150,27 +153,35 @@ def finalize_task(cfg: AppConfig, asset: Asset, dst: str, vplan: pipeline.VideoP
 
 
 def run_local(cfg: AppConfig, todo, run_id: str):
-    """Engine for job.run without Ray: one process, assets in order (tests, notebooks)."""
+    """Engine for job.run without Ray: one process, assets in order (tests, notebooks).
+
+    Each asset gets `asset_timeout_s` from when it is taken, as in the Ray engine; with no driver
+    to kill an overdue call, the worker checks the deadline itself (see pipeline.Deadline).
+    """
     worker = pipeline.Worker(cfg)
     with part_root(cfg, run_id) as root:
         for asset, dst in todo:
-            started = time.time()
-            if asset.kind != "video":
-                yield image_task(worker, asset, dst)
-                continue
-            vplan = plan_task(asset, cfg)
-            if isinstance(vplan, Failure):
-                yield AssetResult(asset, dst, failure=vplan, seconds=time.time() - started)
-                continue
-            part_dir = storage.join(root, asset_dir_name(asset))
-            results = []
-            for seg in vplan.segments:
-                res = segment_task(worker, asset, seg, vplan, storage.join(part_dir, pipeline.part_name(seg)))
-                if isinstance(res, Failure):
-                    for r in results:
-                        remove_quietly(r.part_path, cfg.storage)
-                    yield AssetResult(asset, dst, failure=res, seconds=time.time() - started)
-                    break
-                results.append(res)
+            deadline = pipeline.Deadline.after(cfg.asset_timeout_s)
+            if asset.kind == "video":
+                yield local_video(worker, asset, dst, storage.join(root, asset_dir_name(asset)), deadline)
             else:
-                yield finalize_task(cfg, asset, dst, vplan, results, started)
+                yield image_task(worker, asset, dst, deadline)
+
+
+def local_video(worker: pipeline.Worker, asset: Asset, dst: str, part_dir: str,
+                deadline: pipeline.Deadline) -> AssetResult:
+    """Plan, encode the segments one after the other into `part_dir`, finalize."""
+    started = time.time()
+    cfg = worker.cfg
+    vplan = plan_task(asset, cfg)
+    if isinstance(vplan, Failure):
+        return AssetResult(asset, dst, failure=vplan, seconds=time.time() - started)
+    results = []
+    for seg in vplan.segments:
+        res = segment_task(worker, asset, seg, vplan, storage.join(part_dir, pipeline.part_name(seg)), deadline)
+        if isinstance(res, Failure):
+            for r in results:
+                remove_quietly(r.part_path, cfg.storage)
+            return AssetResult(asset, dst, failure=res, seconds=time.time() - started)
+        results.append(res)
+    return finalize_task(cfg, asset, dst, vplan, results, started, deadline)

@@ -1,10 +1,12 @@
 """Fault injection at job level (DESIGN.md I1, I4): the driver stopped by SIGTERM, a full output
-disk, an object store that fails and stalls, a detector that returns NaN or raises.
+disk, an object store that fails and stalls, a detector that returns NaN or raises, the per-asset
+time limit of the in-process engine.
 
 After each fault: no partial output under a final name, no temporary files or parts left, and
 the manifest says what happened (an error row for the failed asset, rows for what finished).
-Worker kills mid-segment and the per-asset time limit are in test_ray_job.py; a process killed
-mid-upload at the storage level in test_storage.py.
+Worker kills mid-segment (at any point, in the detect pass, in the encode pass) and the Ray
+engine's time limit are in test_ray_job.py; a process killed mid-upload at the storage level in
+test_storage.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import io
+import math
 import os
 import re
 import shutil
@@ -34,9 +37,10 @@ import pyarrow.parquet as pq
 import pytest
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
-from anon_ray import job, tasks
+from anon_ray import job, pipeline, tasks
 from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.media import TMP_MARKER
+from anon_ray.types import Asset
 
 from conftest import REPO, SAMPLES
 
@@ -464,6 +468,55 @@ def test_nan_or_error_from_the_detector_fails_the_asset(tmp_path, monkeypatch):
     assert media_outputs(out) == {"a.jpg", "c.jpg"}
     check_manifest_true(out, rows)
     assert not leftovers(out), leftovers(out)
+
+
+# ---------------------------------------------------------------- the time limit of the in-process engine
+
+
+def test_local_engine_times_out_a_video_and_goes_on(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "a_clip.mp4")  # 3 segments: seconds of detection
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "b.jpg")  # taken after the video, on a clock of its own
+    limit = 0.3
+    cfg = faces_only(AppConfig(input=str(src), output=str(out), asset_timeout_s=limit))
+    summary = job.run(replace(cfg, segment=replace(cfg.segment, seconds=1.0)), tasks.run_local, out=io.StringIO())
+    assert (summary.ok, summary.failed) == (1, 1), summary.failures
+    rows = manifest_rows(out)
+    video = rows["a_clip.mp4"]
+    assert (video["status"], video["error_class"]) == ("failed", "Timeout"), video
+    assert video["error"] == "still open after asset_timeout_s=0.3 s"  # the Ray engine's words
+    assert limit - 0.01 <= video["seconds"] < limit + 5, video  # stopped within a batch, not at the end
+    assert rows["b.jpg"]["status"] == "ok", rows["b.jpg"]
+    assert media_outputs(out) == {"b.jpg"}
+    check_manifest_true(out, rows)
+    assert not leftovers(out), leftovers(out)
+
+
+@dataclass(frozen=True)
+class ExpiresWhileEncoding(pipeline.Deadline):
+    """A deadline already past once `folder` holds a file: the part's, which the muxer creates at
+    the first encoded packet of the mask + encode pass."""
+
+    folder: Path = Path()
+
+    def check(self) -> None:
+        if any(self.folder.iterdir()):
+            super().check()
+
+
+def test_time_running_out_mid_encode_leaves_no_part(tmp_path):
+    clip = SAMPLES / "astronaut_pan.mp4"
+    cfg = faces_only(AppConfig(output=str(tmp_path)))
+    cfg = replace(cfg, segment=replace(cfg.segment, seconds=1.0))
+    vplan = pipeline.plan_video(str(clip), clip.name, cfg)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    res = tasks.segment_task(pipeline.Worker(cfg), Asset(str(clip), clip.name, clip.stat().st_size, "v", "video"),
+                             vplan.segments[0], vplan, str(parts / "part-00000.mp4"),
+                             ExpiresWhileEncoding(-math.inf, 2.0, parts))
+    assert res == tasks.Failure("Timeout", "still open after asset_timeout_s=2 s")
+    assert not list(parts.iterdir())  # neither the part nor the file its encoder was writing
 
 
 # ---------------------------------------------------------------- stop mechanics, without Ray or models

@@ -3,12 +3,17 @@ streaming and resources.
 
 Worker processes are found in this test process's own process tree (never by name machine-wide:
 other Ray clusters may run beside this one) and identified by the title Ray gives them:
-"ray::SegmentActor" when idle, "ray::SegmentActor.segment" while running a segment.
+"ray::SegmentActor" when idle, "ray::SegmentActor.segment" while running a segment. Which pass of
+a segment a worker is in is read from outside, as the files it has open and the part files it
+writes (named after its pid), so kills can aim at decoding or encoding without hooks in the code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -18,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,16 +32,21 @@ import psutil
 import pytest
 import ray
 
-from anon_ray import consistency, ray_job
+from anon_ray import consistency, job, ray_job
 from anon_ray.config import AppConfig
-from anon_ray.media import TMP_MARKER
+from anon_ray.inventory import INTERNAL_DIR
+from anon_ray.media import TMP_MARKER, packets
 from anon_ray.types import Asset
 
 from conftest import REPO, SAMPLES
+from test_faults import check_manifest_true, manifest_rows
 from test_cut_independence import HAMILTON, MODELS, VIDEOS, clip_config, local_run, video_asset
 from test_cut_independence import intel_cut  # noqa: F401 - a fixture
 
 VENV_BIN = Path(REPO / ".venv" / "bin")
+PAN = SAMPLES / "astronaut_pan.mp4"  # 75 frames, one keyframe: 1 s segments detect for seconds each
+# A part while its encoder writes it: media.temp_path_beside of the name Worker.segment gives it.
+WRITING = re.compile(rf"part-\d{{5}}\.mp4\.tmp(\d+)\.mp4{re.escape(TMP_MARKER)}")
 
 
 def with_cluster(cfg: AppConfig, **cluster) -> AppConfig:
@@ -150,6 +161,21 @@ def test_pool_leaves_room_for_light_tasks():
     assert ray_job._finalize._default_options["num_cpus"] == ray_job.LIGHT_TASK_CPUS
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_pinned_workers_hold_a_core_each_from_before_their_models_load(cluster):
+    cfg = with_cluster(clip_config("unused", 0.0), workers=2, cpus_per_worker=0.9, pin_cpus=True)
+    pool = ray_job.make_pool(cfg)
+    try:
+        pids = ray.get([actor.pid.remote() for actor in pool])
+        # Every thread, ONNX Runtime's pool included (it starts with the Worker, after the claim).
+        cores = [{frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")} for pid in pids]
+        assert all(len(c) == 1 and len(next(iter(c))) == 1 for c in cores), cores
+        assert cores[0] != cores[1]
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+
+
 def test_results_stream_before_listing_ends(cluster, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -177,54 +203,148 @@ def test_results_stream_before_listing_ends(cluster, tmp_path):
     assert not leftovers(out)
 
 
-class Killer(threading.Thread):
-    """SIGKILLs the first pool worker seen running a segment for at least `after_s`."""
+def parts_of(out: Path) -> Path:
+    """Where a run's segment parts are written (tasks.part_root)."""
+    return out / INTERNAL_DIR / "tmp"
 
-    def __init__(self, after_s: float = 1.0):
+
+def writing(parts: Path, pid: int | None = None) -> dict[Path, int]:
+    """The parts being written under `parts` (only by `pid`, if given), with their writers' pids."""
+    found = {p: int(m[1]) for p in parts.rglob("*") if (m := WRITING.search(p.name))}
+    return {p: who for p, who in found.items() if pid in (None, who)}
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the first pool worker that `pick` names (asked every `poll_s`), then records what
+    that worker was writing under `parts` when it died and which workers came up after it."""
+
+    def __init__(self, pick: Callable[[], int | None], parts: Path, poll_s: float = 0.2):
         super().__init__(daemon=True)
-        self.after_s = after_s
+        self.pick, self.parts, self.poll_s = pick, parts, poll_s
         self.killed: int | None = None
+        self.left: dict[Path, int] = {}  # the parts the killed worker was writing, as it left them
         self.before: set[int] = set()  # pool workers alive at the kill
         self.after: set[int] = set()  # pool workers seen since
         self.done = threading.Event()
 
     def run(self) -> None:
-        first_seen: dict[int, float] = {}
-        while not self.done.wait(0.2):
+        while not self.done.wait(self.poll_s):
             if self.killed is not None:
                 self.after |= actor_pids()
-                continue
-            now = time.time()
-            for pid in actor_pids("ray::SegmentActor.segment"):
-                if now - first_seen.setdefault(pid, now) >= self.after_s:
-                    self.before = actor_pids()
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed = pid
-                    break
+            elif (pid := self.pick()) is not None:
+                self.kill(pid)
+
+    def kill(self, pid: int) -> None:
+        self.before = actor_pids()
+        os.kill(pid, signal.SIGKILL)
+        self.killed = pid
+        with contextlib.suppress(psutil.Error):  # dead, not just signalled, before looking at its files
+            psutil.Process(pid).wait(timeout=10)
+        self.left = writing(self.parts, pid)
 
 
-@pytest.mark.slow
-def test_worker_killed_mid_segment(cluster, tmp_path):
-    asset = video_asset(HAMILTON)
-    cfg = with_cluster(clip_config(str(tmp_path), 2.0), workers=2)
-    killer = Killer()
+def running_segment(after_s: float) -> Callable[[], int | None]:
+    """A worker seen running segments for `after_s`: any point of a segment."""
+    first_seen: dict[int, float] = {}
+
+    def pick() -> int | None:
+        now = time.time()
+        return next((pid for pid in actor_pids("ray::SegmentActor.segment")
+                     if now - first_seen.setdefault(pid, now) >= after_s), None)
+
+    return pick
+
+
+def encoding(parts: Path) -> Callable[[], int | None]:
+    """A worker in the mask + encode pass: the part it writes exists (the muxer creates it at the
+    first encoded packet, so detection and tracking are over)."""
+
+    def pick() -> int | None:
+        pool = actor_pids()
+        return next((pid for pid in writing(parts).values() if pid in pool), None)
+
+    return pick
+
+
+def detecting(name: str) -> Callable[[], int | None]:
+    """A worker decoding the input `name`. Polled from before the run, the first sighting, which
+    the Killer acts on, is in its first segment's detect pass: that lasts seconds, a poll ~20 ms."""
+
+    def pick() -> int | None:
+        for pid in actor_pids("ray::SegmentActor.segment"):
+            with contextlib.suppress(psutil.Error):
+                if any(Path(f.path).name == name for f in psutil.Process(pid).open_files()):
+                    return pid
+        return None
+
+    return pick
+
+
+def killed_job(tmp_path: Path, clip: Path, seconds: float, killer: Killer):
+    """job.run of `clip` alone on the Ray engine (2 workers, output tmp_path/out) while `killer`
+    watches; returns the asset's result."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(clip, src)
+    results = []
+
+    def engine(cfg, todo, run_id):
+        for res in ray_job.run_assets(cfg, todo, run_id):
+            results.append(res)
+            yield res
+
     killer.start()
     try:
-        [res] = list(ray_job.run_assets(cfg, [(asset, str(tmp_path / asset.relpath))], "fault"))
+        job.run(with_cluster(clip_config(str(out), seconds, input=str(src)), workers=2), engine, out=io.StringIO())
     finally:
         killer.done.set()
         killer.join()
-    assert killer.killed is not None, "no segment was seen running"
+    [res] = results
+    return res
+
+
+def check_retried_like_unkilled(killer: Killer, res, clip: Path, seconds: float, out: Path) -> None:
+    """The killed worker was restarted and its segment retried: the output is complete and masked
+    as without the fault, the manifest says so, nothing is left behind."""
+    assert killer.killed is not None, "the moment to kill never came"
     assert killer.after - killer.before, "the killed worker was not restarted"
     assert res.failure is None, res.failure
-    # The killed call was retried: every segment's frames are there, masked as without the fault.
-    reference = local_run(str(HAMILTON), 2.0)
+    reference = local_run(str(clip), seconds)
     assert (res.frames, res.segments) == (reference.frames, reference.segments)
+    assert len(packets.scan_packets(res.dst)) == reference.frames  # the published file itself
     report = consistency.compare_masks(reference.tracks, res.tracks)
     assert report["matched_share"] == report["matched_share_other"] == 1.0, report
     assert report["unmasked"] == report["unmasked_other"] == 0, report
     assert len(set(res.tracks.track)) == len(set(reference.tracks.track))
-    assert not leftovers(tmp_path)
+    rows = manifest_rows(out)
+    assert (rows[clip.name]["status"], rows[clip.name]["frames"]) == ("ok", reference.frames), rows
+    check_manifest_true(out, rows)
+    assert not leftovers(out)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_segment(cluster, tmp_path):
+    killer = Killer(running_segment(1.0), parts_of(tmp_path / "out"))
+    res = killed_job(tmp_path, HAMILTON, 2.0, killer)
+    check_retried_like_unkilled(killer, res, HAMILTON, 2.0, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_worker_killed_while_encoding(cluster, tmp_path):
+    parts = parts_of(tmp_path / "out")
+    killer = Killer(encoding(parts), parts, poll_s=0.01)  # a part's encoding lasts ~0.2 s here
+    res = killed_job(tmp_path, PAN, 1.0, killer)
+    assert set(killer.left.values()) == {killer.killed}, "the worker was not killed while writing a part"
+    check_retried_like_unkilled(killer, res, PAN, 1.0, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_worker_killed_while_detecting(cluster, tmp_path):
+    parts = parts_of(tmp_path / "out")
+    killer = Killer(detecting(PAN.name), parts, poll_s=0.02)
+    res = killed_job(tmp_path, PAN, 1.0, killer)
+    assert killer.left == {}, "the worker was killed in the encode pass"
+    check_retried_like_unkilled(killer, res, PAN, 1.0, tmp_path / "out")
 
 
 @pytest.mark.slow
