@@ -22,13 +22,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import consistency, mask, metrics, pipeline, refine, stitch
+from . import consistency, mask, metrics, pipeline, stitch
 from .config import EvalConfig
 from .detect import Detector
 from .inventory import VIDEO_EXTS
 from .media import video
 from .media.image import read_image
-from .track import bytetrack
 from .types import FACE, PLATE, Detections
 
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
@@ -183,13 +182,7 @@ def video_masks(src: str, worker: pipeline.Worker, cfg: EvalConfig) -> tuple[Det
     workers and finalize compute them, without encoding anything."""
     vplan = pipeline.plan_video(src, src, cfg)
     info = vplan.info
-    results = []
-    for seg in vplan.segments:
-        ctx = range(seg.ctx_start, seg.ctx_end)
-        decoded = ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, vplan.index, seg.ctx_start, seg.ctx_end))
-        raw = worker.detect_stream(decoded, info.rotation, (info.width, info.height))
-        tracked = bytetrack.track(raw, cfg.track, ctx)
-        results.append((seg, refine.mask_boxes(tracked, cfg.track, ctx, (info.width, info.height))))
+    results = [(seg, worker.segment_boxes(src, seg, info, vplan.index)) for seg in vplan.segments]
     return stitch.asset_tracks(results), info
 
 
