@@ -29,6 +29,7 @@ from anon_ray.types import FACE, PLATE, Detections
 METHODS = ("blur", "pixelate", "fill")
 SHAPES = ("ellipse", "box")
 _BLUR_SUBSTEPS = 4  # samples per block where the smoothing of the block means happens
+_TAB = 32  # cv2.remap's fixed-point interpolation steps per pixel (INTER_TAB_SIZE)
 _BLUR_CONTEXT = 3  # cells beyond the ROI that the smoothing can reach (kernel 1 block + 2 interpolations)
 
 
@@ -73,14 +74,14 @@ def apply(rgb: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
         if roi is None:
             continue
         y0, y1, x0, x1 = roi
-        weight = _weight(box, roi, cfg, shape)[..., None]
+        weight = _weight(box, roi, cfg, shape)
         if cfg.method == "fill":
-            anon = np.asarray(cfg.fill_color, np.float32)
+            anon = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+            anon[:] = np.asarray(cfg.fill_color, np.uint8)
         else:
             anon = _coarse(rgb, roi, _block_size(float(short), cfg.blocks), cfg.method == "blur")
-        patch = rgb[y0:y1, x0:x1].astype(np.float32)
-        patch += weight * (anon - patch)  # weight 0 leaves the pixel bit-exact, weight 1 replaces it
-        rgb[y0:y1, x0:x1] = np.rint(patch).astype(np.uint8)
+        # Weight 0 leaves the pixel bit-exact, weight 1 replaces it; one pass in native code.
+        rgb[y0:y1, x0:x1] = cv2.blendLinear(anon, rgb[y0:y1, x0:x1], weight, 1.0 - weight)
     return rgb
 
 
@@ -123,34 +124,44 @@ def _feather_px(box: np.ndarray, cfg: MaskConfig) -> float:
 def _weight(box: np.ndarray, roi: tuple[int, int, int, int], cfg: MaskConfig, shape: str) -> np.ndarray:
     """float32 weight of one dilated box over its ROI: 1 in the core, a linear ramp outside it."""
     y0, y1, x0, x1 = roi
-    xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(x0, x1, dtype=np.float32) + 0.5
+    ys = np.arange(y0, y1, dtype=np.float32) + 0.5
     if shape == "box":
         dx = np.maximum(np.maximum(box[0] - xs, xs - box[2]), 0.0)
         dy = np.maximum(np.maximum(box[1] - ys, ys - box[3]), 0.0)
-        dist = np.hypot(dx, dy)
+        dist = np.hypot(dy[:, None], dx[None, :])
     else:
         dist = _ellipse_distance(xs, ys, box)
     # A zero feather still needs a finite ramp: this makes the weight exactly 1 in and 0 out.
-    return np.clip(1.0 - dist / max(_feather_px(box, cfg), 1e-6), 0.0, 1.0).astype(np.float32)
+    # In place: this runs over every masked pixel of every frame.
+    dist *= np.float32(-1.0 / max(_feather_px(box, cfg), 1e-6))
+    dist += np.float32(1.0)
+    return np.clip(dist, 0.0, 1.0, out=dist)
 
 
 def _ellipse_distance(xs: np.ndarray, ys: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Distance outside the inscribed ellipse (0 inside), to first order: (r - 1) / |grad r|.
+    """float32 (len(ys), len(xs)): distance outside the inscribed ellipse (<= 0 inside), to first
+    order: (r - 1) / |grad r|.
 
     r is the normalised radius. Along each ray from the centre |grad r| is constant, so the estimate
     grows linearly outward; it is exact on both axes and close in between, so the ramp is about as
-    wide as asked all round.
+    wide as asked all round. |grad r| = g / r with g = |(u / ax, v / ay)|, computed on whole
+    arrays in place (outer sums of the per-column and per-row terms).
     """
-    ax, ay = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    ax, ay = np.float32((box[2] - box[0]) / 2), np.float32((box[3] - box[1]) / 2)
     u, v = (xs - (box[0] + ax)) / ax, (ys - (box[1] + ay)) / ay
-    r = np.sqrt(u * u + v * v)
-    grad = np.sqrt((u / ax) ** 2 + (v / ay) ** 2) / np.maximum(r, 1e-6)
-    return np.where(r > 1.0, (r - 1.0) / np.maximum(grad, 1e-12), 0.0)
+    r = np.sqrt(np.add.outer(v * v, u * u))
+    g = np.add.outer((v / ay) ** 2, (u / ax) ** 2)
+    np.maximum(g, np.float32(1e-30), out=g)  # the centre pixel: r = 0 there, so any g gives 0
+    np.sqrt(g, out=g)
+    dist = r - np.float32(1.0)
+    dist *= r
+    dist /= g
+    return dist
 
 
 def _coarse(rgb: np.ndarray, roi: tuple[int, int, int, int], block: int, smooth: bool) -> np.ndarray:
-    """float32 ROI rebuilt from block means only: repeated (pixelate) or interpolated (blur).
+    """uint8 ROI rebuilt from block means only: repeated (pixelate) or interpolated (blur).
 
     Blocks lie on a frame-wide grid of step `block`, so a box moving by a pixel does not reshuffle
     them (less shimmer in video); the last cells of a frame whose size is not a multiple of `block`
@@ -164,17 +175,37 @@ def _coarse(rgb: np.ndarray, roi: tuple[int, int, int, int], block: int, smooth:
     gy1 = min(-(-y1 // block) + ctx, -(-h // block)) * block
     gx1 = min(-(-x1 // block) + ctx, -(-w // block)) * block
     cells = rgb[gy0:gy1, gx0:gx1]
-    cells = cv2.copyMakeBorder(cells, 0, gy1 - min(gy1, h), 0, gx1 - min(gx1, w), cv2.BORDER_REPLICATE)
+    if gy1 > h or gx1 > w:  # a copy only where the grid runs past the frame
+        cells = cv2.copyMakeBorder(cells, 0, gy1 - min(gy1, h), 0, gx1 - min(gx1, w), cv2.BORDER_REPLICATE)
     ny, nx = (gy1 - gy0) // block, (gx1 - gx0) // block
     # INTER_AREA by a whole factor is the exact block mean (rounded to uint8), and fast.
-    means = cv2.resize(cells, (nx, ny), interpolation=cv2.INTER_AREA).astype(np.float32)
-    if smooth:
-        # Smoothing the means at a few samples per block costs the same for any box size; the final
-        # bilinear upscale only interpolates, so it adds no information.
-        k = _BLUR_SUBSTEPS
-        fine = cv2.resize(means, (nx * k, ny * k), interpolation=cv2.INTER_LINEAR)
-        fine = cv2.GaussianBlur(fine, (2 * k + 1, 2 * k + 1), sigmaX=0.5 * k, borderType=cv2.BORDER_REPLICATE)
-        full = cv2.resize(fine, (nx * block, ny * block), interpolation=cv2.INTER_LINEAR)
-    else:
+    means = cv2.resize(cells, (nx, ny), interpolation=cv2.INTER_AREA)
+    if not smooth:
         full = cv2.resize(means, (nx * block, ny * block), interpolation=cv2.INTER_NEAREST_EXACT)
-    return full[y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0]
+        return full[y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0]
+    # Smoothing the means at a few samples per block costs the same for any box size; the final
+    # bilinear upscale only interpolates, so it adds no information.
+    k = _BLUR_SUBSTEPS
+    fine = cv2.resize(means.astype(np.float32), (nx * k, ny * k), interpolation=cv2.INTER_LINEAR)
+    fine = cv2.GaussianBlur(fine, (2 * k + 1, 2 * k + 1), sigmaX=0.5 * k, borderType=cv2.BORDER_REPLICATE)
+    # The upscale is evaluated on the ROI alone (the grid with its context is several times
+    # larger), at positions computed from absolute pixel coordinates, so a pixel's value does not
+    # depend on where the ROI or the grid starts.
+    ix, fx = _fine_positions(x0, x1, block, k, gx0 // block * k)
+    iy, fy = _fine_positions(y0, y1, block, k, gy0 // block * k)
+    cells_xy = np.empty((y1 - y0, x1 - x0, 2), np.int16)
+    cells_xy[..., 0] = ix[None, :]
+    cells_xy[..., 1] = iy[:, None]
+    frac = np.add.outer(fy * _TAB, fx).astype(np.uint16)
+    return cv2.remap(np.rint(fine).astype(np.uint8), cells_xy, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _fine_positions(p0: int, p1: int, block: int, k: int, origin: int) -> tuple[np.ndarray, np.ndarray]:
+    """For pixels p0..p1-1: the fine sample to their left/top (relative to `origin`) and the
+    fraction past it in 1/_TAB steps, as cv2.resize maps them: (p + 0.5) * k / block - 0.5.
+
+    In integers, rounded half up: ((2p + 1) k - block) / (2 block) in units of 1/_TAB.
+    """
+    p = np.arange(p0, p1, dtype=np.int64)
+    q = (((2 * p + 1) * k - block) * _TAB + block) // (2 * block)
+    return q // _TAB - origin, q % _TAB

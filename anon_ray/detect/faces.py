@@ -50,6 +50,7 @@ class FaceDetector:
         self.cfg = cfg
         self.session = make_session(model_path, session_cfg)
         self.input = self.session.get_inputs()[0].name
+        self._blobs: dict[tuple[int, ...], np.ndarray] = {}
 
     def zoom(self, height: int, width: int) -> float:
         """Scale of the whole-frame pass for a frame of this size."""
@@ -66,8 +67,7 @@ class FaceDetector:
             check_frame(frame)
         height, width = frames[0].shape[:2]
         inner_h, inner_w = zoomed_size(height, width, self.zoom(height, width) if zoom is None else zoom)
-        # Pad (not stretch) to the alignment, so x and y keep the scale of the resize alone.
-        blob = np.zeros((len(frames), 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN), np.float32)
+        blob = self._blob(len(frames), inner_h, inner_w)
         for k, frame in enumerate(frames):
             if (inner_h, inner_w) != (height, width):
                 # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
@@ -76,6 +76,23 @@ class FaceDetector:
             blob[k, :, :inner_h, :inner_w] = frame.transpose(2, 0, 1)
         heat, size, offset = run_checked(self.session, OUTPUTS, {self.input: blob})
         return self.decode(heat, size, offset, first_index, (inner_w / width, inner_h / height), (width, height))
+
+    def _blob(self, n: int, inner_h: int, inner_w: int) -> np.ndarray:
+        """The network input for `n` frames resized to inner_h x inner_w, padded (not stretched) to
+        the alignment so x and y keep the scale of the resize alone.
+
+        Kept between batches: a video's batches all share one shape, and a fresh blob (tens of MB,
+        served by mmap: see heap.py) would be zeroed page by page on every batch. The padding stays
+        zero because each key has its own inner size; a tiled pass adds a shape or two.
+        """
+        key = (inner_h, inner_w)
+        blob = self._blobs.get(key)
+        if blob is None or len(blob) < n:
+            if len(self._blobs) >= 4:  # photos of many sizes: keep memory bounded
+                self._blobs.clear()
+            shape = (n, 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN)
+            blob = self._blobs[key] = np.zeros(shape, np.float32)
+        return blob[:n]
 
     def decode(self, heat: np.ndarray, size: np.ndarray, offset: np.ndarray, first_index: int,
                scale: tuple[float, float], frame_size: tuple[int, int]) -> Detections:
