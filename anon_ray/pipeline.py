@@ -22,6 +22,7 @@ from .media import image as image_io
 from .media import packets, rotation, video
 from .models import sha256_file
 from .prefetch import prefetch
+from .streamed import StreamedBoxes
 from .track import bytetrack
 from .types import FACE, PLATE, Detections, PacketIndex, SegmentPlan, SegmentResult
 
@@ -138,7 +139,11 @@ class Worker:
     def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
                       deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Detections:
         """Detect on the displayed orientation (upright faces), return boxes in stored pixels."""
-        found = []
+        return Detections.concat([d for _, d in self.detect_batches(frames, rot, size_wh, deadline, photo)])
+
+    def detect_batches(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
+                       deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Iterator[tuple[int, Detections]]:
+        """Per batch: the index after its last frame, and its detections (see detect_stream)."""
         for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
             deadline.check()
             shown = [rotation.to_display(rgb, rot) for _, rgb in batch]
@@ -149,8 +154,7 @@ class Worker:
             if rot:
                 dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
                                   dets.score, dets.cls, dets.track)
-            found.append(dets)
-        return Detections.concat(found)
+            yield first + len(batch), dets
 
     def image(self, src: str, dst: str, deadline: Deadline = NO_DEADLINE) -> ImageOutcome:
         loaded = image_io.read_image(src, self.cfg.image)
@@ -167,45 +171,94 @@ class Worker:
     def segment_boxes(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
                       deadline: Deadline = NO_DEADLINE) -> Detections:
         """The boxes to mask over the segment's context range: detected, tracked, gaps filled, padded."""
+        raw = self.detect_stream(prefetch(self._decode_context(src, seg, index)), info.rotation,
+                                 (info.width, info.height), deadline)
+        return self._refine(raw, seg, info)
+
+    def _decode_context(self, src: str, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
+        return ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
+
+    def _refine(self, raw: Detections, seg: SegmentPlan, info: video.VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
-        decoded = ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
-        raw = self.detect_stream(prefetch(decoded), info.rotation, (info.width, info.height), deadline)
-        tracked = bytetrack.track(raw, self.cfg.track, ctx)
-        return refine.mask_boxes(tracked, self.cfg.track, ctx, (info.width, info.height))
+        return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx), self.cfg.track, ctx,
+                                 (info.width, info.height))
+
+    def _final_frames(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
+                      deadline: Deadline, raw: list[Detections]) -> Iterator[tuple[int, Detections]]:
+        """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
+        every batch's raw detections are appended to `raw`."""
+        ctx = range(seg.ctx_start, seg.ctx_end)
+        stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height))
+        decoded = prefetch(self._decode_context(src, seg, index))
+        for seen_to, dets in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline):
+            raw.append(dets)
+            span, boxes = stream.add(dets, seen_to)
+            per_frame = _group_by_frame(boxes)
+            for i in span:
+                yield i, per_frame.get(i, Detections.empty())
 
     def segment(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
                 part_path: str, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
-        """Detect and track over the context range, then mask and encode only the owned frames.
+        """Detect and track over the context range, and mask and encode the owned frames meanwhile.
 
-        Two decoding passes keep memory bounded by the batch size instead of the segment length
-        (I3); decoding is cheap next to detection. Past `deadline` it raises Timeout, leaving no part.
+        Detection runs in a thread of its own; each owned frame is masked and encoded as soon as
+        its boxes are final, so encoding overlaps detection. The frames are decoded twice (for
+        detection, then for encoding) to keep memory bounded by the batch size instead of the
+        segment length (I3); decoding is cheap next to detection. Before the part is published,
+        the boxes used on every owned frame are checked against a whole-segment refinement (the
+        track table returned), so streaming can never mask less than it. Past `deadline` it raises
+        Timeout, leaving no part.
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        boxes = self.segment_boxes(src, seg, info, index, deadline)
-        t1 = time.perf_counter()
-        timings["detect"] = t1 - t0  # tracking and refinement included: milliseconds next to detection
-        per_frame = _group_by_frame(boxes)
-        empty = Detections.empty()
+        raw: list[Detections] = []
+        used: dict[int, Detections] = {}
         written = 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
+        # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
+        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw), depth=seg.ctx_end - seg.ctx_start + 1)
         try:
             with video.VideoWriter(tmp, info, self.cfg.video) as writer:
                 for i, pts, rgb in prefetch(video.decode(src, seg.seek_pts, index, seg.start, seg.end)):
                     deadline.check()
                     if i != seg.start + written:
                         raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
-                    mask.apply(rgb, per_frame.get(i, empty), self.cfg.mask)
+                    for f, boxes in final:
+                        if f == i:
+                            used[i] = boxes
+                            break
+                    else:
+                        raise AssetError(f"segment {seg.index}: no boxes for frame {i}")
+                    mask.apply(rgb, used[i], self.cfg.mask)
                     writer.write(rgb, pts)
                     written += 1
+            for _ in final:  # the context frames after the owned ones
+                pass
+            timings["detect"] = time.perf_counter() - t0  # tracking and refinement included
+            boxes = self._refine(Detections.concat(raw), seg, info)
             if written != seg.end - seg.start:
                 raise AssetError(f"segment {seg.index}: decoded {written} of {seg.end - seg.start} frames")
+            _check_streamed(used, boxes, seg)
             os.replace(tmp, part_path)
         finally:
+            final.close()
             if os.path.exists(tmp):
                 os.remove(tmp)
-        timings["render"] = time.perf_counter() - t1
+        timings["total"] = time.perf_counter() - t0
         return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written, seconds=timings)
+
+
+def _check_streamed(used: dict[int, Detections], boxes: Detections, seg: SegmentPlan) -> None:
+    """Fail the segment unless every owned frame was masked with exactly the whole-segment boxes."""
+    whole = _group_by_frame(boxes.select((boxes.frame >= seg.start) & (boxes.frame < seg.end)))
+    for i in range(seg.start, seg.end):
+        if _box_rows(used.get(i, Detections.empty())).tolist() != _box_rows(whole.get(i, Detections.empty())).tolist():
+            raise AssetError(f"segment {seg.index}: streamed masks of frame {i} differ from the segment's tracks")
+
+
+def _box_rows(dets: Detections) -> np.ndarray:
+    rows = np.c_[dets.cls, dets.xyxy].astype(np.float64)
+    return rows[np.lexsort(rows.T[::-1])]
 
 
 def plan_video(src: str, asset: str, cfg: AppConfig) -> VideoPlan:

@@ -4,7 +4,7 @@ time limit of the in-process engine.
 
 After each fault: no partial output under a final name, no temporary files or parts left, and
 the manifest says what happened (an error row for the failed asset, rows for what finished).
-Worker kills mid-segment (at any point, in the detect pass, in the encode pass) and the Ray
+Worker kills mid-segment (at any point, before anything is encoded, while encoding) and the Ray
 engine's time limit are in test_ray_job.py; a process killed mid-upload at the storage level in
 test_storage.py.
 """
@@ -496,7 +496,7 @@ def test_local_engine_times_out_a_video_and_goes_on(tmp_path):
 @dataclass(frozen=True)
 class ExpiresWhileEncoding(pipeline.Deadline):
     """A deadline already past once `folder` holds a file: the part's, which the muxer creates at
-    the first encoded packet of the mask + encode pass."""
+    the first encoded packet."""
 
     folder: Path = Path()
 

@@ -256,8 +256,8 @@ def running_segment(after_s: float) -> Callable[[], int | None]:
 
 
 def encoding(parts: Path) -> Callable[[], int | None]:
-    """A worker in the mask + encode pass: the part it writes exists (the muxer creates it at the
-    first encoded packet, so detection and tracking are over)."""
+    """A worker encoding: the part it writes exists (the muxer creates it at the first encoded
+    packet, once the first frames' boxes are final; detection may still run beside it)."""
 
     def pick() -> int | None:
         pool = actor_pids()
@@ -268,7 +268,8 @@ def encoding(parts: Path) -> Callable[[], int | None]:
 
 def detecting(name: str) -> Callable[[], int | None]:
     """A worker decoding the input `name`. Polled from before the run, the first sighting, which
-    the Killer acts on, is in its first segment's detect pass: that lasts seconds, a poll ~20 ms."""
+    the Killer acts on, is in its first segment before anything is encoded: that lasts seconds
+    (detection has to run `max(max_gap + 1, pad)` frames ahead first), a poll ~20 ms."""
 
     def pick() -> int | None:
         for pid in actor_pids("ray::SegmentActor.segment"):
@@ -343,7 +344,7 @@ def test_worker_killed_while_detecting(cluster, tmp_path):
     parts = parts_of(tmp_path / "out")
     killer = Killer(detecting(PAN.name), parts, poll_s=0.02)
     res = killed_job(tmp_path, PAN, 1.0, killer)
-    assert killer.left == {}, "the worker was killed in the encode pass"
+    assert killer.left == {}, "the worker was killed once encoding had begun"
     check_retried_like_unkilled(killer, res, PAN, 1.0, tmp_path / "out")
 
 

@@ -95,14 +95,23 @@ def track(dets: Detections, cfg: TrackConfig, frames: range) -> Detections:
     """
     if len(dets) and (dets.frame.min() < frames.start or dets.frame.max() >= frames.stop):
         raise ValueError(f"detections outside {frames}: frames {dets.frame.min()}..{dets.frame.max()}")
-    box = dets.xyxy
-    order = np.lexsort((box[:, 3], box[:, 2], box[:, 1], box[:, 0], -dets.score, dets.frame))
     ids = np.full(len(dets), -1, np.int64)
     next_id = 0
-    for cls in np.unique(dets.cls):
-        rows = order[dets.cls[order] == cls]
+    for cls, rows in class_rows(dets):
         tracker = ByteTracker(cfg, first_id=next_id)
-        for chunk in np.split(rows, np.flatnonzero(np.diff(dets.frame[rows])) + 1):
-            ids[chunk] = tracker.step(int(dets.frame[chunk[0]]), box[chunk], dets.score[chunk])
+        step_frames(tracker, dets, rows, ids)
         next_id = tracker.next_id
     return dets.with_track(ids)
+
+
+def class_rows(dets: Detections) -> list[tuple[int, np.ndarray]]:
+    """Per class, its rows in the canonical order (frame, score descending, box)."""
+    box = dets.xyxy
+    order = np.lexsort((box[:, 3], box[:, 2], box[:, 1], box[:, 0], -dets.score, dets.frame))
+    return [(int(cls), order[dets.cls[order] == cls]) for cls in np.unique(dets.cls)]
+
+
+def step_frames(tracker: ByteTracker, dets: Detections, rows: np.ndarray, ids: np.ndarray) -> None:
+    """Feed `rows` (one class, canonical order) to `tracker` frame by frame; their ids go to `ids`."""
+    for chunk in np.split(rows, np.flatnonzero(np.diff(dets.frame[rows])) + 1):
+        ids[chunk] = tracker.step(int(dets.frame[chunk[0]]), dets.xyxy[chunk], dets.score[chunk])

@@ -1,0 +1,54 @@
+"""Mask boxes frame by frame while detection is still running, so a worker can encode a
+segment's first frames while it detects its later ones.
+
+A frame's mask boxes (tracking, then refine.mask_boxes) depend only on detections a bounded
+distance around it: gap filling links detections at most max_gap + 1 frames apart, padding
+reaches `pad` frames, and ByteTrack is online. So once detection has passed frame f by
+max(max_gap + 1, pad) frames, f is final, and refining a window that reaches as far behind it
+gives exactly the boxes a refinement of the whole segment gives. The worker
+still checks this against the whole-segment result before it publishes a part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import refine
+from .config import TrackConfig
+from .track.bytetrack import ByteTracker, class_rows, step_frames
+from .types import Detections
+
+# Each class's tracker numbers its tracks from its own base, so ids never collide across classes
+# although the trackers run side by side (the whole-segment tracker numbers them one class after
+# the other; ids are only compared within one refinement).
+_CLASS_ID_BASE = 1 << 40
+
+
+class StreamedBoxes:
+    """Feed detections in frame order with `add`; it returns the frames that became final."""
+
+    def __init__(self, cfg: TrackConfig, frames: range, frame_size: tuple[int, int]) -> None:
+        self.cfg = cfg
+        self.frames = frames
+        self.frame_size = frame_size
+        self.reach = max(cfg.max_gap + 1, cfg.pad)
+        self.trackers: dict[int, ByteTracker] = {}
+        self.window = Detections.empty()
+        self.done = frames.start
+
+    def add(self, raw: Detections, seen_to: int) -> tuple[range, Detections]:
+        """`raw`: every detection of the frames from the previous `seen_to` up to this one
+        (exclusive). Returns the frames that are now final and their mask boxes."""
+        ids = np.full(len(raw), -1, np.int64)
+        for cls, rows in class_rows(raw):
+            tracker = self.trackers.setdefault(cls, ByteTracker(self.cfg, first_id=cls * _CLASS_ID_BASE))
+            step_frames(tracker, raw, rows, ids)
+        self.window = Detections.concat([self.window, raw.with_track(ids)])
+        final = self.frames.stop if seen_to >= self.frames.stop else seen_to - self.reach
+        if final <= self.done:
+            return range(self.done, self.done), Detections.empty()
+        span = range(self.done, final)
+        boxes = refine.mask_boxes(self.window, self.cfg, span, self.frame_size)
+        self.window = self.window.select(self.window.frame >= final - self.reach)
+        self.done = final
+        return span, boxes
