@@ -172,10 +172,13 @@ def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
 
     0.9 CPU, not 1: the embedded cluster keeps a little CPU free for planning and finalizing. With
     cluster.pin_cpus=true each worker is held to one core; unpinned, a lone worker's decode and
-    encode threads also use the cores the sweep leaves idle, which flatters k = 1.
+    encode threads also use the cores the sweep leaves idle, which flatters k = 1. The cluster is
+    started before the clock runs (a nightly job joins a running one); each run still starts its
+    workers and loads their models.
     """
     from . import job, ray_job
 
+    ray_job.connect(cfg)
     fps = {}
     for k in cfg.workers_sweep:
         run_cfg = replace(cfg, input=src, output=os.path.join(tmp, f"sweep-{k}"), force=True,
