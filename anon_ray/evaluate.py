@@ -31,7 +31,7 @@ from .media.image import read_image
 from .types import FACE, PLATE, Detections
 
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
-CURVE_MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)  # per side, a share of the box (MaskConfig margins)
+CURVE_MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)  # the same on every side, a share of the box (MaskConfig margins)
 # Kaggle face-mask labels: a face wearing a medical mask is where the model struggles most.
 MASKED_FACE_LABELS = {"con_mascarilla", "with_mask", "mask_weared_incorrect"}
 
@@ -101,9 +101,11 @@ def _write_curve(rows: list[dict], report_dir: str, cls: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for margin in sorted({r["margin"] for r in rows}):
-        line = [r for r in rows if r["margin"] == margin]
-        ax.plot([r["over_masking"] for r in line], [r["protected"] for r in line], marker="o", label=f"margin {margin:g}")
+    for key in sorted({_margin_key(r) for r in rows}):
+        line = [r for r in rows if _margin_key(r) == key]
+        side, top, bottom = key
+        label = f"margin {side:g}" if side == top == bottom else f"margin {side:g}, top {top:g}, bottom {bottom:g}"
+        ax.plot([r["over_masking"] for r in line], [r["protected"] for r in line], marker="o", label=label)
         for r in line:
             ax.annotate(f"{r['threshold']:.2f}", (r["over_masking"], r["protected"]), fontsize=6)
     ax.set_xlabel("over-masking (share of image)")
@@ -113,6 +115,20 @@ def _write_curve(rows: list[dict], report_dir: str, cls: int) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(report_dir, f"curve_{name}.png"), dpi=120)
     plt.close(fig)
+
+
+def _margin_key(row: dict) -> tuple[float, float, float]:
+    return row["margin"], row["margin_top"], row["margin_bottom"]
+
+
+def _curve_margins(cfg: EvalConfig, cls: int) -> list[tuple[float, float, float]]:
+    """(sides, top, bottom) per curve line: the same margin on every side, then the configured
+    face margins when they differ by side, so the chosen geometry is compared with the uniform ones."""
+    lines = [(m, m, m) for m in CURVE_MARGINS]
+    configured = mask.face_margins(cfg.mask)
+    if cls == FACE and len(set(configured)) > 1:
+        lines.append(configured)
+    return lines
 
 
 def _low_threshold(cfg: EvalConfig) -> EvalConfig:
@@ -161,8 +177,9 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
         summary["flicker"] = sum(v["flicker"] for v in videos)
     if cfg.curve and cache:
         rows = []
-        for margin in CURVE_MARGINS:
-            margins = {"plate_margin": margin} if cls == PLATE else {"face_margin": margin}
+        for side, top, bottom in _curve_margins(cfg, cls):
+            margins = ({"plate_margin": side} if cls == PLATE else
+                       {"face_margin": side, "face_margin_top": top, "face_margin_bottom": bottom})
             swept = replace(cfg, mask=replace(cfg.mask, **margins))
 
             def build(c, threshold: float) -> np.ndarray:
@@ -171,7 +188,8 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
                 keep = np.where(found.cls == cls, found.score >= threshold, found.score >= configured(found))
                 return _mask(shape, found.select(keep), swept)
 
-            rows += [{"margin": margin, **r} for r in metrics.threshold_curve(cache, CURVE_THRESHOLDS, build)]
+            rows += [{"margin": side, "margin_top": top, "margin_bottom": bottom, **r}
+                     for r in metrics.threshold_curve(cache, CURVE_THRESHOLDS, build)]
         _write_curve(rows, cfg.report_dir or os.path.join(os.getcwd(), "eval_report"), cls)
         summary["curve"] = rows
     return summary

@@ -3,9 +3,9 @@
 Geometry (shared by `apply` and `mask_region`, so the evaluator scores exactly what is written):
 
 - A detection box is grown by `margin` of its width and height on EACH side (`dilate`), so margin m
-  makes it (1 + 2m) times as wide and as tall. Dilated boxes are NOT clipped to the frame: an ellipse
-  inscribed in a clipped box would leave the part of a face that touches the frame edge uncovered.
-  Rasterization clips to the frame instead.
+  makes it (1 + 2m) times as wide and as tall; faces may set their top and bottom margins apart.
+  Dilated boxes are NOT clipped to the frame: an ellipse inscribed in a clipped box would leave the
+  part of a face that touches the frame edge uncovered. Rasterization clips to the frame instead.
 - The *core* is the ellipse inscribed in the dilated box (or the box itself); its weight is 1.
 - Feathering adds a ramp OUTSIDE the core, from weight 1 at the core edge to 0 at a distance of
   `feather` x the dilated box's short side, so it never weakens the core.
@@ -34,11 +34,21 @@ _BLUR_CONTEXT = 3  # cells beyond the ROI that the smoothing can reach (kernel 1
 
 
 def dilate(dets: Detections, cfg: MaskConfig) -> np.ndarray:
-    """Boxes (n, 4) float32 grown by the class margin on each side; deliberately not clipped."""
-    margin = np.where(dets.cls == PLATE, cfg.plate_margin, np.where(dets.cls == FACE, cfg.face_margin, 0.0))
+    """Boxes (n, 4) float32 grown by the class margins on each side; deliberately not clipped."""
+    side, top, bottom = (
+        np.where(dets.cls == PLATE, cfg.plate_margin, np.where(dets.cls == FACE, face, 0.0)).astype(np.float32)
+        for face in face_margins(cfg)
+    )
     xyxy = dets.xyxy.astype(np.float32)
-    grow = (xyxy[:, 2:] - xyxy[:, :2]) * margin.astype(np.float32)[:, None]
-    return np.concatenate([xyxy[:, :2] - grow, xyxy[:, 2:] + grow], axis=1)
+    w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
+    return np.stack([xyxy[:, 0] - w * side, xyxy[:, 1] - h * top, xyxy[:, 2] + w * side, xyxy[:, 3] + h * bottom], axis=1)
+
+
+def face_margins(cfg: MaskConfig) -> tuple[float, float, float]:
+    """The face margins (sides, top, bottom), top and bottom defaulting to the sides' margin."""
+    top = cfg.face_margin if cfg.face_margin_top is None else cfg.face_margin_top
+    bottom = cfg.face_margin if cfg.face_margin_bottom is None else cfg.face_margin_bottom
+    return cfg.face_margin, top, bottom
 
 
 def mask_weight(shape_hw: tuple[int, int], dets: Detections, cfg: MaskConfig) -> np.ndarray:

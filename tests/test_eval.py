@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from anon_ray.cli import CONF_DIR, _register
 from anon_ray.config import DetectConfig, EvalConfig, PlateConfig, SessionConfig
-from anon_ray.evaluate import evaluate, load_items, load_mot
+from anon_ray.evaluate import CURVE_MARGINS, CURVE_THRESHOLDS, evaluate, load_items, load_mot
 
 from conftest import annotations
 
@@ -103,13 +103,19 @@ def test_video_mode_scores_mot_ground_truth_and_reports_flicker(tmp_path):
 
 def test_curve_sweeps_thresholds_and_margins(eval_data, tmp_path):
     cfg = eval_config(dataset=str(eval_data / "faces"), limit=4, curve=True, report_dir=str(tmp_path),
-                      detect="faces_only")
+                      detect="faces_only", **{"mask.face_margin": 0.2, "mask.face_margin_top": 0.05,
+                                              "mask.face_margin_bottom": 0.45})
     rows = evaluate(cfg)["curve"]
     assert (tmp_path / "curve_face.csv").is_file() and (tmp_path / "curve_face.png").is_file()
+    # The configured per-side geometry is a line of its own beside the uniform margins.
+    configured = [r for r in rows if (r["margin"], r["margin_top"], r["margin_bottom"]) == (0.2, 0.05, 0.45)]
+    assert len(configured) == len(CURVE_THRESHOLDS)
     by_margin = {}
     for r in rows:
-        by_margin.setdefault(r["margin"], []).append(r)
-    assert len(by_margin) > 1 and all(len(v) == len(by_margin[0.0]) > 1 for v in by_margin.values())
+        if r["margin"] == r["margin_top"] == r["margin_bottom"]:
+            by_margin.setdefault(r["margin"], []).append(r)
+    assert sorted(by_margin) == list(CURVE_MARGINS)
+    assert all(len(v) == len(CURVE_THRESHOLDS) for v in by_margin.values())
     # A lower threshold or a wider margin never protects less and never masks less.
     for line in by_margin.values():
         assert all(a["protected"] >= b["protected"] for a, b in zip(line, line[1:]))

@@ -43,6 +43,28 @@ def test_dilate_margin_per_side_and_per_class():
     assert out.dtype == np.float32
 
 
+def test_face_top_and_bottom_margins_apart_from_the_sides():
+    cfg = MaskConfig(face_margin=0.2, face_margin_top=0.05, face_margin_bottom=0.45, plate_margin=0.1)
+    dets = Detections.build(0, [[100, 100, 200, 200], [100, 100, 200, 150]], [1, 1], [FACE, PLATE])
+    out = dilate(dets, cfg)
+    np.testing.assert_allclose(out[0], [80, 95, 220, 245])
+    np.testing.assert_allclose(out[1], [90, 95, 210, 155])  # plates keep one margin on every side
+    # Unset top and bottom follow the sides' margin.
+    np.testing.assert_allclose(dilate(dets, MaskConfig(face_margin=0.2, face_margin_bottom=0.45))[0], [80, 80, 220, 245])
+
+
+def test_a_downward_margin_moves_the_masked_region_down(astronaut):
+    box = [[150, 100, 250, 200]]
+    down = mask_region((300, 400), _dets(box), MaskConfig(face_margin=0.2, face_margin_top=0.0, face_margin_bottom=0.4))
+    rows = np.flatnonzero(down.any(axis=1))
+    # Barely above the box (only the inner half of the feather), 40% of its height below it.
+    assert 92 <= rows[0] < 100 and rows[-1] >= 240
+    blurred = apply(astronaut[:300, :400].copy(), _dets(box), MaskConfig(face_margin=0.2, face_margin_top=0.0,
+                                                                          face_margin_bottom=0.4, feather=0.0))
+    changed = np.flatnonzero((blurred != astronaut[:300, :400]).any(axis=(1, 2)))
+    assert changed[0] >= 100 and changed[-1] >= 235
+
+
 def test_dilate_keeps_boxes_past_the_frame_edge():
     out = dilate(_dets([[-50, -10, 50, 90]]), MaskConfig(face_margin=0.5))
     np.testing.assert_allclose(out[0], [-100, -60, 100, 140])
