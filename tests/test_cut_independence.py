@@ -5,9 +5,9 @@ segment, the reference) and `segment.seconds=2` (cut at keyframes, context on bo
 stitched). Face detection only: neither clip shows a licence plate (the plate detector finds none
 on every 10th frame of either), and it would cost ~0.2 s per frame per run.
 
-- short_hamilton_clip.mp4: 275 frames 640x360 at 29.97 fps, AAC audio, 5 segments; ~1000 masks.
+- short_hamilton_clip.mp4: 275 frames 640x360 at 29.97 fps, AAC audio, 5 segments; ~1800 masks.
 - intel_one-by-one-person-detection.mp4, 80-110 s, stream-copied (pixels identical): 300 frames
-  768x432 at 10 fps, B-frames, first pts not 0, 15 segments with 30 frames (3 s) of context; ~240
+  768x432 at 10 fps, B-frames, first pts not 0, 15 segments with 30 frames (3 s) of context; ~300
   masks. The clip's first 30 s show almost no face (5 masks), hence this window.
 """
 
@@ -30,7 +30,7 @@ from anon_ray.config import AppConfig
 from anon_ray.media import packets
 from anon_ray.types import Asset
 
-from conftest import REPO, eval_root
+from conftest import REPO, composed, eval_root
 
 VIDEOS = eval_root() / "videos"
 HAMILTON = VIDEOS / "short_hamilton_clip.mp4"
@@ -39,8 +39,9 @@ MODELS = REPO / "models" / "cache"
 
 
 def clip_config(output: str, seconds: float, **kw) -> AppConfig:
-    """Product defaults, faces only, models from the repo's cache whatever the working directory."""
-    cfg = AppConfig(output=output, **kw)
+    """The job's defaults as `anon-ray` composes them (the balanced preset: its face threshold and
+    margins), faces only, models from the repo's cache whatever the working directory."""
+    cfg = replace(composed("config"), output=output, **kw)
     return replace(cfg, segment=replace(cfg.segment, seconds=seconds),
                    models=replace(cfg.models, cache_dir=str(MODELS), manifest=str(REPO / "models" / "models.yaml")),
                    detect=replace(cfg.detect, plate=replace(cfg.detect.plate, enabled=False)))

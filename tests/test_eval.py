@@ -12,14 +12,11 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from anon_ray.cli import CONF_DIR, _register
 from anon_ray.config import DetectConfig, EvalConfig, PlateConfig, SessionConfig
 from anon_ray.evaluate import CURVE_MARGINS, CURVE_THRESHOLDS, evaluate, load_items, load_mot
 
-from conftest import annotations
+from conftest import annotations, composed
 
 BASELINE = Path(__file__).with_name("eval_baseline.json")
 SESSION = SessionConfig(intra_op_threads=2)
@@ -28,9 +25,7 @@ ASTRONAUT_FACE = np.array([180.0, 58.0, 270.0, 178.0])  # as in test_detect
 
 def eval_config(**overrides) -> EvalConfig:
     """The eval config exactly as `anon-ray-eval` composes it (defaults: the balanced preset)."""
-    _register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("eval", overrides=[f"{k}={v}" for k, v in overrides.items()]))
+    cfg = composed("eval", **overrides)
     return replace(cfg, detect=replace(cfg.detect, session=SESSION))
 
 
