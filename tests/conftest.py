@@ -9,6 +9,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from anon_ray.cli import CONF_DIR, _register
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "anon_ray" / "samples"
@@ -17,11 +21,6 @@ SAMPLES = REPO / "anon_ray" / "samples"
 def composed(name: str, **overrides):
     """The config `name` (config | eval | bench) exactly as its entry point composes it, presets
     included, with Hydra-style `key=value` overrides."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from anon_ray.cli import CONF_DIR, _register
-
     _register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return OmegaConf.to_object(compose(name, overrides=[f"{k}={v}" for k, v in overrides.items()]))

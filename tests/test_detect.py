@@ -12,7 +12,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import skimage.data
-import yaml
 
 from anon_ray import models
 from anon_ray.config import DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
@@ -23,12 +22,10 @@ from anon_ray.detect.tiling import flipped, merge, tile_windows
 from anon_ray.models import load_manifest, resolve
 from anon_ray.types import FACE, PLATE, Detections
 
-from conftest import REPO
+from conftest import composed
 
 SESSION = SessionConfig(intra_op_threads=2)
 ASTRONAUT_FACE = (180.0, 58.0, 270.0, 178.0)  # checked by eye: forehead to chin, ear to ear
-BALANCED = yaml.safe_load((REPO / "conf" / "preset" / "balanced.yaml").read_text())
-BALANCED_FACE_THRESHOLD = BALANCED["detect"]["face"]["threshold"]
 PLATE_IMAGES = ["openalpr_us_car12.jpg", "openalpr_us_car13.jpg", "openalpr_us_316b64c0-55bf-4079-a1c0-d93f461a576f.jpg"]
 
 
@@ -204,9 +201,10 @@ def test_default_int8_model_finds_every_face_of_the_float_model_on_video(eval_da
     model with a quantized stem lost 40% of them). Near 0.1 the offset is a little wider: of 184
     hamilton faces it misses one, scored 0.155 by the float model and 0.095 by the INT8 one."""
     frames = every_nth_frame(eval_data / "videos" / clip, step)
-    default = replace(FaceConfig(), threshold=BALANCED_FACE_THRESHOLD)
+    threshold = composed("config").detect.face.threshold  # the default preset's
+    default = replace(FaceConfig(), threshold=threshold)
     int8 = FaceDetector(resolve(default.model, ModelsConfig()).path, default, SESSION)
-    float_cfg = FaceConfig(model="centerface", threshold=BALANCED_FACE_THRESHOLD + 0.05)
+    float_cfg = FaceConfig(model="centerface", threshold=threshold + 0.05)
     want = FaceDetector(resolve(float_cfg.model, ModelsConfig()).path, float_cfg, SESSION).detect(frames)
     assert default.model == "centerface_int8" and len(want) >= 25
     assert len(want) - matched(want, int8.detect(frames)) <= len(want) // 100
