@@ -30,7 +30,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import AppConfig, BenchConfig, EvalConfig
+from anon_ray.config import AppConfig, BenchConfig, EvalConfig
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 _exit_code = 0
@@ -142,13 +142,13 @@ def graceful_stop(stop) -> Iterator[None]:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _run(dcfg: DictConfig) -> None:
-    from . import job, ray_job
+    from anon_ray.run import distributed, job
 
     global _exit_code
     cfg = _to_plain(dcfg)
     stop = job.StopRequest(grace_s=stop_grace_s())
     with graceful_stop(stop):
-        summary = job.run(cfg, functools.partial(ray_job.run_assets, stop=stop), stop=stop)
+        summary = job.run(cfg, functools.partial(distributed.run_assets, stop=stop), stop=stop)
     print(f"anon-ray: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped, "
           f"{summary.frames} frames in {summary.seconds:.1f}s", file=sys.stderr)
     for relpath, error_class, error in summary.failures:
@@ -166,14 +166,14 @@ def _run(dcfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _eval(dcfg: DictConfig) -> None:
-    from . import evaluate
+    from anon_ray.tools import evaluate
 
     evaluate.main(_to_plain(dcfg))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="bench", version_base="1.3")
 def _bench(dcfg: DictConfig) -> None:
-    from . import bench
+    from anon_ray.tools import bench
 
     bench.main(_to_plain(dcfg))
 

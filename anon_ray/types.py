@@ -152,6 +152,34 @@ class PacketIndex:
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    """What planning, decoding and encoding need to know about a video's main stream."""
+
+    width: int  # coded (stored) size
+    height: int
+    rotation: int  # clockwise degrees that turn stored frames upright: 0, 90, 180, 270
+    fps: tuple[int, int]
+    time_base: tuple[int, int]
+    n_frames: int
+    duration_s: float
+    pix_fmt: str
+    codec: str
+    color_range: int  # FFmpeg AVColorRange / AVColorPrimaries / AVColorTransferCharacteristic /
+    color_primaries: int  # AVColorSpace values, 0 or 2 when unspecified
+    color_trc: int
+    colorspace: int
+    audio_streams: int
+    subtitle_streams: int
+    start_pts: int
+    display_matrix: tuple[int, ...] | None = None  # 9 ints as stored (keeps flips too), or None
+    container: str = ""
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+
+@dataclass(frozen=True)
 class AssetRecord:
     """One manifest row: what happened to one asset in one run. Never pixels, text or secrets."""
 

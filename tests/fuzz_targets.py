@@ -52,11 +52,11 @@ if __name__ == "__main__":
 
 with _instrumented():
     from anon_ray.config import ImageConfig, SegmentConfig
+    from anon_ray.core.plan import plan_segments
     from anon_ray.media import MediaError
     from anon_ray.media.image import decode_image, encode_image
     from anon_ray.media.packets import scan_packets
-    from anon_ray.media.video import probe
-    from anon_ray.plan import plan_segments
+    from anon_ray.media.probe import probe
 
 # A small pixel budget keeps every execution fast; the check itself is what gets exercised.
 IMAGE_CFG = ImageConfig(max_pixels=1 << 22)

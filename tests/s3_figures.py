@@ -26,8 +26,9 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from s3server import DUMMY_AWS_ENV, moto_s3_server  # noqa: E402
 
-from anon_ray import job, storage, tasks  # noqa: E402
-from anon_ray.config import AppConfig, StorageConfig  # noqa: E402
+from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.io import storage
+from anon_ray.run import job, tasks
 
 SAMPLES = Path(__file__).resolve().parent.parent / "anon_ray" / "samples"
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from anon_ray.affinity import claim_cores
+from anon_ray.run.affinity import claim_cores
 
 CORES = sorted(os.sched_getaffinity(0))
 

@@ -28,13 +28,18 @@ import av
 import cv2
 import numpy as np
 import pytest
+from conftest import mux_stereo_tone
 from PIL import Image, ImageOps
 
-from anon_ray import inventory, job, manifest, tasks
 from anon_ray.config import AppConfig, SegmentConfig
-from anon_ray.media import TMP_MARKER, MediaError, video
+from anon_ray.io import inventory, manifest
+from anon_ray.io.files import TMP_MARKER
+from anon_ray.media import MediaError
+from anon_ray.media.decode import decode
+from anon_ray.media.encode import check_writable
 from anon_ray.media.packets import scan_packets
-from conftest import mux_stereo_tone
+from anon_ray.media.probe import probe
+from anon_ray.run import job, tasks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -393,7 +398,7 @@ def _check_video(src: Path, dst: Path, row: dict) -> None:
     frames = _decoded_frames(src)
     assert _decoded_frames(dst) == frames == row["frames"] == len(scan_packets(str(dst)))
     assert row["segments"] > 1 or frames < 20, "short segments are meant to cut every clip"
-    src_info, dst_info = video.probe(str(src)), video.probe(str(dst))
+    src_info, dst_info = probe(str(src)), probe(str(dst))
     assert dst_info.rotation == src_info.rotation
     assert dst_info.audio_streams == src_info.audio_streams
     assert (dst_info.width, dst_info.height) == (src_info.width, src_info.height)
@@ -510,9 +515,9 @@ def test_decode_from_every_keyframe_is_exact(tmp_path, name, kw):
     path = tmp_path / name
     _clip(path, n=40, options={"g": "8"}, **kw)
     index = scan_packets(str(path))
-    full = list(video.decode(str(path), None, index, 0, len(index)))
+    full = list(decode(str(path), None, index, 0, len(index)))
     for k in np.flatnonzero(index.key):
-        got = list(video.decode(str(path), int(index.pts[k]), index, int(k), len(index)))
+        got = list(decode(str(path), int(index.pts[k]), index, int(k), len(index)))
         assert [i for i, _, _ in got] == list(range(k, len(index)))
         np.testing.assert_array_equal(got[0][2], full[k][2])
 
@@ -520,9 +525,9 @@ def test_decode_from_every_keyframe_is_exact(tmp_path, name, kw):
 def test_webm_output_is_refused_before_any_work(tmp_path):
     path = tmp_path / "vp9.webm"
     _clip(path, codec="libvpx-vp9", n=2)
-    info = video.probe(str(path))
+    info = probe(str(path))
     with pytest.raises(MediaError, match="webm"):
-        video.check_writable(str(path), info, "libx264")
+        check_writable(str(path), info, "libx264")
     mkv = tmp_path / "x.mkv"
     _clip(mkv, n=2)
-    video.check_writable(str(mkv), video.probe(str(mkv)), "libx264")
+    check_writable(str(mkv), probe(str(mkv)), "libx264")

@@ -24,13 +24,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from anon_ray import consistency, tasks
-from anon_ray.config import AppConfig
-from anon_ray.media import packets
-from anon_ray.types import Asset
-
 from conftest import REPO, composed, eval_root
+
+from anon_ray.config import AppConfig
+from anon_ray.core import consistency
+from anon_ray.media import packets
+from anon_ray.run import tasks
+from anon_ray.types import Asset
 
 VIDEOS = eval_root() / "videos"
 HAMILTON = VIDEOS / "short_hamilton_clip.mp4"

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from anon_ray.config import AppConfig
-
-from conftest import REPO
 
 DEPLOY = REPO / "deploy"
 CONF = REPO / "conf"

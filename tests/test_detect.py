@@ -12,17 +12,23 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import skimage.data
+from conftest import composed
 
-from anon_ray import models
-from anon_ray.config import DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
+from anon_ray.config import (
+    DetectConfig,
+    FaceConfig,
+    ModelsConfig,
+    PlateConfig,
+    SessionConfig,
+    TilingConfig,
+)
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
 from anon_ray.detect.tiling import flipped, merge, tile_windows
-from anon_ray.models import load_manifest, resolve
+from anon_ray.models import build
+from anon_ray.models.registry import load_manifest, resolve
 from anon_ray.types import FACE, PLATE, Detections
-
-from conftest import composed
 
 SESSION = SessionConfig(intra_op_threads=2)
 ASTRONAUT_FACE = (180.0, 58.0, 270.0, 178.0)  # checked by eye: forehead to chin, ear to ear
@@ -173,9 +179,9 @@ def test_providers_skip_missing_and_end_with_cpu():
 def test_int8_preparation_finds_the_same_face(faces, astronaut, tmp_path):
     """centerface_int8 (the default face model): the build step, run again, still finds the face."""
     entry = load_manifest(ModelsConfig())["centerface"]
-    source = models.source_file("centerface", entry, ModelsConfig()).read_bytes()
+    source = build.source_file("centerface", entry, ModelsConfig()).read_bytes()
     path = tmp_path / "centerface_int8.onnx"
-    path.write_bytes(models.prepare_centerface_int8(source))
+    path.write_bytes(build.prepare_centerface_int8(source))
     quantized = FaceDetector(str(path), FaceConfig(), SESSION)
     want, got = faces.detect([astronaut]), quantized.detect([astronaut])
     assert len(got) == len(want) == 1

@@ -12,11 +12,16 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-
-from anon_ray.config import DetectConfig, EvalConfig, PlateConfig, SessionConfig
-from anon_ray.evaluate import CURVE_MARGINS, CURVE_THRESHOLDS, evaluate, load_items, load_mot
-
 from conftest import annotations, composed
+
+from anon_ray.config import EvalConfig, SessionConfig
+from anon_ray.tools.evaluate import (
+    CURVE_MARGINS,
+    CURVE_THRESHOLDS,
+    evaluate,
+    load_items,
+    load_mot,
+)
 
 BASELINE = Path(__file__).with_name("eval_baseline.json")
 SESSION = SessionConfig(intra_op_threads=2)

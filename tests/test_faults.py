@@ -35,14 +35,13 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, SAMPLES
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
-from anon_ray import job, pipeline, tasks
 from anon_ray.config import AppConfig, StorageConfig
-from anon_ray.media import TMP_MARKER
+from anon_ray.io.files import TMP_MARKER
+from anon_ray.run import job, pipeline, tasks
 from anon_ray.types import Asset
-
-from conftest import REPO, SAMPLES
 
 MODELS = REPO / "models" / "cache"
 PROGRESS = re.compile(r"^\[\d+/\d+ assets")
@@ -611,7 +610,7 @@ def test_cli_signal_handler_sets_the_stop_and_is_removed_after(capfd):
 
 def test_forced_close_aborts_the_killed_writers_uploads(s3_env):
     """A cancelled S3 asset's writer may die mid multipart upload: its uploads are aborted."""
-    from anon_ray import ray_job
+    from anon_ray.run import distributed
 
     with moto_s3_server() as url:
         cfg = AppConfig(storage=StorageConfig(endpoint_url=url, region="us-east-1"))
@@ -619,7 +618,7 @@ def test_forced_close_aborts_the_killed_writers_uploads(s3_env):
         client.create_bucket(Bucket="uploads")
         for key in ("out/a.mp4", "out/a.mp4.other.mp4", "out/_anon_ray/tmp/run/abc/part-00000.mp4"):
             client.create_multipart_upload(Bucket="uploads", Key=key)
-        ray_job._abort_uploads("s3://uploads/out/a.mp4", cfg, exact=True)
-        ray_job._abort_uploads("s3://uploads/out/_anon_ray/tmp/run/abc/", cfg)
+        distributed._abort_uploads("s3://uploads/out/a.mp4", cfg, exact=True)
+        distributed._abort_uploads("s3://uploads/out/_anon_ray/tmp/run/abc/", cfg)
         left = [u["Key"] for u in client.list_multipart_uploads(Bucket="uploads").get("Uploads", [])]
         assert left == ["out/a.mp4.other.mp4"]  # another asset's upload is not touched

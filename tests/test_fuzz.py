@@ -14,11 +14,16 @@ import subprocess
 import sys
 import time
 
-import pytest
-from PIL import Image
-
 import fuzz_targets
-from fuzz_targets import REGRESSIONS, TARGET_FUNCS, TARGETS, metadata_in, regression_files
+import pytest
+from fuzz_targets import (
+    REGRESSIONS,
+    TARGET_FUNCS,
+    TARGETS,
+    metadata_in,
+    regression_files,
+)
+from PIL import Image
 
 FUZZ_SECONDS = 25
 REPLAY_LIMIT_S = 5.0  # a regression input that once stalled a target must now be quick

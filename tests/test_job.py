@@ -15,15 +15,15 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, SAMPLES
 from PIL import Image
 
-from anon_ray import job, tasks
 from anon_ray.config import AppConfig
 from anon_ray.detect import Detector
-from anon_ray.media import packets, video
+from anon_ray.media import packets
+from anon_ray.media.decode import decode
+from anon_ray.run import job, tasks
 from anon_ray.types import FACE
-
-from conftest import REPO, SAMPLES
 
 
 def _cfg(src: Path, dst: Path, **kw) -> AppConfig:
@@ -130,8 +130,8 @@ def test_video_faces_masked(video_run):
     src, dst, _ = video_run
     detector = Detector(AppConfig().detect, AppConfig().models)
     idx_src, idx_dst = packets.scan_packets(str(src)), packets.scan_packets(str(dst))
-    before = list(video.decode(str(src), None, idx_src, 0, len(idx_src)))
-    after = list(video.decode(str(dst), None, idx_dst, 0, len(idx_dst)))
+    before = list(decode(str(src), None, idx_src, 0, len(idx_src)))
+    after = list(decode(str(dst), None, idx_dst, 0, len(idx_dst)))
     found_before = sum(int(np.any(detector.detect([f]).cls == FACE)) for _, _, f in before[::10])
     found_after = sum(int(np.any(detector.detect([f]).cls == FACE)) for _, _, f in after[::10])
     assert found_before >= 6 and found_after == 0

@@ -6,8 +6,8 @@ import pytest
 from skimage import data
 
 from anon_ray.config import MaskConfig
-from anon_ray.mask import METHODS, SHAPES, apply, dilate, mask_region, mask_weight
-from anon_ray.metrics import coverage
+from anon_ray.core.mask import METHODS, SHAPES, apply, dilate, mask_region, mask_weight
+from anon_ray.tools.metrics import coverage
 from anon_ray.types import FACE, PLATE, Detections
 
 FACE_BOX = [178, 60, 268, 168]  # the astronaut's face, eyebrows to chin, in skimage.data.astronaut()

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from anon_ray.metrics import (
+from anon_ray.tools.metrics import (
     HEIGHT_BUCKETS,
     Aggregate,
     box_pixels,

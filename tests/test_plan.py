@@ -1,7 +1,7 @@
 import numpy as np
 
 from anon_ray.config import SegmentConfig
-from anon_ray.plan import plan_segments
+from anon_ray.core.plan import plan_segments
 from anon_ray.types import PacketIndex
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, SAMPLES, annotations, eval_root
 from PIL import Image
 from s3server import DUMMY_AWS_ENV, aws_env, moto_s3_server
 
-from anon_ray import cli, job, storage, tasks
+from anon_ray import cli
 from anon_ray.config import AppConfig, StorageConfig
-
-from conftest import REPO, SAMPLES, annotations, eval_root
+from anon_ray.io import storage
+from anon_ray.run import job, tasks
 
 MODELS = REPO / "models" / "cache"
 

@@ -31,17 +31,25 @@ import cv2
 import psutil
 import pytest
 import ray
-
-from anon_ray import consistency, job, ray_job
-from anon_ray.config import AppConfig
-from anon_ray.inventory import INTERNAL_DIR
-from anon_ray.media import TMP_MARKER, packets
-from anon_ray.types import Asset
-
 from conftest import REPO, SAMPLES
+from test_cut_independence import (
+    HAMILTON,
+    MODELS,
+    VIDEOS,
+    clip_config,
+    intel_cut,  # noqa: F401 - a fixture
+    local_run,
+    video_asset,
+)
 from test_faults import check_manifest_true, manifest_rows
-from test_cut_independence import HAMILTON, MODELS, VIDEOS, clip_config, local_run, video_asset
-from test_cut_independence import intel_cut  # noqa: F401 - a fixture
+
+from anon_ray.config import AppConfig
+from anon_ray.core import consistency
+from anon_ray.io.files import TMP_MARKER
+from anon_ray.io.inventory import INTERNAL_DIR
+from anon_ray.media import packets
+from anon_ray.run import distributed, job
+from anon_ray.types import Asset
 
 VENV_BIN = Path(REPO / ".venv" / "bin")
 PAN = SAMPLES / "astronaut_pan.mp4"  # 75 frames, one keyframe: 1 s segments detect for seconds each
@@ -49,8 +57,8 @@ PAN = SAMPLES / "astronaut_pan.mp4"  # 75 frames, one keyframe: 1 s segments det
 WRITING = re.compile(rf"part-\d{{5}}\.mp4\.tmp(\d+)\.mp4{re.escape(TMP_MARKER)}")
 
 
-def with_cluster(cfg: AppConfig, **cluster) -> AppConfig:
-    return replace(cfg, cluster=replace(cfg.cluster, **cluster))
+def with_cluster(cfg: AppConfig, **settings) -> AppConfig:
+    return replace(cfg, cluster=replace(cfg.cluster, **settings))
 
 
 def leftovers(out: Path) -> list[Path]:
@@ -152,19 +160,19 @@ def cluster():
 
 def test_pool_leaves_room_for_light_tasks():
     fits = with_cluster(AppConfig(), workers=2, cpus_per_worker=0.5)
-    ray_job.check_resources(fits, {"CPU": 2.0})
+    distributed.check_resources(fits, {"CPU": 2.0})
     for cfg in (with_cluster(fits, workers=4), with_cluster(fits, cpus_per_worker=1.0),
                 with_cluster(fits, gpus_per_worker=0.5)):
         with pytest.raises(ValueError):
-            ray_job.check_resources(cfg, {"CPU": 2.0})
-    assert ray_job._plan._default_options["num_cpus"] == ray_job.LIGHT_TASK_CPUS
-    assert ray_job._finalize._default_options["num_cpus"] == ray_job.LIGHT_TASK_CPUS
+            distributed.check_resources(cfg, {"CPU": 2.0})
+    assert distributed._plan._default_options["num_cpus"] == distributed.LIGHT_TASK_CPUS
+    assert distributed._finalize._default_options["num_cpus"] == distributed.LIGHT_TASK_CPUS
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_pinned_workers_hold_a_core_each_from_before_their_models_load(cluster):
     cfg = with_cluster(clip_config("unused", 0.0), workers=2, cpus_per_worker=0.9, pin_cpus=True)
-    pool = ray_job.make_pool(cfg)
+    pool = distributed.make_pool(cfg)
     try:
         pids = ray.get([actor.pid.remote() for actor in pool])
         # Every thread, ONNX Runtime's pool included (it starts with the Worker, after the claim).
@@ -193,7 +201,7 @@ def test_results_stream_before_listing_ends(cluster, tmp_path):
             yield Asset(str(path), path.name, path.stat().st_size, "v", "image"), str(out / path.name)
 
     cfg = with_cluster(clip_config(str(out), 0.0), workers=2, max_in_flight=bound)
-    for res in ray_job.run_assets(cfg, listing(), "stream"):
+    for res in distributed.run_assets(cfg, listing(), "stream"):
         results.append(res)
         if len(results) == 1:
             first_at = len(log)
@@ -290,7 +298,7 @@ def killed_job(tmp_path: Path, clip: Path, seconds: float, killer: Killer):
     results = []
 
     def engine(cfg, todo, run_id):
-        for res in ray_job.run_assets(cfg, todo, run_id):
+        for res in distributed.run_assets(cfg, todo, run_id):
             results.append(res)
             yield res
 
@@ -350,7 +358,7 @@ def test_worker_killed_while_detecting(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_asset_time_limit(cluster, intel_cut, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(ray_job, "KILL_GRACE_S", 1.0)
+    monkeypatch.setattr(distributed, "KILL_GRACE_S", 1.0)
     out = tmp_path / "out"
     video = video_asset(intel_cut)  # 15 segments: ~20 s of work per worker even on a fast machine
     photo = SAMPLES / "astronaut.jpg"
@@ -359,7 +367,7 @@ def test_asset_time_limit(cluster, intel_cut, tmp_path, monkeypatch, caplog):
     # One asset at a time: the photo only starts once the video is closed, on the restarted workers.
     cfg = with_cluster(clip_config(str(out), 2.0, asset_timeout_s=6.0), workers=2, max_in_flight=1)
     with caplog.at_level("WARNING", logger="anon_ray"):
-        results = {r.asset.relpath: r for r in ray_job.run_assets(cfg, todo, "limit")}
+        results = {r.asset.relpath: r for r in distributed.run_assets(cfg, todo, "limit")}
     timed_out = results[video.relpath]
     assert timed_out.failure is not None and timed_out.failure.error_class == "Timeout"
     assert 6.0 <= timed_out.seconds < 6.0 + 30, timed_out.seconds

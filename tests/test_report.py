@@ -13,15 +13,15 @@ import nbformat
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, SAMPLES
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
-from anon_ray import job, report, tasks
 from anon_ray.config import AppConfig, AuditConfig
-from anon_ray.manifest import SCHEMA, TRACK_SCHEMA
+from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA
+from anon_ray.run import job, tasks
+from anon_ray.tools import report
 from anon_ray.types import AssetRecord
-
-from conftest import REPO, SAMPLES
 
 R0, R1 = "20260101T000000Z-aaaaaaaa", "20260102T000000Z-bbbbbbbb"
 PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)">')

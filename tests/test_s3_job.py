@@ -11,12 +11,11 @@ import boto3
 import cv2
 import pyarrow.parquet as pq
 import pytest
+from conftest import SAMPLES
 from s3server import aws_env, moto_s3_server
 
-from anon_ray import job, tasks
 from anon_ray.config import AppConfig, StorageConfig
-
-from conftest import SAMPLES
+from anon_ray.run import job, tasks
 
 N_PHOTOS = 50
 

@@ -19,9 +19,9 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
-from anon_ray import storage
 from anon_ray.config import StorageConfig
-from anon_ray.inventory import list_local
+from anon_ray.io import storage
+from anon_ray.io.inventory import list_local
 from anon_ray.types import Asset
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from anon_ray.config import TrackConfig
-from anon_ray.refine import mask_boxes
-from anon_ray.streamed import StreamedBoxes
+from anon_ray.core.refine import mask_boxes
+from anon_ray.core.streamed import StreamedBoxes
 from anon_ray.track import track
 from anon_ray.types import FACE, PLATE, Detections
 
@@ -63,7 +63,7 @@ def test_streamed_boxes_equal_the_whole_segment(seed, cfg):
 
 
 def test_a_frame_masked_with_other_boxes_fails_the_segment():
-    from anon_ray import pipeline
+    from anon_ray.run import pipeline
     from anon_ray.types import SegmentPlan
 
     cfg = TrackConfig()

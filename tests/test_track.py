@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from anon_ray.config import TrackConfig
-from anon_ray.refine import mask_boxes
-from anon_ray.track import ByteTracker, track
-from anon_ray.track import kalman
+from anon_ray.core.refine import mask_boxes
+from anon_ray.track import ByteTracker, kalman, track
 from anon_ray.track.matching import assign, iou_matrix, iou_pairs
 from anon_ray.types import FACE, PLATE, Detections
 

@@ -14,12 +14,16 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import mux_stereo_tone
 from skimage.metrics import peak_signal_noise_ratio
 
 from anon_ray.config import VideoConfig
-from anon_ray.media import TMP_MARKER, MediaError, rotation, video
+from anon_ray.io.files import TMP_MARKER
+from anon_ray.media import MediaError, concat, rotation
+from anon_ray.media.decode import decode
+from anon_ray.media.encode import VideoWriter, transcode_floor
 from anon_ray.media.packets import scan_packets
-from conftest import mux_stereo_tone
+from anon_ray.media.probe import probe
 
 N_FRAMES, W, H, FPS, GOP = 72, 320, 240, 30, 24
 # What an iPhone writes for a portrait video: stored landscape, shown turned 90 degrees clockwise.
@@ -87,7 +91,7 @@ def full_decode(clips) -> dict[str, list[tuple[int, int, np.ndarray]]]:
     out = {}
     for ext, path in clips.items():
         index = scan_packets(path)
-        out[ext] = list(video.decode(path, None, index, 0, len(index)))
+        out[ext] = list(decode(path, None, index, 0, len(index)))
     return out
 
 
@@ -105,12 +109,12 @@ def _encode_parts(src: str, folder: str, cuts: list[int], drop: int | None = Non
                   last_cfg: VideoConfig = CFG) -> list[str]:
     """Encode [cuts[k], cuts[k+1]) into one part each, as the pipeline's segment workers do."""
     index = scan_packets(src)
-    info = video.probe(src, index)
+    info = probe(src, index)
     parts = []
     for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         part = os.path.join(folder, f"part{k}.mp4")
-        with video.VideoWriter(part, info, last_cfg if b == cuts[-1] else CFG) as writer:
-            for i, pts, rgb in video.decode(src, int(index.pts[a]), index, a, b):
+        with VideoWriter(part, info, last_cfg if b == cuts[-1] else CFG) as writer:
+            for i, pts, rgb in decode(src, int(index.pts[a]), index, a, b):
                 if i != drop:
                     writer.write(rgb, pts)
         parts.append(part)
@@ -150,7 +154,7 @@ def test_scan_packets_matches_a_full_decode_on_eval_videos():
 
 
 def test_probe_describes_the_stream(clips):
-    info = video.probe(clips["mp4"])
+    info = probe(clips["mp4"])
     assert (info.width, info.height, info.display_size) == (W, H, (H, W))
     assert info.rotation == 90 and info.display_matrix == PORTRAIT_MATRIX
     assert info.fps == (FPS, 1) and info.n_frames == N_FRAMES
@@ -160,7 +164,7 @@ def test_probe_describes_the_stream(clips):
     assert (info.audio_streams, info.subtitle_streams) == (1, 1)
     plain = os.path.join(os.path.dirname(clips["mp4"]), "plain.mp4")
     make_clip(plain, matrix=None, audio=False, subtitles=False)
-    info = video.probe(plain)
+    info = probe(plain)
     assert (info.rotation, info.display_matrix, info.audio_streams, info.subtitle_streams) == (0, None, 0, 0)
 
 
@@ -168,7 +172,7 @@ def test_probe_describes_the_stream(clips):
 
 
 def test_portrait_phone_video_turns_upright_clockwise(clips, full_decode):
-    info = video.probe(clips["mp4"])
+    info = probe(clips["mp4"])
     stored = full_decode["mp4"][0][2]
     shown = rotation.to_display(stored, info.rotation)
     assert shown.shape == (W, H, 3)
@@ -213,7 +217,7 @@ def test_full_decode_yields_every_frame_in_order(clips, full_decode, ext):
 def test_decode_from_a_mid_keyframe_matches_the_full_decode(clips, full_decode, ext):
     index = scan_packets(clips[ext])
     key = GOP  # second keyframe
-    got = list(video.decode(clips[ext], int(index.pts[key]), index, key + 5, key + 30))
+    got = list(decode(clips[ext], int(index.pts[key]), index, key + 5, key + 30))
     assert [i for i, _, _ in got] == list(range(key + 5, key + 30))
     for i, pts, rgb in got:
         assert pts == full_decode[ext][i][1]
@@ -224,7 +228,7 @@ def test_decode_refuses_to_skip_frames(clips):
     index = scan_packets(clips["mp4"])
     # Seeking to a keyframe after `first` cannot produce frames first..key-1.
     with pytest.raises(MediaError, match="missing"):
-        list(video.decode(clips["mp4"], int(index.pts[2 * GOP]), index, GOP, 3 * GOP))
+        list(decode(clips["mp4"], int(index.pts[2 * GOP]), index, GOP, 3 * GOP))
 
 
 def test_empty_truncated_and_garbage_files_raise(clips, tmp_path):
@@ -239,32 +243,32 @@ def test_empty_truncated_and_garbage_files_raise(clips, tmp_path):
         with pytest.raises(MediaError):
             scan_packets(str(path))
         with pytest.raises(MediaError):
-            video.probe(str(path))
+            probe(str(path))
     full = scan_packets(clips["mkv"])
     data = open(clips["mkv"], "rb").read()
     cut_mkv = tmp_path / "cut.mkv"  # readable up to the cut, so decoding must notice the end
     cut_mkv.write_bytes(data[: len(data) // 2])
     assert len(scan_packets(str(cut_mkv))) < N_FRAMES
     with pytest.raises(MediaError):
-        list(video.decode(str(cut_mkv), None, full, 0, N_FRAMES))
+        list(decode(str(cut_mkv), None, full, 0, N_FRAMES))
 
 
 # ------------------------------------------------------------------------------------ writer
 
 
 def test_writer_leaves_nothing_on_error(clips, tmp_path):
-    info = video.probe(clips["mp4"])
+    info = probe(clips["mp4"])
     target = tmp_path / "part.mp4"
     with pytest.raises(RuntimeError):
-        with video.VideoWriter(str(target), info, CFG) as writer:
+        with VideoWriter(str(target), info, CFG) as writer:
             writer.write(_frame(0), 0)
             raise RuntimeError("worker died")
     assert not target.exists() and _no_temp_files(str(tmp_path))
     with pytest.raises(MediaError, match="does not match"):
-        with video.VideoWriter(str(target), info, CFG) as writer:
+        with VideoWriter(str(target), info, CFG) as writer:
             writer.write(np.rot90(_frame(0)).copy(), 0)  # displayed orientation: wrong
     with pytest.raises(MediaError, match="increase"):
-        with video.VideoWriter(str(target), info, CFG) as writer:
+        with VideoWriter(str(target), info, CFG) as writer:
             writer.write(_frame(0), 512)
             writer.write(_frame(1), 512)
     assert not target.exists() and _no_temp_files(str(tmp_path))
@@ -272,10 +276,10 @@ def test_writer_leaves_nothing_on_error(clips, tmp_path):
 
 def test_transcode_floor_keeps_frames_timestamps_and_rotation(clips, tmp_path):
     dst = str(tmp_path / "floor.mp4")
-    assert video.transcode_floor(clips["mp4"], dst, CFG) == N_FRAMES
+    assert transcode_floor(clips["mp4"], dst, CFG) == N_FRAMES
     np.testing.assert_array_equal(scan_packets(dst).pts, scan_packets(clips["mp4"]).pts)
-    info = video.probe(dst)
-    assert info.rotation == 90 and info.fps == (FPS, 1) and info.time_base == video.probe(clips["mp4"]).time_base
+    info = probe(dst)
+    assert info.rotation == 90 and info.fps == (FPS, 1) and info.time_base == probe(clips["mp4"]).time_base
 
 
 # ------------------------------------------------------------------------------------ finalize
@@ -286,7 +290,7 @@ def test_finalize_keeps_streams_and_drops_identifying_metadata(clips, full_decod
     src = clips[ext]
     parts = _encode_parts(src, str(tmp_path), [0, GOP, 2 * GOP + GOP // 2, N_FRAMES])  # last cut mid-GOP
     dst = str(tmp_path / f"out.{ext}")
-    stats = video.finalize(parts, src, dst, video.probe(src))
+    stats = concat.finalize(parts, src, dst, probe(src))
     assert _no_temp_files(str(tmp_path))
 
     assert stats.frames == N_FRAMES and stats.subtitle_packets >= 2 and stats.dropped_streams == 0
@@ -300,7 +304,7 @@ def test_finalize_keeps_streams_and_drops_identifying_metadata(clips, full_decod
     text = [(pts, payload) for pts, payload, duration in _packets(dst, "subtitle") if duration]
     assert text == [(pts, payload) for pts, payload, duration in _packets(src, "subtitle") if duration]
 
-    info_src, info_out = video.probe(src), video.probe(dst)
+    info_src, info_out = probe(src), probe(dst)
     assert info_out.rotation == 90 and info_out.display_matrix == PORTRAIT_MATRIX
     assert info_out.fps == info_src.fps and info_out.n_frames == N_FRAMES
 
@@ -314,7 +318,7 @@ def test_finalize_keeps_streams_and_drops_identifying_metadata(clips, full_decod
     for secret in (SECRET_TITLE, SECRET_PLACE, "serial 1234", "camera 1"):
         assert secret.encode() not in raw
 
-    decoded = list(video.decode(dst, None, out_index, 0, N_FRAMES))
+    decoded = list(decode(dst, None, out_index, 0, N_FRAMES))
     assert [i for i, _, _ in decoded] == list(range(N_FRAMES))
     for (_, _, a), (_, _, b) in zip(full_decode[ext][::7], decoded[::7]):
         assert peak_signal_noise_ratio(a, b) > 35
@@ -326,7 +330,7 @@ def test_finalize_refuses_parts_that_miss_a_frame(clips, tmp_path, drop):
     parts = _encode_parts(src, str(tmp_path), [0, GOP, N_FRAMES], drop=drop)
     dst = tmp_path / "out.mp4"
     with pytest.raises(MediaError, match="frames"):
-        video.finalize(parts, src, str(dst), video.probe(src))
+        concat.finalize(parts, src, str(dst), probe(src))
     assert not dst.exists() and _no_temp_files(str(tmp_path))
 
 
@@ -335,19 +339,19 @@ def test_finalize_refuses_parts_encoded_differently(clips, tmp_path):
     parts = _encode_parts(src, str(tmp_path), [0, GOP, N_FRAMES], last_cfg=VideoConfig(preset="medium"))
     dst = tmp_path / "out.mp4"
     with pytest.raises(MediaError, match="other parameters"):
-        video.finalize(parts, src, str(dst), video.probe(src))
+        concat.finalize(parts, src, str(dst), probe(src))
     assert not dst.exists() and _no_temp_files(str(tmp_path))
 
 
 def test_finalize_that_fails_verification_leaves_no_output(clips, tmp_path, monkeypatch):
     src = clips["mp4"]
     parts = _encode_parts(src, str(tmp_path), [0, GOP, N_FRAMES])
-    real = video._part_offsets
+    real = concat._part_offsets
     # Shift the second part by one tick: the mux succeeds, only the read-back check can see it.
-    monkeypatch.setattr(video, "_part_offsets", lambda *a: [o + (k == 1) for k, o in enumerate(real(*a))])
+    monkeypatch.setattr(concat, "_part_offsets", lambda *a: [o + (k == 1) for k, o in enumerate(real(*a))])
     dst = tmp_path / "out.mp4"
     with pytest.raises(MediaError, match="timestamps differ"):
-        video.finalize(parts, src, str(dst), video.probe(src))
+        concat.finalize(parts, src, str(dst), probe(src))
     assert not dst.exists() and _no_temp_files(str(tmp_path))
 
 
@@ -356,21 +360,21 @@ def test_finalize_round_trips_a_real_clip_with_audio(tmp_path):
     if not os.path.exists(src):
         pytest.skip("evaluation videos not available")
     index = scan_packets(src)
-    info = video.probe(src, index)
+    info = probe(src, index)
     keys = [int(k) for k in np.flatnonzero(index.key)]
     parts = _encode_parts(src, str(tmp_path), [0, *keys[1::2], len(index)])
     dst = str(tmp_path / "out.mp4")
-    stats = video.finalize(parts, src, dst, info)
+    stats = concat.finalize(parts, src, dst, info)
     assert stats.frames == len(index) and stats.audio_packets > 0
     np.testing.assert_array_equal(scan_packets(dst).pts, index.pts)
     assert _packets(dst, "audio") == _packets(src, "audio")
-    out = video.probe(dst)
+    out = probe(dst)
     assert (out.fps, out.time_base, out.rotation) == (info.fps, info.time_base, info.rotation)
     assert (out.color_range, out.color_primaries, out.color_trc, out.colorspace) == \
         (info.color_range, info.color_primaries, info.color_trc, info.colorspace)
     # Colour conversion both ways uses the stream's matrix and range: no shift, only coding loss.
-    src_frames = video.decode(src, None, index, 0, 60)
-    out_frames = video.decode(dst, None, scan_packets(dst), 0, 60)
+    src_frames = decode(src, None, index, 0, 60)
+    out_frames = decode(dst, None, scan_packets(dst), 0, 60)
     for (_, _, a), (_, _, b) in zip(src_frames, out_frames):
         assert peak_signal_noise_ratio(a, b) > 35
         assert abs(float(a.mean()) - float(b.mean())) < 0.3
@@ -387,7 +391,7 @@ def test_finalize_drops_attachments(clips, tmp_path):
                 out.mux(packet)
     parts = _encode_parts(src, str(tmp_path), [0, GOP, N_FRAMES])
     dst = str(tmp_path / "out.mkv")
-    stats = video.finalize(parts, src, dst, video.probe(src))
+    stats = concat.finalize(parts, src, dst, probe(src))
     assert stats.dropped_streams == 1
     with av.open(dst) as c:
         assert sorted(s.type for s in c.streams) == ["audio", "subtitle", "video"]

@@ -19,16 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import annotations
 
-from anon_ray import models
 from anon_ray.config import ModelsConfig, PlateConfig, SessionConfig
 from anon_ray.detect import PlateDetector
-from anon_ray.models import ModelError, load_manifest, resolve
-from anon_ray.pt_reader import Layer, Opaque, module_tree, read_checkpoint
+from anon_ray.io import files
+from anon_ray.models import build
+from anon_ray.models.pt_reader import Layer, Opaque, module_tree, read_checkpoint
+from anon_ray.models.registry import ModelError, load_manifest, resolve
+from anon_ray.models.yolo_pt import detection_model_onnx, yolov8_detect_onnx
 from anon_ray.track.matching import iou_matrix
-from anon_ray.yolo_pt import detection_model_onnx, yolov8_detect_onnx
-
-from conftest import annotations
 
 CFG = ModelsConfig()
 CONVERTED = ["fastanpr", "safelicensing"]
@@ -55,7 +55,7 @@ class Calls:
 
 
 def source(name: str) -> bytes:
-    return models.source_file(name, load_manifest(CFG)[name], CFG).read_bytes()
+    return build.source_file(name, load_manifest(CFG)[name], CFG).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_conversion_is_deterministic_and_pinned(name):
     data = source(name)
     first = yolov8_detect_onnx(data)
     assert yolov8_detect_onnx(data) == first
-    assert models.sha256_bytes(first) == load_manifest(CFG)[name]["prepared_sha256"]
+    assert files.sha256_bytes(first) == load_manifest(CFG)[name]["prepared_sha256"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
 from anon_ray.detect.tiling import MultiPass
-from anon_ray.models import ModelInfo, resolve
+from anon_ray.models.registry import ModelInfo, resolve
 from anon_ray.types import Detections
 
 __all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "make_session"]

@@ -20,10 +20,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from ..config import ImageConfig
-from . import MediaError, atomic_write_bytes
+from anon_ray.config import ImageConfig
+from anon_ray.io.files import atomic_write_bytes
+from anon_ray.media import MediaError
 
-__all__ = ["FORMATS", "ImageLike", "LoadedImage", "MediaError", "atomic_write_bytes", "decode_image",
+__all__ = ["FORMATS", "ImageLike", "LoadedImage", "MediaError", "decode_image",
            "encode_image", "read_image", "sniff_format", "write_image"]
 
 FORMATS = ("jpeg", "png", "webp", "bmp", "tiff")

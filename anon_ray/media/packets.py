@@ -5,8 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from ..types import PacketIndex
-from . import MediaError
+from anon_ray.media import MediaError
+from anon_ray.types import PacketIndex
 
 
 def open_input(path: str) -> av.container.InputContainer:

@@ -22,13 +22,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import consistency, mask, metrics, pipeline, stitch
-from .config import EvalConfig
-from .detect import Detector
-from .inventory import VIDEO_EXTS
-from .media import video
-from .media.image import read_image
-from .types import FACE, PLATE, Detections
+from anon_ray.config import EvalConfig
+from anon_ray.core import consistency, mask, stitch
+from anon_ray.detect import Detector
+from anon_ray.io.inventory import VIDEO_EXTS
+from anon_ray.media.image import read_image
+from anon_ray.run import pipeline
+from anon_ray.tools import metrics
+from anon_ray.types import FACE, PLATE, Detections, VideoInfo
 
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 CURVE_MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)  # the same on every side, a share of the box (MaskConfig margins)
@@ -195,7 +196,7 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     return summary
 
 
-def video_masks(src: str, worker: pipeline.Worker, cfg: EvalConfig) -> tuple[Detections, video.VideoInfo]:
+def video_masks(src: str, worker: pipeline.Worker, cfg: EvalConfig) -> tuple[Detections, VideoInfo]:
     """The boxes the job masks a video with (owned frames, global track ids), as its segment
     workers and finalize compute them, without encoding anything."""
     vplan = pipeline.plan_video(src, src, cfg)

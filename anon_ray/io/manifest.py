@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import storage
-from .config import AppConfig, StorageConfig
-from .inventory import INTERNAL_DIR
-from .types import AssetRecord
+from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.io import storage
+from anon_ray.io.inventory import INTERNAL_DIR
+from anon_ray.types import AssetRecord
 
 # AssetRecord's annotations are strings (postponed evaluation), hence the keys.
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from anon_ray.models import ModelError
+from anon_ray.models.registry import ModelError
 
 # Storage classes as torch pickles them (the legacy typed names, kept by torch 2.x for compatibility).
 STORAGE_DTYPES = {

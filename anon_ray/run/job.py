@@ -14,11 +14,13 @@ from typing import TextIO
 
 import pyarrow as pa
 
-from . import __version__, inventory, manifest, stitch, storage
-from .config import AppConfig
-from .models import resolve
-from .tasks import AssetResult, Failure
-from .types import Asset, AssetRecord
+from anon_ray import __version__
+from anon_ray.config import AppConfig
+from anon_ray.core import stitch
+from anon_ray.io import inventory, manifest, storage
+from anon_ray.models.registry import resolve
+from anon_ray.run.tasks import AssetResult, Failure
+from anon_ray.types import Asset, AssetRecord
 
 log = logging.getLogger("anon_ray")
 

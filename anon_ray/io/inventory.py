@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from .types import Asset
+from anon_ray.types import Asset
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp"}

@@ -26,12 +26,16 @@ import onnx
 import onnxruntime as ort
 import psutil
 
-from . import pipeline, tasks
-from .config import BenchConfig, SegmentConfig
-from .detect import Detector
-from .media import packets, video
-from .models import load_manifest, source_file
-from .types import Asset
+from anon_ray.config import BenchConfig, SegmentConfig
+from anon_ray.detect import Detector
+from anon_ray.media import packets
+from anon_ray.media.decode import decode
+from anon_ray.media.encode import VideoWriter
+from anon_ray.media.probe import probe
+from anon_ray.models.build import source_file
+from anon_ray.models.registry import load_manifest
+from anon_ray.run import pipeline, tasks
+from anon_ray.types import Asset
 
 
 class PeakRSS:
@@ -69,11 +73,11 @@ def timed(fn: Callable[[], int]) -> dict:
 def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int, size: tuple[int, int] | None = None) -> int:
     """Decode + encode with the job's settings; with `size`, also scale (to prepare a test clip)."""
     index = packets.scan_packets(src)
-    info = video.probe(src, index)
+    info = probe(src, index)
     if size:
         info = replace(info, width=size[0], height=size[1])
-    with video.VideoWriter(dst, info, cfg.video) as writer:
-        for _, pts, rgb in video.decode(src, None, index, 0, n):
+    with VideoWriter(dst, info, cfg.video) as writer:
+        for _, pts, rgb in decode(src, None, index, 0, n):
             writer.write(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC) if size else rgb, pts)
     return n
 
@@ -82,7 +86,7 @@ def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:
     detector = Detector(cfg.detect, cfg.models)
     index = packets.scan_packets(src)
     batch: list[np.ndarray] = []
-    for i, _, rgb in video.decode(src, None, index, 0, n):
+    for i, _, rgb in decode(src, None, index, 0, n):
         batch.append(rgb)
         if len(batch) == cfg.detect.face.batch:
             detector.detect(batch, i)
@@ -159,10 +163,10 @@ class DefaceReference:
 def reference_phase(src: str, dst: str, cfg: BenchConfig, n: int, backend: str) -> int:
     entry = load_manifest(cfg.models)["centerface"]
     ref = DefaceReference(str(source_file("centerface", entry, cfg.models)), backend)
-    info = video.probe(src)
+    info = probe(src)
     index = packets.scan_packets(src)
-    with video.VideoWriter(dst, info, cfg.video) as writer:
-        for _, pts, rgb in video.decode(src, None, index, 0, n):
+    with VideoWriter(dst, info, cfg.video) as writer:
+        for _, pts, rgb in decode(src, None, index, 0, n):
             writer.write(ref(rgb), pts)
     return n
 
@@ -176,9 +180,9 @@ def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
     started before the clock runs (a nightly job joins a running one); each run still starts its
     workers and loads their models.
     """
-    from . import job, ray_job
+    from anon_ray.run import distributed, job
 
-    ray_job.connect(cfg)
+    distributed.connect(cfg)
     fps = {}
     for k in cfg.workers_sweep:
         run_cfg = replace(cfg, input=src, output=os.path.join(tmp, f"sweep-{k}"), force=True,
@@ -186,7 +190,7 @@ def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
                           video=replace(cfg.video, threads=1),
                           detect=replace(cfg.detect, session=replace(cfg.detect.session, intra_op_threads=1)))
         t0 = time.perf_counter()
-        summary = job.run(run_cfg, ray_job.run_assets)
+        summary = job.run(run_cfg, distributed.run_assets)
         if summary.failed or not summary.ok:
             raise RuntimeError(f"sweep with {k} workers failed: {summary.failures}")
         fps[k] = summary.frames / (time.perf_counter() - t0)
@@ -198,7 +202,7 @@ def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
 
 def synthetic_clip(dst: str, minutes: float, fps: int, size: tuple[int, int], cfg: BenchConfig) -> int:
     """A clip of moving faces (the bundled portrait, several sizes) of the given length."""
-    from .media.video import VideoInfo
+    from anon_ray.types import VideoInfo
 
     face = cv2.imread(os.path.join(os.path.dirname(__file__), "samples", "astronaut.jpg"))[:, :, ::-1]
     w, h = size
@@ -207,7 +211,7 @@ def synthetic_clip(dst: str, minutes: float, fps: int, size: tuple[int, int], cf
                      duration_s=n / fps, pix_fmt="yuv420p", codec="h264", color_range=0, color_primaries=2,
                      color_trc=2, colorspace=2, audio_streams=0, subtitle_streams=0, start_pts=0)
     sprites = [cv2.resize(face, (s, s)) for s in (96, 192, 320)]
-    with video.VideoWriter(dst, info, cfg.video) as writer:
+    with VideoWriter(dst, info, cfg.video) as writer:
         for i in range(n):
             canvas = np.full((h, w, 3), 60, np.uint8)
             for k, sprite in enumerate(sprites):
@@ -276,7 +280,7 @@ def run(cfg: BenchConfig) -> dict:
             # Every phase then times the same prepared clip, the job included.
             n = floor_phase(src, os.path.join(tmp, "clip.mp4"), cfg, min(n, cfg.frames or n), size)
             src = os.path.join(tmp, "clip.mp4")
-        info = video.probe(src)
+        info = probe(src)
         out = {"input": os.path.basename(src), "width": info.width, "height": info.height, "frames": n,
                "cpu_count": os.cpu_count(), "providers": ort.get_available_providers(),
                "plates": cfg.detect.plate.enabled}

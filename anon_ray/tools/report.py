@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import StorageConfig, TrackConfig
-from .manifest import read_manifest, read_tracks
-from .types import CLASS_NAMES
+from anon_ray.config import StorageConfig, TrackConfig
+from anon_ray.io.manifest import read_manifest, read_tracks
+from anon_ray.types import CLASS_NAMES
 
 if TYPE_CHECKING:  # matplotlib is needed only for figures (the HTML report and the notebook)
     from matplotlib.figure import Figure

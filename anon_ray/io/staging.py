@@ -14,9 +14,9 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
-from . import storage
-from .config import StorageConfig
-from .types import Asset
+from anon_ray.config import StorageConfig
+from anon_ray.io import storage
+from anon_ray.types import Asset
 
 
 def scratch_root(cfg: StorageConfig) -> str:

@@ -15,16 +15,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import heap, mask, plan, refine, stitch
-from .config import AppConfig
-from .detect import Detector
-from .media import image as image_io
-from .media import packets, rotation, video
-from .models import sha256_file
-from .prefetch import prefetch
-from .streamed import StreamedBoxes
-from .track import bytetrack
-from .types import FACE, PLATE, Detections, PacketIndex, SegmentPlan, SegmentResult
+from anon_ray.config import AppConfig
+from anon_ray.core import mask, plan, refine, stitch
+from anon_ray.core.streamed import StreamedBoxes
+from anon_ray.detect import Detector
+from anon_ray.io.files import atomic_write_bytes, sha256_file
+from anon_ray.media import concat, packets, rotation
+from anon_ray.media import image as image_io
+from anon_ray.media.decode import decode
+from anon_ray.media.encode import VideoWriter, check_writable
+from anon_ray.media.probe import probe
+from anon_ray.run import heap
+from anon_ray.run.prefetch import prefetch
+from anon_ray.track import bytetrack
+from anon_ray.types import (
+    FACE,
+    PLATE,
+    Detections,
+    PacketIndex,
+    SegmentPlan,
+    SegmentResult,
+    VideoInfo,
+)
 
 
 class AssetError(Exception):
@@ -74,7 +86,7 @@ class ImageOutcome:
 
 @dataclass(frozen=True)
 class VideoPlan:
-    info: video.VideoInfo
+    info: VideoInfo
     index: PacketIndex
     segments: tuple[SegmentPlan, ...]
 
@@ -164,11 +176,11 @@ class Worker:
         mask.apply(rgb, dets, self.cfg.mask)
         data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
                                                           bit_depth=loaded.bit_depth), self.cfg.image)
-        image_io.atomic_write_bytes(dst, data)
+        atomic_write_bytes(dst, data)
         faces, plates = count_objects(dets)
         return ImageOutcome(faces, plates, hashlib.sha256(data).hexdigest(), len(data), dets)
 
-    def segment_boxes(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
+    def segment_boxes(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                       deadline: Deadline = NO_DEADLINE) -> Detections:
         """The boxes to mask over the segment's context range: detected, tracked, gaps filled, padded."""
         raw = self.detect_stream(prefetch(self._decode_context(src, seg, index)), info.rotation,
@@ -176,14 +188,14 @@ class Worker:
         return self._refine(raw, seg, info)
 
     def _decode_context(self, src: str, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
-        return ((i, rgb) for i, _, rgb in video.decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
+        return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
 
-    def _refine(self, raw: Detections, seg: SegmentPlan, info: video.VideoInfo) -> Detections:
+    def _refine(self, raw: Detections, seg: SegmentPlan, info: VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
         return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx), self.cfg.track, ctx,
                                  (info.width, info.height))
 
-    def _final_frames(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
+    def _final_frames(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                       deadline: Deadline, raw: list[Detections]) -> Iterator[tuple[int, Detections]]:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
         every batch's raw detections are appended to `raw`."""
@@ -197,7 +209,7 @@ class Worker:
             for i in span:
                 yield i, per_frame.get(i, Detections.empty())
 
-    def segment(self, src: str, seg: SegmentPlan, info: video.VideoInfo, index: PacketIndex,
+    def segment(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                 part_path: str, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
         """Detect and track over the context range, and mask and encode the owned frames meanwhile.
 
@@ -218,8 +230,8 @@ class Worker:
         # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
         final = prefetch(self._final_frames(src, seg, info, index, deadline, raw), depth=seg.ctx_end - seg.ctx_start + 1)
         try:
-            with video.VideoWriter(tmp, info, self.cfg.video) as writer:
-                for i, pts, rgb in prefetch(video.decode(src, seg.seek_pts, index, seg.start, seg.end)):
+            with VideoWriter(tmp, info, self.cfg.video) as writer:
+                for i, pts, rgb in prefetch(decode(src, seg.seek_pts, index, seg.start, seg.end)):
                     deadline.check()
                     if i != seg.start + written:
                         raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
@@ -263,8 +275,8 @@ def _box_rows(dets: Detections) -> np.ndarray:
 
 def plan_video(src: str, asset: str, cfg: AppConfig) -> VideoPlan:
     index = packets.scan_packets(src)
-    info = video.probe(src, index)
-    video.check_writable(asset, info, cfg.video.codec)  # fail before detection, not after it
+    info = probe(src, index)
+    check_writable(asset, info, cfg.video.codec)  # fail before detection, not after it
     fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
     segs = plan.plan_segments(asset, index, fps, cfg.segment)
     return VideoPlan(info=info, index=index, segments=tuple(segs))
@@ -276,7 +288,7 @@ def finalize_video(src: str, dst: str, vplan: VideoPlan, results: list[SegmentRe
     if [r.plan.index for r in results] != list(range(len(vplan.segments))):
         raise AssetError("segments missing at finalize")
     tracks = stitch.asset_tracks([(r.plan, r.tracks) for r in results])
-    video.finalize([r.part_path for r in results], src, dst, vplan.info)
+    concat.finalize([r.part_path for r in results], src, dst, vplan.info)
     faces, plates = count_objects(tracks)
     frames = sum(r.frames_written for r in results)
     return VideoOutcome(faces, plates, frames, sha256_file(dst), os.path.getsize(dst), tracks)

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from anon_ray.models import ModelError
-from anon_ray.pt_reader import Layer, module_tree, read_checkpoint
+from anon_ray.models.pt_reader import Layer, module_tree, read_checkpoint
+from anon_ray.models.registry import ModelError
 
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17, so older runtimes load the file too

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from . import affinity, pipeline, staging, storage, tasks
-from .config import AppConfig
-from .job import INTERRUPTED, StopRequest
-from .media import TMP_MARKER
-from .types import Asset, SegmentPlan, SegmentResult
+from anon_ray.config import AppConfig
+from anon_ray.io import staging, storage
+from anon_ray.io.files import TMP_MARKER
+from anon_ray.run import affinity, pipeline, tasks
+from anon_ray.run.job import INTERRUPTED, StopRequest
+from anon_ray.types import Asset, SegmentPlan, SegmentResult
 
 log = logging.getLogger("anon_ray")
 

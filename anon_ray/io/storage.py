@@ -30,10 +30,10 @@ from botocore.exceptions import ClientError
 from s3transfer.exceptions import S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
-from .config import StorageConfig
-from .inventory import IMAGE_EXTS, INTERNAL_DIR, VIDEO_EXTS
-from .media import remove_quietly
-from .types import Asset
+from anon_ray.config import StorageConfig
+from anon_ray.io.files import remove_quietly
+from anon_ray.io.inventory import IMAGE_EXTS, INTERNAL_DIR, VIDEO_EXTS
+from anon_ray.types import Asset
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,95 @@
+"""Segment decode: the frames [first, stop) of a video as RGB, with their source pts (PyAV).
+
+Frames come in STORED orientation and keep the source's own timestamps, in its time base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation
+
+from anon_ray.media import MediaError
+from anon_ray.media.packets import main_video_stream, open_input
+from anon_ray.types import PacketIndex
+
+# swscale's default YUV->RGB path rounds down: about -1.2 levels of brightness per decode/encode
+# cycle on the eval clips. Accurate rounding with full chroma interpolation round-trips at ~55 dB
+# PSNR with no bias, for a few ms per 1080p frame.
+TO_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT \
+    | Interpolation.FULL_CHR_H_INP
+
+
+class _SeekOvershot(Exception):
+    """A seek landed after the first wanted frame; nothing was yielded yet."""
+
+
+def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
+           ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (frame index, pts, rgb uint8 (h, w, 3) in stored orientation) for frames [first, stop).
+
+    Decoding starts at the keyframe `seek_pts` (None: the file's start). Every index in the range
+    is yielded exactly once and in order, or MediaError is raised: a frame the decoder drops or a
+    file that ends early must never turn into a silently shorter segment.
+
+    Seeking only saves decode work. Some demuxers land late (MPEG-TS seeks by byte position and
+    can pass the wanted keyframe, or find nothing when asked for the first one), so an overshoot
+    retries from the keyframe before and then from the file's start.
+    """
+    if first >= stop:
+        return
+    for target in _seek_targets(index, seek_pts, first):
+        try:
+            yield from _decode_from(path, target, index, first, stop)
+            return
+        except _SeekOvershot:
+            continue
+
+
+def _seek_targets(index: PacketIndex, seek_pts: int | None, first: int) -> list[int | None]:
+    if seek_pts is None or seek_pts <= index.pts[0]:
+        return [None]
+    if seek_pts > index.pts[first]:  # the caller's mistake, not the demuxer's: no retry hides it
+        return [seek_pts]
+    keys = index.pts[index.key]
+    earlier = keys[(keys < seek_pts) & (keys > index.pts[0])]
+    return [seek_pts, *[int(k) for k in earlier[-1:]], None]
+
+
+def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
+                 ) -> Iterator[tuple[int, int, np.ndarray]]:
+    # Landing after `first` is the demuxer's doing only when the seek aimed at or before it.
+    overshoot_possible = seek_pts is not None and seek_pts <= index.pts[first]
+    with open_input(path) as container:
+        stream = main_video_stream(container)
+        stream.thread_type = "AUTO"
+        expected = first
+        try:
+            if seek_pts is not None:
+                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                pts = frame.pts if frame.pts is not None else frame.dts
+                i = index.index_of(pts) if pts is not None else len(index)
+                if i >= len(index) or index.pts[i] != pts:
+                    raise MediaError(f"decoded a frame with pts {pts} that the packet scan does not know")
+                if i < first:
+                    continue
+                if i >= stop:
+                    return
+                if i != expected:
+                    if expected == first and overshoot_possible:
+                        raise _SeekOvershot
+                    raise MediaError(f"frame {expected} missing from decode (got frame {i})")
+                # to_ndarray converts with the frame's own matrix and range (full or limited).
+                yield i, pts, frame.to_ndarray(format="rgb24", interpolation=TO_RGB)
+                expected += 1
+        except av.FFmpegError as exc:
+            raise MediaError(f"decoding failed at frame {expected}: {exc}") from exc
+        if expected == first and overshoot_possible:
+            raise _SeekOvershot
+        if expected < stop:
+            raise MediaError(f"video ended at frame {expected}, expected frames up to {stop}")
+
+

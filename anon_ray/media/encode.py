@@ -1,0 +1,177 @@
+"""Part encode: masked RGB frames back into the source's codec family, same pts (PyAV).
+
+The output keeps the source's container, pixel format family, colour description and display
+matrix; frames are written in STORED orientation with the source's timestamps (I6).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation
+
+from anon_ray.config import VideoConfig
+from anon_ray.io.files import commit_file, remove_quietly, temp_path_beside
+from anon_ray.media import MediaError
+from anon_ray.media.decode import decode
+from anon_ray.media.packets import scan_packets
+from anon_ray.media.probe import probe
+from anon_ray.types import VideoInfo
+
+# Part files should be MP4/MOV: Matroska rounds timestamps to milliseconds and stores no dts.
+_MOV_MUXERS = ("mp4", "mov", "m4v", "3gp", "3g2")
+# Source demuxer -> (muxer per output extension, muxer for any other name). The output keeps the
+# source's container whatever its name says (an MP4 named .jpg stays MP4), as photos keep theirs.
+_MUXERS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": ({".mov": "mov", ".3gp": "3gp", ".3g2": "3g2"}, "mp4"),
+    "matroska,webm": ({".webm": "webm"}, "matroska"),
+    "avi": ({}, "avi"),
+    "mpegts": ({}, "mpegts"),
+}
+# Formats libx264 encodes from RGB without surprises; anything else falls back to yuv420p.
+_OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
+# Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
+_J_FORMATS = {"yuvj420p": "yuv420p", "yuvj422p": "yuv422p", "yuvj444p": "yuv444p"}
+_RANGE_MPEG, _RANGE_JPEG = 1, 2
+_UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
+# AVColorSpace -> the swscale matrix name PyAV's reformat expects.
+_SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+_FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+
+
+def output_muxer(path: str, info: VideoInfo) -> str:
+    """The muxer that writes `info`'s container under `path`; MediaError if there is none."""
+    names, default = _MUXERS.get(info.container, ({}, ""))
+    if not default:
+        raise MediaError(f"writing {info.container or 'unknown'} containers is not supported")
+    return names.get(os.path.splitext(path)[1].lower(), default)
+
+
+def check_writable(path: str, info: VideoInfo, codec: str) -> None:
+    """Refuse, before any decoding, a video whose container cannot hold `codec` (H.264 in WebM)."""
+    muxer = output_muxer(path, info)
+    try:
+        with av.open(io.BytesIO(), mode="w", format=muxer) as out:
+            out.add_stream(codec)  # no frame is written: this only asks the muxer
+    except (av.FFmpegError, ValueError) as exc:
+        raise MediaError(f"cannot write {codec} video into a {muxer} container: {exc}") from exc
+
+
+def container_options(muxer: str, time_base: tuple[int, int]) -> dict[str, str]:
+    """Options for a muxer (or an extension naming one)."""
+    if muxer in _MOV_MUXERS:
+        # Otherwise the MOV muxer picks its own timescale and pts get rescaled (and rounded).
+        return {"video_track_timescale": str(time_base[1])}
+    return {}
+
+
+def _output_pix_fmt(info: VideoInfo, codec: str) -> tuple[str, int]:
+    """The encoder pixel format nearest the source's, and the colour range to encode with."""
+    supported = {f.name for f in av.Codec(codec, "w").video_formats or ()}
+    pix_fmt, color_range = info.pix_fmt, info.color_range
+    if pix_fmt in _J_FORMATS:
+        pix_fmt, color_range = _J_FORMATS[pix_fmt], _RANGE_JPEG
+    if pix_fmt not in _OUTPUT_PIX_FMTS or pix_fmt not in supported:
+        pix_fmt = "yuv420p"
+    return pix_fmt, color_range if color_range in (_RANGE_MPEG, _RANGE_JPEG) else _RANGE_MPEG
+
+
+class VideoWriter:
+    """Encode RGB frames with given pts into a new file (`.mp4` parts keep any time base exactly).
+
+    The file appears under `path` only after a successful `close()`; leaving the `with` block by an
+    exception, or calling `abort()`, removes everything written.
+    """
+
+    def __init__(self, path: str, info: VideoInfo, cfg: VideoConfig):
+        self.path = path
+        self.frames = 0
+        self._size = (info.height, info.width)
+        self._time_base = Fraction(*info.time_base)
+        self._last_pts: int | None = None
+        self._pix_fmt, self._range = _output_pix_fmt(info, cfg.codec)
+        self._matrix = _SWS_MATRIX.get(info.colorspace)
+        self._tmp = temp_path_beside(path)
+        try:
+            # The muxer follows the name here: callers pick the container of parts and copies.
+            ext = os.path.splitext(path)[1].lower().lstrip(".")
+            self._container = av.open(self._tmp, mode="w", container_options=container_options(ext, info.time_base))
+            stream = self._container.add_stream(
+                cfg.codec, rate=Fraction(*info.fps), options={"crf": str(cfg.crf), "preset": cfg.preset})
+            stream.width, stream.height, stream.pix_fmt = info.width, info.height, self._pix_fmt
+            stream.time_base = self._time_base
+            stream.codec_context.time_base = self._time_base
+            stream.codec_context.thread_count = cfg.threads
+            stream.codec_context.color_range = self._range
+            # 0 is "reserved" for primaries/trc and "RGB" for the matrix, never right for YUV.
+            stream.codec_context.color_primaries = info.color_primaries or _UNSPECIFIED
+            stream.codec_context.color_trc = info.color_trc or _UNSPECIFIED
+            stream.codec_context.colorspace = info.colorspace or _UNSPECIFIED
+            if info.display_matrix is not None:
+                stream.set_display_matrix(info.display_matrix)
+            self._stream = stream
+        except (av.FFmpegError, ValueError) as exc:
+            self.abort()
+            raise MediaError(f"cannot open a {cfg.codec} writer for {path}: {exc}") from exc
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        """Encode one stored-orientation frame shown at `pts` (source time base, increasing)."""
+        if rgb.shape != (*self._size, 3) or rgb.dtype != np.uint8:
+            raise MediaError(f"frame {rgb.dtype} {rgb.shape} does not match the stream {self._size}")
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise MediaError(f"pts {pts} after {self._last_pts}: timestamps must increase")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format=self._pix_fmt, dst_colorspace=self._matrix, dst_color_range=self._range,
+                               interpolation=_FROM_RGB)
+        frame.pts, frame.time_base = pts, self._time_base
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except av.FFmpegError as exc:
+            raise MediaError(f"encoding pts {pts} failed: {exc}") from exc
+        self._last_pts = pts
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder, finish the file and move it to `path`."""
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            commit_file(self._tmp, self.path)
+        except av.FFmpegError as exc:
+            self.abort()
+            raise MediaError(f"finishing {self.path} failed: {exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            try:
+                container.close()
+            except av.FFmpegError:
+                pass  # a half-written file is deleted next anyway
+        remove_quietly(self._tmp)
+
+
+def transcode_floor(src: str, dst: str, cfg: VideoConfig) -> int:
+    """Decode and re-encode every frame with the writer's settings: the benchmark's speed floor."""
+    index = scan_packets(src)
+    info = probe(src, index)
+    with VideoWriter(dst, info, cfg) as writer:
+        for _, pts, rgb in decode(src, None, index, 0, len(index)):
+            writer.write(rgb, pts)
+    return writer.frames

@@ -1,0 +1,5 @@
+import sys
+
+from anon_ray.models.build import main
+
+sys.exit(main())

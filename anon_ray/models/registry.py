@@ -1,0 +1,126 @@
+"""The model manifest at run time: which verified file to load for a model name.
+
+Every weight the job loads is either a manifest entry (wheel -> file -> preparation, each step
+hash-checked) or a user override (local path or s3:// URI) whose hash is recorded. A hash that
+disagrees with the manifest is an error, never a reason to load something else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from anon_ray.config import ModelsConfig
+from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The preparations build.py knows; a manifest naming another is refused when read, at run time too.
+MODEL_MODE = 0o644  # models are shared read-only with other users and containers, whatever the umask
+PREPARATION_NAMES = ("none", "centerface_dynamic", "platedet_boxes", "centerface_int8", "yolov8_detect_onnx")
+
+
+class ModelError(RuntimeError):
+    """A model is missing, cannot be fetched, or does not hash to what the manifest pins."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    path: str  # local file to load
+    sha256: str  # of the file at `path`
+    source_sha256: str  # of the file it was prepared from (equal to sha256 when not prepared)
+    license: str
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """Config paths are relative to the repository root, so they do not depend on the cwd.
+
+    An installed wheel has no checkout around it (site-packages holds no pyproject.toml); there,
+    relative paths are taken from the cwd (e.g. the image's WORKDIR holding models/).
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / p
+
+
+def load_manifest(cfg: ModelsConfig) -> dict[str, dict]:
+    path = repo_path(cfg.manifest)
+    try:
+        models = yaml.safe_load(path.read_text())["models"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise ModelError(f"cannot read model manifest {path}: {e}") from e
+    required = {"task", "wheel", "wheel_sha256", "path_in_wheel", "sha256", "license", "prepare", "prepared_sha256"}
+    for name, entry in models.items():
+        missing = required - set(entry)
+        if missing:
+            raise ModelError(f"manifest {path}: model {name!r} lacks {sorted(missing)}")
+        if entry["prepare"] not in PREPARATION_NAMES:
+            raise ModelError(f"manifest {path}: model {name!r} names unknown preparation {entry['prepare']!r}")
+    return models
+
+
+def expected_sha256(entry: dict) -> str | None:
+    """Hash the cached file must have; None when a preparation's output is not pinned yet."""
+    return entry["sha256"] if entry["prepare"] == "none" else entry["prepared_sha256"]
+
+
+def cache_file(name: str, entry: dict, cfg: ModelsConfig) -> Path:
+    # The preparation is part of the name so switching it never reuses a stale file.
+    suffix = "" if entry["prepare"] == "none" else f".{entry['prepare']}"
+    return repo_path(cfg.cache_dir) / f"{name}{suffix}.onnx"
+
+
+def check_hash(what: str, actual: str, expected: str | None) -> None:
+    if expected is not None and actual != expected:
+        raise ModelError(f"{what}: sha256 {actual} does not match the manifest's {expected}")
+
+
+def download_s3(uri: str, cfg: ModelsConfig) -> Path:
+    """Download once per object version: the cache key includes the ETag, so a replaced object is refetched."""
+    import boto3  # only needed for s3:// overrides
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ModelError(f"malformed S3 model URI {uri!r}")
+    client = boto3.client("s3")  # endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...)
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
+        target = repo_path(cfg.cache_dir) / "s3" / f"{sha256_bytes(f'{uri}|{etag}'.encode())[:32]}{Path(key).suffix}"
+        if not target.exists():
+            body = client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
+            atomic_write_bytes(str(target), body, MODEL_MODE)
+    except (BotoCoreError, ClientError) as e:
+        raise ModelError(f"cannot download model {uri}: {e}") from e
+    return target
+
+
+def resolve(name: str, cfg: ModelsConfig) -> ModelInfo:
+    """The file to load for `name`: a user override (hashed and recorded) or the verified cache file.
+
+    Relative override paths are taken from the current directory, as a user typing them expects.
+    """
+    manifest = load_manifest(cfg)
+    entry = manifest.get(name)
+    override = cfg.paths.get(name)
+    if override:
+        path = download_s3(override, cfg) if override.startswith("s3://") else Path(override).expanduser().resolve()
+        if not path.is_file():
+            raise ModelError(f"model {name!r}: override {override} is not a file")
+        digest = sha256_file(path)
+        return ModelInfo(name, entry["task"] if entry else "", str(path), digest, digest, "user-supplied")
+    if entry is None:
+        raise ModelError(f"model {name!r} is neither in the manifest {cfg.manifest} nor in models.paths")
+    path = cache_file(name, entry, cfg)
+    if not path.is_file():
+        raise ModelError(f"model {name!r}: {path} is missing; run `anon-ray-models fetch` first")
+    digest = sha256_file(path)
+    check_hash(str(path), digest, expected_sha256(entry))
+    return ModelInfo(name, entry["task"], str(path), digest, entry["sha256"], entry["license"])
+
+
