@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 FACE = 0
 PLATE = 1
@@ -17,7 +16,8 @@ class Detections:
     """Boxes of any number of frames. `track` is -1 for a detection not (yet) in a track."""
 
     frame: np.ndarray  # int64 (n,)
-    xyxy: np.ndarray  # float32 (n, 4), pixels of the displayed frame
+    xyxy: np.ndarray  # float32 (n, 4), pixels of the frame as stored (coded); detection runs upright
+    # and maps its boxes back (run/pipeline.py), so masks land on the pixels the encoder gets
     score: np.ndarray  # float32 (n,)
     cls: np.ndarray  # int8 (n,), FACE or PLATE
     track: np.ndarray  # int64 (n,)
@@ -68,27 +68,6 @@ class Detections:
     def with_track(self, track: np.ndarray) -> "Detections":
         return Detections(self.frame, self.xyxy, self.score, self.cls, np.asarray(track, np.int64))
 
-    def to_arrow(self) -> pa.Table:
-        return pa.table(
-            {
-                "frame": self.frame,
-                "x1": self.xyxy[:, 0],
-                "y1": self.xyxy[:, 1],
-                "x2": self.xyxy[:, 2],
-                "y2": self.xyxy[:, 3],
-                "score": self.score,
-                "cls": self.cls,
-                "track": self.track,
-            }
-        )
-
-    @staticmethod
-    def from_arrow(table: pa.Table) -> "Detections":
-        col = lambda name: table.column(name).to_numpy()  # noqa: E731
-        xyxy = np.stack([col("x1"), col("y1"), col("x2"), col("y2")], axis=1).astype(np.float32)
-        return Detections(col("frame").astype(np.int64), xyxy.reshape(-1, 4), col("score").astype(np.float32),
-                          col("cls").astype(np.int8), col("track").astype(np.int64))
-
 
 @dataclass(frozen=True)
 class Asset:
@@ -123,6 +102,8 @@ class SegmentPlan:
 
 @dataclass(frozen=True)
 class SegmentResult:
+    """Stage result of one segment: its part file ("" when only boxes were asked for) and boxes."""
+
     plan: SegmentPlan
     part_path: str
     tracks: Detections  # the boxes masked in owned frames plus context, with segment-local track ids
@@ -177,6 +158,49 @@ class VideoInfo:
     @property
     def display_size(self) -> tuple[int, int]:
         return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """Stage plan: one video probed and cut into segments."""
+
+    info: VideoInfo
+    index: PacketIndex
+    segments: tuple[SegmentPlan, ...]
+
+
+MAX_MESSAGE = 300  # error text is kept, cut short; it never carries pixels or file contents
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a stage could not finish an asset, as a value (stages never raise across processes)."""
+
+    error_class: str
+    error: str
+
+    @staticmethod
+    def of(exc: BaseException) -> "Failure":
+        return Failure(type(exc).__name__, str(exc).replace("\n", " ")[:MAX_MESSAGE])
+
+
+@dataclass(frozen=True)
+class AssetResult:
+    """Stage result of a photo or of a finalized video: what the driver writes a manifest row
+    (and the tracks table) from."""
+
+    asset: Asset
+    dst: str
+    failure: Failure | None = None
+    faces: int = 0
+    plates: int = 0
+    frames: int = 0
+    segments: int = 0
+    input_sha256: str = ""
+    output_sha256: str = ""
+    output_size: int = 0
+    seconds: float = 0.0
+    tracks: Detections | None = None  # the boxes masked, with global track ids
 
 
 @dataclass(frozen=True)

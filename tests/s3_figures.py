@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from s3server import DUMMY_AWS_ENV, moto_s3_server  # noqa: E402
 
 from anon_ray.config import AppConfig, StorageConfig
-from anon_ray.io import storage
-from anon_ray.run import job, tasks
+from anon_ray.io import s3
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 
 SAMPLES = Path(__file__).resolve().parent.parent / "anon_ray" / "samples"
 
@@ -40,7 +41,7 @@ def _cfg(src: str, dst: str, storage_cfg: StorageConfig) -> AppConfig:
 
 def _timed_run(cfg: AppConfig) -> tuple[float, job.Summary]:
     t0 = time.perf_counter()
-    summary = job.run(cfg, tasks.run_local, out=open(os.devnull, "w"))
+    summary = job.run(cfg, run_local, out=open(os.devnull, "w"))
     return time.perf_counter() - t0, summary
 
 
@@ -85,7 +86,7 @@ def main() -> None:
                               range(done, target)))
             done = target
             tracemalloc.start()
-            count = sum(1 for _ in storage.list_s3("s3://listing/k", scfg))
+            count = sum(1 for _ in s3.list_s3("s3://listing/k", scfg))
             out["listing_peak_traced_mib"][target] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
             assert count == target

@@ -39,7 +39,8 @@ from anon_ray.media.decode import decode
 from anon_ray.media.encode import check_writable
 from anon_ray.media.packets import scan_packets
 from anon_ray.media.probe import probe
-from anon_ray.run import job, tasks
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -229,7 +230,7 @@ class Case:
 
 FASTSTART = {"container_options": {"movflags": "+faststart"}}
 # What the error row says for kind "unknown" assets; inventory.unusable_reason has the detail
-# (tasks.py is asked to use it; either wording passes here).
+# (run/lifecycle.py is asked to use it; either wording passes here).
 UNUSABLE = "unsupported or unreadable input|"
 
 CASES = [
@@ -338,7 +339,7 @@ def run_job(src: Path, out: Path) -> CorpusRun:
     cfg = corpus_config(src, out)
     started = time.monotonic()
     try:
-        summary, crash = job.run(cfg, tasks.run_local, out=io.StringIO()), None
+        summary, crash = job.run(cfg, run_local, out=io.StringIO()), None
     except Exception as exc:  # noqa: BLE001 - recorded and asserted on, as "crash"
         summary, crash = None, exc
     rows = {r["relpath"]: r for r in manifest.read_manifest(str(out), cfg.storage).to_pylist()}

@@ -1,6 +1,6 @@
 """Invariant I2 on real clips: one segment or 2 s segments, the same masks, no flicker, same streams.
 
-Each clip runs twice through the in-process engine (tasks.run_local): `segment.seconds=0` (one
+Each clip runs twice through the in-process engine (run_local): `segment.seconds=0` (one
 segment, the reference) and `segment.seconds=2` (cut at keyframes, context on both sides, tracks
 stitched). Face detection only: neither clip shows a licence plate (the plate detector finds none
 on every 10th frame of either), and it would cost ~0.2 s per frame per run.
@@ -29,8 +29,8 @@ from conftest import REPO, composed, eval_root
 from anon_ray.config import AppConfig
 from anon_ray.core import consistency
 from anon_ray.media import packets
-from anon_ray.run import tasks
-from anon_ray.types import Asset
+from anon_ray.run.local import run_local
+from anon_ray.types import Asset, AssetResult
 
 VIDEOS = eval_root() / "videos"
 HAMILTON = VIDEOS / "short_hamilton_clip.mp4"
@@ -53,12 +53,12 @@ def video_asset(path: Path) -> Asset:
 
 
 @functools.cache
-def local_run(clip: str, seconds: float) -> tasks.AssetResult:
-    """One run of `clip` through tasks.run_local; cached, as test_ray_job compares against it."""
+def local_run(clip: str, seconds: float) -> AssetResult:
+    """One run of `clip` through run_local; cached, as test_ray_job compares against it."""
     out = tempfile.mkdtemp(prefix="anon-ray-cut-")
     atexit.register(shutil.rmtree, out, True)
     asset = video_asset(Path(clip))
-    [result] = tasks.run_local(clip_config(out, seconds), [(asset, os.path.join(out, asset.relpath))], "cut-test")
+    [result] = run_local(clip_config(out, seconds), [(asset, os.path.join(out, asset.relpath))], "cut-test")
     assert result.failure is None, result.failure
     return result
 

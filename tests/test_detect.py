@@ -14,14 +14,7 @@ import pytest
 import skimage.data
 from conftest import composed
 
-from anon_ray.config import (
-    DetectConfig,
-    FaceConfig,
-    ModelsConfig,
-    PlateConfig,
-    SessionConfig,
-    TilingConfig,
-)
+from anon_ray.config import DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers

@@ -15,13 +15,7 @@ import skimage.data
 from conftest import annotations, composed
 
 from anon_ray.config import EvalConfig, SessionConfig
-from anon_ray.tools.evaluate import (
-    CURVE_MARGINS,
-    CURVE_THRESHOLDS,
-    evaluate,
-    load_items,
-    load_mot,
-)
+from anon_ray.tools.evaluate import CURVE_MARGINS, CURVE_THRESHOLDS, evaluate, load_items, load_mot
 
 BASELINE = Path(__file__).with_name("eval_baseline.json")
 SESSION = SessionConfig(intra_op_threads=2)

@@ -39,9 +39,11 @@ from conftest import REPO, SAMPLES
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
 from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.io import storage
 from anon_ray.io.files import TMP_MARKER
-from anon_ray.run import job, pipeline, tasks
-from anon_ray.types import Asset
+from anon_ray.run import job, lifecycle, pipeline
+from anon_ray.run.local import run_local
+from anon_ray.types import Asset, AssetResult, Failure
 
 MODELS = REPO / "models" / "cache"
 PROGRESS = re.compile(r"^\[\d+/\d+ assets")
@@ -239,7 +241,7 @@ def test_full_disk_fails_only_what_does_not_fit(small_disk, tmp_path):
     cv2.imwrite(str(src / "c.jpg"), cv2.flip(astro, 1))
     _noise_video(src / "d_noise.mp4")  # re-encoded at crf 18: several MB of parts
     shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "e_clip.mp4")
-    summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), tasks.run_local, out=io.StringIO())
+    summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (3, 2), summary.failures
     rows = manifest_rows(out)
     for name in ("b_noise.png", "d_noise.mp4"):
@@ -401,7 +403,7 @@ def test_object_store_500s_and_slow_responses(s3_env, tmp_path):
                                         scratch_dir=str(tmp_path / "scratch"))
             cfg = faces_only(AppConfig(input=f"s3://{bucket}/in", output=f"s3://{bucket}/out", storage=storage_cfg))
             started = time.monotonic()
-            summary = job.run(cfg, tasks.run_local, out=io.StringIO())
+            summary = job.run(cfg, run_local, out=io.StringIO())
             seconds = time.monotonic() - started
         finally:
             proxy.close()
@@ -458,7 +460,7 @@ def test_nan_or_error_from_the_detector_fails_the_asset(tmp_path, monkeypatch):
         return outputs
 
     monkeypatch.setattr(ort.InferenceSession, "run", run)
-    summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), tasks.run_local, out=io.StringIO())
+    summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (2, 2), summary.failures
     rows = manifest_rows(out)
     assert rows["b_nan.jpg"]["error_class"] == "DetectionError" and "NaN" in rows["b_nan.jpg"]["error"]
@@ -479,7 +481,7 @@ def test_local_engine_times_out_a_video_and_goes_on(tmp_path):
     shutil.copy(SAMPLES / "astronaut.jpg", src / "b.jpg")  # taken after the video, on a clock of its own
     limit = 0.3
     cfg = faces_only(AppConfig(input=str(src), output=str(out), asset_timeout_s=limit))
-    summary = job.run(replace(cfg, segment=replace(cfg.segment, seconds=1.0)), tasks.run_local, out=io.StringIO())
+    summary = job.run(replace(cfg, segment=replace(cfg.segment, seconds=1.0)), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (1, 1), summary.failures
     rows = manifest_rows(out)
     video = rows["a_clip.mp4"]
@@ -508,13 +510,13 @@ def test_time_running_out_mid_encode_leaves_no_part(tmp_path):
     clip = SAMPLES / "astronaut_pan.mp4"
     cfg = faces_only(AppConfig(output=str(tmp_path)))
     cfg = replace(cfg, segment=replace(cfg.segment, seconds=1.0))
-    vplan = pipeline.plan_video(str(clip), clip.name, cfg)
+    vplan = lifecycle.plan_video(str(clip), clip.name, cfg)
     parts = tmp_path / "parts"
     parts.mkdir()
-    res = tasks.segment_task(pipeline.Worker(cfg), Asset(str(clip), clip.name, clip.stat().st_size, "v", "video"),
+    res = lifecycle.segment(pipeline.Worker(cfg), Asset(str(clip), clip.name, clip.stat().st_size, "v", "video"),
                              vplan.segments[0], vplan, str(parts / "part-00000.mp4"),
                              ExpiresWhileEncoding(-math.inf, 2.0, parts))
-    assert res == tasks.Failure("Timeout", "still open after asset_timeout_s=2 s")
+    assert res == Failure("Timeout", "still open after asset_timeout_s=2 s")
     assert not list(parts.iterdir())  # neither the part nor the file its encoder was writing
 
 
@@ -535,7 +537,7 @@ def _copying_engine(stop_after: int | None, stop: job.StopRequest):
         for i, (asset, dst) in enumerate(todo, 1):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copy(asset.uri, dst)
-            yield tasks.AssetResult(asset, dst, frames=1)
+            yield AssetResult(asset, dst, frames=1)
             if i == stop_after:
                 stop.request(signal.SIGTERM)
 
@@ -576,7 +578,7 @@ def test_interrupted_assets_are_counted_apart_and_give_the_signal_exit_code(tmp_
     def engine(cfg, todo, run_id):
         for asset, dst in todo:
             stop.request(signal.SIGINT)
-            yield tasks.AssetResult(asset, dst, failure=tasks.Failure(job.INTERRUPTED, "stopped"))
+            yield AssetResult(asset, dst, failure=Failure(job.INTERRUPTED, "stopped"))
 
     report = io.StringIO()
     summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), engine, out=report, stop=stop)
@@ -610,15 +612,12 @@ def test_cli_signal_handler_sets_the_stop_and_is_removed_after(capfd):
 
 def test_forced_close_aborts_the_killed_writers_uploads(s3_env):
     """A cancelled S3 asset's writer may die mid multipart upload: its uploads are aborted."""
-    from anon_ray.run import distributed
-
     with moto_s3_server() as url:
         cfg = AppConfig(storage=StorageConfig(endpoint_url=url, region="us-east-1"))
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
         client.create_bucket(Bucket="uploads")
         for key in ("out/a.mp4", "out/a.mp4.other.mp4", "out/_anon_ray/tmp/run/abc/part-00000.mp4"):
             client.create_multipart_upload(Bucket="uploads", Key=key)
-        distributed._abort_uploads("s3://uploads/out/a.mp4", cfg, exact=True)
-        distributed._abort_uploads("s3://uploads/out/_anon_ray/tmp/run/abc/", cfg)
+        storage.abort_leftovers("s3://uploads/out/a.mp4", "s3://uploads/out/_anon_ray/tmp/run/abc", cfg.storage)
         left = [u["Key"] for u in client.list_multipart_uploads(Bucket="uploads").get("Uploads", [])]
         assert left == ["out/a.mp4.other.mp4"]  # another asset's upload is not touched

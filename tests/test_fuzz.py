@@ -16,13 +16,7 @@ import time
 
 import fuzz_targets
 import pytest
-from fuzz_targets import (
-    REGRESSIONS,
-    TARGET_FUNCS,
-    TARGETS,
-    metadata_in,
-    regression_files,
-)
+from fuzz_targets import REGRESSIONS, TARGET_FUNCS, TARGETS, metadata_in, regression_files
 from PIL import Image
 
 FUZZ_SECONDS = 25

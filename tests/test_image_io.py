@@ -21,13 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from anon_ray.config import ImageConfig
 from anon_ray.io.files import TMP_MARKER, atomic_write_bytes
 from anon_ray.media import MediaError
-from anon_ray.media.image import (
-    LoadedImage,
-    encode_image,
-    read_image,
-    sniff_format,
-    write_image,
-)
+from anon_ray.media.image import LoadedImage, encode_image, read_image, sniff_format, write_image
 
 CFG = ImageConfig()
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'

@@ -22,7 +22,8 @@ from anon_ray.config import AppConfig
 from anon_ray.detect import Detector
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
-from anon_ray.run import job, tasks
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 from anon_ray.types import FACE
 
 
@@ -58,7 +59,7 @@ def photo_run(tmp_path_factory):
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
     (src / "notes.txt").write_text("not media")
     cfg = _cfg(src, out)
-    summary = job.run(cfg, tasks.run_local)
+    summary = job.run(cfg, run_local)
     return src, out, summary, astro
 
 
@@ -108,7 +109,7 @@ def video_run(tmp_path_factory):
     src = tmp_path_factory.mktemp("vin")
     out = tmp_path_factory.mktemp("vout")
     shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
-    summary = job.run(_cfg(src, out), tasks.run_local)
+    summary = job.run(_cfg(src, out), run_local)
     return src / "clip.mp4", out / "clip.mp4", summary
 
 

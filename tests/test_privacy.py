@@ -33,8 +33,9 @@ from s3server import DUMMY_AWS_ENV, aws_env, moto_s3_server
 
 from anon_ray import cli
 from anon_ray.config import AppConfig, StorageConfig
-from anon_ray.io import storage
-from anon_ray.run import job, tasks
+from anon_ray.io import s3, storage
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 
 MODELS = REPO / "models" / "cache"
 
@@ -234,7 +235,7 @@ def test_debug_logging_of_the_aws_sdk_is_redacted(tmp_path, monkeypatch, capsys)
         with moto_s3_server() as url:
             cli.setup_logging(["botocore", "anon_ray"])
             cfg = StorageConfig(endpoint_url=url, region="us-east-1")
-            storage.s3_client(cfg).create_bucket(Bucket="redact")
+            s3.s3_client(cfg).create_bucket(Bucket="redact")
             storage.write_bytes_atomic("s3://redact/x.bin", b"x", cfg)
             assert storage.read_bytes("s3://redact/x.bin", cfg) == b"x"
     finally:
@@ -280,7 +281,7 @@ def test_unsafe_keys_get_error_rows_and_nothing_outside_the_output_root(output_k
         cfg = AppConfig(input=f"s3://{bucket}/data/in", output=output, storage=storage_cfg)
         cfg = replace(cfg, detect=replace(cfg.detect, plate=replace(cfg.detect.plate, enabled=False)),
                       models=replace(cfg.models, cache_dir=str(MODELS), manifest=str(REPO / "models" / "models.yaml")))
-        summary = job.run(cfg, tasks.run_local, out=io.StringIO())
+        summary = job.run(cfg, run_local, out=io.StringIO())
         assert (summary.ok, summary.failed) == (1, len(UNSAFE_KEYS)), summary.failures
         failures = {name: (cls, err) for name, cls, err in summary.failures}
         for rel, why in UNSAFE_KEYS.items():

@@ -212,7 +212,7 @@ def test_results_stream_before_listing_ends(cluster, tmp_path):
 
 
 def parts_of(out: Path) -> Path:
-    """Where a run's segment parts are written (tasks.part_root)."""
+    """Where a run's segment parts are written (lifecycle.part_root)."""
     return out / INTERNAL_DIR / "tmp"
 
 

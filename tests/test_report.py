@@ -19,7 +19,8 @@ from nbclient import NotebookClient
 
 from anon_ray.config import AppConfig, AuditConfig
 from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA
-from anon_ray.run import job, tasks
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 from anon_ray.tools import report
 from anon_ray.types import AssetRecord
 
@@ -145,7 +146,7 @@ def sample_run(tmp_path_factory) -> Path:
     """The bundled samples (a photo and a 3 s video) through the real job, boxes kept in the audit."""
     output = tmp_path_factory.mktemp("run") / "out"
     cfg = dataclasses.replace(AppConfig(input=str(SAMPLES), output=str(output)), audit=AuditConfig(boxes=True))
-    summary = job.run(cfg, tasks.run_local)
+    summary = job.run(cfg, run_local)
     assert (summary.ok, summary.failed) == (2, 0)
     return output
 

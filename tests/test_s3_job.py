@@ -15,7 +15,8 @@ from conftest import SAMPLES
 from s3server import aws_env, moto_s3_server
 
 from anon_ray.config import AppConfig, StorageConfig
-from anon_ray.run import job, tasks
+from anon_ray.run import job
+from anon_ray.run.local import run_local
 
 N_PHOTOS = 50
 
@@ -58,7 +59,7 @@ def _manifest(client) -> list[dict]:
 @pytest.fixture(scope="module")
 def first_run(s3):
     url, client, scratch = s3
-    summary = job.run(_cfg(url, scratch), tasks.run_local)
+    summary = job.run(_cfg(url, scratch), run_local)
     return summary, _keys(client, "out/")
 
 
@@ -81,7 +82,7 @@ def test_bucket_to_bucket(s3, first_run):
 def test_rerun_writes_nothing_then_redoes_only_the_changed_object(s3, first_run):
     url, client, scratch = s3
     _, before = first_run
-    summary = job.run(_cfg(url, scratch), tasks.run_local)
+    summary = job.run(_cfg(url, scratch), run_local)
     assert (summary.ok, summary.failed, summary.skipped) == (0, 0, N_PHOTOS + 2)
     after = _keys(client, "out/")
     assert {k: v for k, v in after.items() if "_anon_ray" not in k} == \
@@ -90,7 +91,7 @@ def test_rerun_writes_nothing_then_redoes_only_the_changed_object(s3, first_run)
     astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))
     ok, data = cv2.imencode(".jpg", cv2.flip(astro, 1))
     client.put_object(Bucket="archive", Key="in/day1/p001.jpg", Body=data.tobytes())
-    summary = job.run(_cfg(url, scratch), tasks.run_local)
+    summary = job.run(_cfg(url, scratch), run_local)
     assert (summary.ok, summary.skipped) == (1, N_PHOTOS + 1)
     changed = {k for k, v in _keys(client, "out/").items() if "_anon_ray" not in k and before.get(k) != v}
     assert changed == {"out/day1/p001.jpg"}
@@ -103,7 +104,7 @@ def test_dry_run_lists_without_writing(s3, first_run, capsys):
     client.put_object(Bucket="archive", Key="in/new/fresh.jpg",
                       Body=cv2.imencode(".jpg", cv2.imread(str(SAMPLES / "astronaut.jpg")))[1].tobytes())
     before = _keys(client, "out/")
-    summary = job.run(replace(_cfg(url, scratch), dry_run=True), tasks.run_local)
+    summary = job.run(replace(_cfg(url, scratch), dry_run=True), run_local)
     assert summary.ok == 0
     assert "would process: new/fresh.jpg" in capsys.readouterr().err
     assert _keys(client, "out/") == before
@@ -113,6 +114,6 @@ def test_dry_run_lists_without_writing(s3, first_run, capsys):
 def test_deleted_output_is_redone(s3, first_run):
     url, client, scratch = s3
     client.delete_object(Bucket="archive", Key="out/day2/p005.jpg")
-    summary = job.run(_cfg(url, scratch), tasks.run_local)
+    summary = job.run(_cfg(url, scratch), run_local)
     assert summary.ok == 1 and summary.failed == 0
     assert "out/day2/p005.jpg" in _keys(client, "out/")

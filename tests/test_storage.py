@@ -20,8 +20,9 @@ from boto3.s3.transfer import TransferConfig
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
 from anon_ray.config import StorageConfig
-from anon_ray.io import storage
+from anon_ray.io import s3, scratch, storage
 from anon_ray.io.inventory import list_local
+from anon_ray.io.uri import ObjectChangedError, is_s3, parse_uri
 from anon_ray.types import Asset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,14 +45,14 @@ def cfg(endpoint, monkeypatch) -> StorageConfig:
 @pytest.fixture
 def bucket(cfg) -> str:
     name = f"t-{uuid.uuid4().hex[:16]}"
-    storage.s3_client(cfg).create_bucket(Bucket=name)
+    s3.s3_client(cfg).create_bucket(Bucket=name)
     return name
 
 
 @pytest.fixture
 def s3_calls(cfg):
     """Count S3 operations by name on the (cached) client; optionally fail one of them."""
-    client = storage.s3_client(cfg)
+    client = s3.s3_client(cfg)
     counts: dict[str, int] = {}
     lock = threading.Lock()
     hooks = {}
@@ -69,25 +70,25 @@ def s3_calls(cfg):
 
 
 def _put_many(cfg: StorageConfig, bucket: str, keys: list[str], body: bytes = b"x") -> None:
-    client = storage.s3_client(cfg)
+    client = s3.s3_client(cfg)
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=body), keys))
 
 
 def test_parse_uri():
-    assert storage.parse_uri("s3://bkt/a/b.jpg") == ("s3", "bkt", "a/b.jpg")
-    assert storage.parse_uri("s3://bkt") == ("s3", "bkt", "")
-    assert storage.parse_uri("/data/x.mp4") == ("file", "", "/data/x.mp4")
-    assert storage.parse_uri("file:///data/x.mp4") == ("file", "", "/data/x.mp4")
-    assert storage.is_s3("s3://bkt/k") and not storage.is_s3("rel/path")
+    assert parse_uri("s3://bkt/a/b.jpg") == ("s3", "bkt", "a/b.jpg")
+    assert parse_uri("s3://bkt") == ("s3", "bkt", "")
+    assert parse_uri("/data/x.mp4") == ("file", "", "/data/x.mp4")
+    assert parse_uri("file:///data/x.mp4") == ("file", "", "/data/x.mp4")
+    assert is_s3("s3://bkt/k") and not is_s3("rel/path")
     for bad in ("s3:///key", "gs://bkt/k"):
         with pytest.raises(ValueError):
-            storage.parse_uri(bad)
+            parse_uri(bad)
 
 
 def test_client_is_cached_with_retries(cfg):
-    client = storage.s3_client(cfg)
-    assert storage.s3_client(StorageConfig(endpoint_url=cfg.endpoint_url, region=cfg.region)) is client
+    client = s3.s3_client(cfg)
+    assert s3.s3_client(StorageConfig(endpoint_url=cfg.endpoint_url, region=cfg.region)) is client
     assert client.meta.config.retries["mode"] == "standard"
     assert client.meta.config.retries["total_max_attempts"] == 6  # 5 retries after the first try
     assert client.meta.endpoint_url == cfg.endpoint_url
@@ -97,10 +98,10 @@ def _peaks(uri: str, cfg: StorageConfig, exclude: str) -> tuple[int, int, int]:
     """(count, tracemalloc peak while streaming, peak while holding every Asset)."""
     tracemalloc.start()
     try:
-        count = sum(1 for _ in storage.list_s3(uri, cfg, exclude_prefix=exclude))
+        count = sum(1 for _ in s3.list_s3(uri, cfg, exclude_prefix=exclude))
         stream_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
-        held = list(storage.list_s3(uri, cfg, exclude_prefix=exclude))
+        held = list(s3.list_s3(uri, cfg, exclude_prefix=exclude))
         held_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -116,7 +117,7 @@ def test_listing_streams_5000_keys(cfg, bucket):
     uri, out = f"s3://{bucket}/in", f"s3://{bucket}/in/out/"
 
     t0 = time.perf_counter()
-    assets = list(storage.list_s3(uri, cfg, exclude_prefix=out))
+    assets = list(s3.list_s3(uri, cfg, exclude_prefix=out))
     seconds = time.perf_counter() - t0
     expected = {k[len("in/"):] for k in keys} | {"b/clip.MP4"}
     assert [a.relpath for a in assets] == sorted(expected)  # S3 order, each key once
@@ -125,8 +126,8 @@ def test_listing_streams_5000_keys(cfg, bucket):
     assert by_rel["a/IMG_00000.jpg"] == Asset(f"s3://{bucket}/in/a/IMG_00000.jpg", "a/IMG_00000.jpg", 1, etag, "image")
     assert by_rel["b/clip.MP4"].kind == "video"
     # Without the exclusion, or with an output that is not inside the input, it is listed like any input.
-    assert sum(1 for _ in storage.list_s3(uri + "/", cfg)) == len(expected) + 20
-    assert sum(1 for _ in storage.list_s3(uri, cfg, exclude_prefix=f"s3://{bucket}")) == len(expected) + 20
+    assert sum(1 for _ in s3.list_s3(uri + "/", cfg)) == len(expected) + 20
+    assert sum(1 for _ in s3.list_s3(uri, cfg, exclude_prefix=f"s3://{bucket}")) == len(expected) + 20
     del assets, by_rel
 
     # Streaming holds one page (1,000 keys) whatever the total; holding all grows with every key.
@@ -142,20 +143,20 @@ def test_listing_streams_5000_keys(cfg, bucket):
 
 def test_list_single_object_and_missing_prefix(cfg, bucket):
     _put_many(cfg, bucket, ["in/a/clip.mov"])
-    [asset] = storage.list_s3(f"s3://{bucket}/in/a/clip.mov", cfg)
+    [asset] = s3.list_s3(f"s3://{bucket}/in/a/clip.mov", cfg)
     assert (asset.relpath, asset.kind, asset.uri) == ("clip.mov", "video", f"s3://{bucket}/in/a/clip.mov")
-    assert list(storage.list_s3(f"s3://{bucket}/nothing", cfg)) == []
+    assert list(s3.list_s3(f"s3://{bucket}/nothing", cfg)) == []
     # A prefix is a folder, not a string prefix: "in/a" must not list "in/ab/...".
     _put_many(cfg, bucket, ["in/ab/x.jpg"])
-    assert [a.relpath for a in storage.list_s3(f"s3://{bucket}/in/a", cfg)] == ["clip.mov"]
+    assert [a.relpath for a in s3.list_s3(f"s3://{bucket}/in/a", cfg)] == ["clip.mov"]
 
 
 def test_scratch_cache_hits_evicts_and_detects_changes(cfg, bucket, tmp_path, s3_calls):
     counts, _ = s3_calls
     for name, fill in (("a", b"a"), ("b", b"b"), ("c", b"c")):
-        storage.s3_client(cfg).put_object(Bucket=bucket, Key=f"in/{name}.jpg", Body=fill * 1000)
-    etags = {a.relpath: a.version for a in storage.list_s3(f"s3://{bucket}/in", cfg)}
-    cache = storage.ScratchCache(str(tmp_path / "cache"), max_bytes=2500)
+        s3.s3_client(cfg).put_object(Bucket=bucket, Key=f"in/{name}.jpg", Body=fill * 1000)
+    etags = {a.relpath: a.version for a in s3.list_s3(f"s3://{bucket}/in", cfg)}
+    cache = scratch.ScratchCache(str(tmp_path / "cache"), max_bytes=2500)
     uri = lambda name: f"s3://{bucket}/in/{name}.jpg"  # noqa: E731
 
     pa = cache.fetch(uri("a"), etags["a.jpg"], cfg)
@@ -174,8 +175,8 @@ def test_scratch_cache_hits_evicts_and_detects_changes(cfg, bucket, tmp_path, s3
     assert sum(p.stat().st_size for p in files) <= 2500 and len(files) == 2
 
     # b changes after listing: its old version cannot be fetched any more, and nothing is left behind.
-    storage.s3_client(cfg).put_object(Bucket=bucket, Key="in/b.jpg", Body=b"B" * 1000)
-    with pytest.raises(storage.ObjectChangedError, match="changed since"):
+    s3.s3_client(cfg).put_object(Bucket=bucket, Key="in/b.jpg", Body=b"B" * 1000)
+    with pytest.raises(ObjectChangedError, match="changed since"):
         cache.fetch(uri("b"), etags["b.jpg"], cfg)
     assert not any(".part-" in p.name for p in (tmp_path / "cache").iterdir())
     assert Path(cache.fetch(uri("b"), "", cfg)).read_bytes() == b"B" * 1000  # '' = current version
@@ -185,22 +186,22 @@ def test_scratch_cache_hits_evicts_and_detects_changes(cfg, bucket, tmp_path, s3
     local.write_bytes(b"x")
     [asset] = list_local(str(local))
     assert cache.fetch(asset.uri, asset.version, cfg) == asset.uri
-    with pytest.raises(storage.ObjectChangedError):
+    with pytest.raises(ObjectChangedError):
         cache.fetch(asset.uri, "0-0", cfg)
 
 
 def test_scratch_cache_shared_by_threads_never_holds_half_files(cfg, bucket, tmp_path):
     bodies = {f"in/{i}.jpg": bytes([i]) * 50_000 for i in range(8)}
     for key, body in bodies.items():
-        storage.s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=body)
-    versions = {a.uri: a.version for a in storage.list_s3(f"s3://{bucket}/in", cfg)}
+        s3.s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=body)
+    versions = {a.uri: a.version for a in s3.list_s3(f"s3://{bucket}/in", cfg)}
     root = tmp_path / "cache"
-    caches = [storage.ScratchCache(str(root), max_bytes=200_000) for _ in range(6)]  # as separate actors would
+    caches = [scratch.ScratchCache(str(root), max_bytes=200_000) for _ in range(6)]  # as separate actors would
 
     def work(n: int) -> None:
         order = sorted(versions, key=lambda u: hash((u, n)))
-        for uri in order * 2:
-            caches[n].fetch(uri, versions[uri], cfg)
+        for key_uri in order * 2:
+            caches[n].fetch(key_uri, versions[key_uri], cfg)
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(work, range(6)))
@@ -213,12 +214,12 @@ def test_scratch_cache_shared_by_threads_never_holds_half_files(cfg, bucket, tmp
 
 def test_publish_file_is_atomic_and_aborts_on_failure(cfg, bucket, tmp_path, s3_calls, monkeypatch):
     counts, hooks = s3_calls
-    monkeypatch.setattr(storage, "TRANSFER", TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
+    monkeypatch.setattr(s3, "TRANSFER", TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
                                                            max_concurrency=2))
     src = tmp_path / "video.mp4"
     src.write_bytes(os.urandom(20 * MiB))
     dst = f"s3://{bucket}/out/sub/video.mp4"
-    client = storage.s3_client(cfg)
+    client = s3.s3_client(cfg)
 
     class Boom(Exception):
         pass
@@ -240,25 +241,25 @@ def test_publish_file_is_atomic_and_aborts_on_failure(cfg, bucket, tmp_path, s3_
     head = client.head_object(Bucket=bucket, Key="out/sub/video.mp4")
     assert head["ContentLength"] == 20 * MiB and head["ETag"].strip('"').endswith("-4")
     # Round trip through the cache's ranged, IfMatch-guarded download.
-    cache = storage.ScratchCache(str(tmp_path / "cache"), 100 * MiB)
+    cache = scratch.ScratchCache(str(tmp_path / "cache"), 100 * MiB)
     assert Path(cache.fetch(dst, "", cfg)).read_bytes() == src.read_bytes()
 
     # The object changes between the ranged GETs of a large download: it fails, nothing is cached.
     first = counts["GetObject"]
     hooks["GetObject"] = lambda n: n == first + 3 and client.put_object(Bucket=bucket, Key="out/sub/video.mp4",
                                                                         Body=b"new")
-    fresh = storage.ScratchCache(str(tmp_path / "fresh"), 100 * MiB)
-    with pytest.raises(storage.ObjectChangedError):
+    fresh = scratch.ScratchCache(str(tmp_path / "fresh"), 100 * MiB)
+    with pytest.raises(ObjectChangedError):
         fresh.fetch(dst, head["ETag"].strip('"'), cfg)
     assert [p.name for p in (tmp_path / "fresh").iterdir()] == []
 
 
 _KILLED_UPLOADER = """
 import sys, time
-from anon_ray import storage
+from anon_ray.io import s3, storage
 from anon_ray.config import StorageConfig
 cfg = StorageConfig(endpoint_url=sys.argv[1], region="us-east-1")
-events = storage.s3_client(cfg).meta.events
+events = s3.s3_client(cfg).meta.events
 def stall_after_first(params, **_):
     if params["PartNumber"] > 1:
         time.sleep(120)
@@ -280,7 +281,7 @@ def test_killed_upload_leaves_no_object_and_stale_upload_is_aborted(cfg, bucket,
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    client = storage.s3_client(cfg)
+    client = s3.s3_client(cfg)
     assert not storage.exists(dst, cfg)
     [upload] = client.list_multipart_uploads(Bucket=bucket, Prefix="out/")["Uploads"]
     assert len(client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]) == 1

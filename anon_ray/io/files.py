@@ -22,9 +22,13 @@ def temp_path_beside(path: str) -> str:
     The same directory makes os.replace atomic (one filesystem); the extension lets muxers pick
     the container format from the name; the marker lets cleanup find leftovers of a crash.
     """
+    return f"{temp_prefix(path)}{secrets.token_hex(6)}{os.path.splitext(path)[1]}"
+
+
+def temp_prefix(path: str) -> str:
+    """What every temporary name for `path` begins with, to find a killed writer's leftovers."""
     folder, name = os.path.split(os.path.abspath(path))
-    ext = os.path.splitext(name)[1]
-    return os.path.join(folder, f".{name[:100]}{TMP_MARKER}{secrets.token_hex(6)}{ext}")
+    return os.path.join(folder, f".{name[:100]}{TMP_MARKER}")
 
 
 def fsync_dir(folder: str) -> None:

@@ -100,7 +100,7 @@ def _is_candidate(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS | VIDEO_EXTS
 
 
-def _asset(path: str, rel: str) -> Asset:
+def local_asset(path: str, rel: str) -> Asset:
     try:
         st = os.stat(path)
     except OSError:
@@ -125,7 +125,7 @@ def list_local(root: str, exclude: str = "") -> Iterator[Asset]:
     root = os.path.abspath(root)
     exclude = os.path.abspath(exclude) if exclude else ""
     if os.path.isfile(root):
-        yield _asset(root, os.path.basename(root))
+        yield local_asset(root, os.path.basename(root))
         return
     if not os.path.isdir(root):
         raise FileNotFoundError(f"input not found: {display_path(root)}")
@@ -137,4 +137,4 @@ def list_local(root: str, exclude: str = "") -> Iterator[Asset]:
         for name in sorted(filenames):
             if _is_candidate(name):
                 path = os.path.join(dirpath, name)
-                yield _asset(path, os.path.relpath(path, root))
+                yield local_asset(path, os.path.relpath(path, root))

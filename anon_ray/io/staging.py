@@ -15,7 +15,8 @@ import uuid
 from collections.abc import Iterator
 
 from anon_ray.config import StorageConfig
-from anon_ray.io import storage
+from anon_ray.io import scratch, storage
+from anon_ray.io.uri import is_s3
 from anon_ray.types import Asset
 
 
@@ -26,13 +27,13 @@ def scratch_root(cfg: StorageConfig) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _cache(root: str, max_bytes: int) -> storage.ScratchCache:
-    return storage.ScratchCache(os.path.join(root, "inputs"), max_bytes)
+def _cache(root: str, max_bytes: int) -> scratch.ScratchCache:
+    return scratch.ScratchCache(os.path.join(root, "inputs"), max_bytes)
 
 
 def fetch(uri: str, version: str, cfg: StorageConfig) -> str:
     """A local path holding `uri` at `version` (the path itself for local files)."""
-    if not storage.is_s3(uri):
+    if not is_s3(uri):
         return uri
     return _cache(scratch_root(cfg), int(cfg.scratch_max_gb * 2**30)).fetch(uri, version, cfg)
 
@@ -47,7 +48,7 @@ def output_target(dst: str, cfg: StorageConfig) -> Iterator[str]:
 
     Local destinations are written in place (the writers rename atomically themselves).
     """
-    if not storage.is_s3(dst):
+    if not is_s3(dst):
         yield dst
         return
     staged = os.path.join(scratch_root(cfg), "outgoing", f"{uuid.uuid4().hex}{os.path.splitext(dst)[1]}")
@@ -64,7 +65,7 @@ def remove_tree(root: str, cfg: StorageConfig) -> None:
     """Delete everything under a folder or prefix of ours (parts of a run)."""
     for uri in list(storage.list_uris(root, cfg)):
         storage.remove(uri, cfg)
-    if not storage.is_s3(root):
+    if not is_s3(root):
         for dirpath, _, _ in sorted(os.walk(root), reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)

@@ -158,12 +158,7 @@ def prepare_centerface_int8(source: bytes) -> bytes:
     """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations after the stem."""
     import onnx
     from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Frames(CalibrationDataReader):

@@ -23,7 +23,6 @@ its calls have reported back. Results that were already complete are taken first
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import signal
@@ -37,10 +36,9 @@ import ray
 
 from anon_ray.config import AppConfig
 from anon_ray.io import staging, storage
-from anon_ray.io.files import TMP_MARKER
-from anon_ray.run import affinity, pipeline, tasks
+from anon_ray.run import affinity, lifecycle, pipeline
 from anon_ray.run.job import INTERRUPTED, StopRequest
-from anon_ray.types import Asset, SegmentPlan, SegmentResult
+from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
 
 log = logging.getLogger("anon_ray")
 
@@ -74,12 +72,12 @@ class SegmentActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def image(self, asset: Asset, dst: str) -> tasks.AssetResult:
-        return tasks.image_task(self.worker, asset, dst)
+    def image(self, asset: Asset, dst: str) -> AssetResult:
+        return lifecycle.image(self.worker, asset, dst)
 
-    def segment(self, asset: Asset, seg: SegmentPlan, vplan: pipeline.VideoPlan,
-                part_path: str) -> SegmentResult | tasks.Failure:
-        return tasks.segment_task(self.worker, asset, seg, vplan, part_path)
+    def segment(self, asset: Asset, seg: SegmentPlan, vplan: VideoPlan,
+                part_path: str) -> SegmentResult | Failure:
+        return lifecycle.segment(self.worker, asset, seg, vplan, part_path)
 
 
 def pinned_cores(cfg: AppConfig) -> int:
@@ -171,8 +169,8 @@ def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
             return pool  # stopped before any work: the scheduler opens nothing
 
 
-_plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(tasks.plan_task)
-_finalize = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(tasks.finalize_task)
+_plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(lifecycle.plan)
+_finalize = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(lifecycle.finalize)
 
 
 @dataclass
@@ -183,9 +181,9 @@ class _Open:
     dst: str
     started: float
     part_dir: str = ""
-    vplan: pipeline.VideoPlan | None = None
+    vplan: VideoPlan | None = None
     results: dict[int, SegmentResult] = field(default_factory=dict)
-    failure: tasks.Failure | None = None
+    failure: Failure | None = None
     failed_at: float = 0.0
     calls: int = 0  # refs in flight
     forced: bool = False
@@ -210,7 +208,7 @@ class _Scheduler:
         self.refs: dict = {}  # ObjectRef -> _Call, in submission order (an actor runs its calls in order)
         self.open: dict[str, _Open] = {}
 
-    def run(self, source: Iterator[tuple[Asset, str]], stop: StopRequest | None = None) -> Iterator[tasks.AssetResult]:
+    def run(self, source: Iterator[tuple[Asset, str]], stop: StopRequest | None = None) -> Iterator[AssetResult]:
         exhausted = False
         cancelled_at = 0.0
         while True:
@@ -256,7 +254,7 @@ class _Scheduler:
         for actor in self.pool:
             ray.kill(actor)
 
-    def _cancel_all(self, reason: str) -> Iterator[tasks.AssetResult]:
+    def _cancel_all(self, reason: str) -> Iterator[AssetResult]:
         """Stop every open asset now: fail it as interrupted, cancel its calls, kill the workers."""
         done, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0) if self.refs else ([], [])
         for ref in done:  # complete already: keep it
@@ -264,7 +262,7 @@ class _Scheduler:
             if result is not None:
                 yield result
         log.warning("cancelling %d assets in flight", len(self.open))
-        failure = tasks.Failure(INTERRUPTED, reason)
+        failure = Failure(INTERRUPTED, reason)
         for state in self.open.values():
             if state.failure is None:
                 self._fail(state, failure)
@@ -278,7 +276,7 @@ class _Scheduler:
         for actor in self.pool:
             ray.kill(actor, no_restart=True)
 
-    def _close_all_now(self) -> Iterator[tasks.AssetResult]:
+    def _close_all_now(self) -> Iterator[AssetResult]:
         """Last resort after a stop: close what is still open without waiting for its calls."""
         for key, state in self.open.items():
             log.warning("%s: closed without its calls reporting back after the stop", key)
@@ -291,7 +289,7 @@ class _Scheduler:
         key = asset.relpath
         state = self.open[key] = _Open(asset, dst, time.time())
         if asset.kind == "video":
-            state.part_dir = storage.join(self.work_root, tasks.asset_dir_name(asset))
+            state.part_dir = lifecycle.part_dir(self.work_root, asset)
             self._track(_plan.remote(asset, self.cfg), _Call("plan", key))
         else:
             self.queue.append(("image", (asset, dst), key))
@@ -312,7 +310,7 @@ class _Scheduler:
             self.load[idx] += 1
             self._track(getattr(self.pool[idx], method).remote(*args), _Call(method, key, idx))
 
-    def _collect(self, ref) -> tasks.AssetResult | None:
+    def _collect(self, ref) -> AssetResult | None:
         """Take one finished call into its asset's state; the asset's result once it is final."""
         call = self.refs.pop(ref)
         state = self.open[call.key]
@@ -322,10 +320,10 @@ class _Scheduler:
         try:
             value = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - retries used up, cancelled, or the actor is gone
-            value = tasks.Failure.of(exc)
+            value = Failure.of(exc)
         if state.failure is not None:
             return None  # too late: what it wrote is removed when the asset closes
-        if isinstance(value, tasks.Failure):
+        if isinstance(value, Failure):
             self._fail(state, value)
             return None
         if call.kind in ("image", "finalize"):
@@ -333,7 +331,7 @@ class _Scheduler:
         if call.kind == "plan":
             state.vplan = value
             for seg in value.segments:
-                part = storage.join(state.part_dir, pipeline.part_name(seg))
+                part = lifecycle.part_uri(state.part_dir, seg)
                 self.queue.append(("segment", (state.asset, seg, value, part), call.key))
         else:
             state.results[value.plan.index] = value
@@ -343,7 +341,7 @@ class _Scheduler:
                             _Call("finalize", call.key))
         return None
 
-    def _fail(self, state: _Open, failure: tasks.Failure) -> None:
+    def _fail(self, state: _Open, failure: Failure) -> None:
         """Mark the asset failed and cancel its calls; it closes when the last one has returned."""
         state.failure, state.failed_at = failure, time.time()
         for ref, call in self.refs.items():
@@ -368,7 +366,7 @@ class _Scheduler:
             if due is None or now < due:
                 continue
             if state.failure is None:
-                self._fail(state, tasks.Failure.of(pipeline.Timeout.after_limit(self.cfg.asset_timeout_s)))
+                self._fail(state, Failure.of(pipeline.Timeout.after_limit(self.cfg.asset_timeout_s)))
             else:
                 self._force(key)
 
@@ -391,56 +389,31 @@ class _Scheduler:
                             key, idx, time.time() - state.failed_at)
                 ray.kill(self.pool[idx], no_restart=False)
 
-    def _close_failed(self) -> Iterator[tasks.AssetResult]:
+    def _close_failed(self) -> Iterator[AssetResult]:
         for key in [k for k, s in self.open.items() if s.failure is not None and not s.calls]:
             state = self.open[key]
-            tasks.remove_quietly(state.dst, self.cfg.storage)
-            if state.forced and not storage.is_s3(state.dst):  # a killed writer left its temporary file
-                for tmp in glob.glob(glob.escape(_tmp_prefix(state.dst)) + "*"):
-                    tasks.remove_quietly(tmp, self.cfg.storage)
-            elif state.forced:  # ... or its multipart uploads: invisible, but stored and billed
-                _abort_uploads(state.dst, self.cfg, exact=True)
-                if state.part_dir:
-                    _abort_uploads(state.part_dir.rstrip("/") + "/", self.cfg)
-            yield self._close(key, tasks.AssetResult(state.asset, state.dst, failure=state.failure,
+            lifecycle.remove_quietly(state.dst, self.cfg.storage)
+            if state.forced:  # a killed writer left temporary files or multipart uploads
+                storage.abort_leftovers(state.dst, state.part_dir, self.cfg.storage)
+            yield self._close(key, AssetResult(state.asset, state.dst, failure=state.failure,
                                                      seconds=time.time() - state.started))
 
-    def _close(self, key: str, result: tasks.AssetResult) -> tasks.AssetResult:
+    def _close(self, key: str, result: AssetResult) -> AssetResult:
         state = self.open.pop(key)
         if state.part_dir:
             staging.remove_tree(state.part_dir, self.cfg.storage)
         return result
 
 
-def _abort_uploads(uri: str, cfg: AppConfig, exact: bool = False) -> None:
-    """Abort the multipart uploads to `uri`'s key (`exact`) or under it, left by a killed writer
-    (best effort: the next run's storage.abort_stale_uploads catches what this misses)."""
-    try:
-        _, bucket, key = storage.parse_uri(uri)
-        client = storage.s3_client(cfg.storage)
-        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
-            for upload in page.get("Uploads", ()):
-                if not exact or upload["Key"] == key:
-                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    except Exception as exc:  # noqa: BLE001 - clean-up must not hide the asset's own failure
-        log.warning("could not abort multipart uploads under %s: %s", uri, exc)
-
-
-def _tmp_prefix(dst: str) -> str:
-    """What media.temp_path_beside names a temporary file for `dst` begins with."""
-    folder, name = os.path.split(os.path.abspath(dst))
-    return os.path.join(folder, f".{name}{TMP_MARKER}")
-
-
 def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str,
-               stop: StopRequest | None = None) -> Iterator[tasks.AssetResult]:
+               stop: StopRequest | None = None) -> Iterator[AssetResult]:
     """Engine for job.run: stream assets through the pool, yield each result when it is final.
 
     With `stop`, the run winds down once it is requested (see the module's docstring).
     """
     connect(cfg)
     pool = make_pool(cfg, stop)
-    with tasks.part_root(cfg, run_id) as work_root:
+    with lifecycle.part_root(cfg, run_id) as work_root:
         scheduler = _Scheduler(cfg, pool, work_root)
         try:
             yield from scheduler.run(iter(todo), stop)

@@ -19,8 +19,7 @@ from anon_ray.config import AppConfig
 from anon_ray.core import stitch
 from anon_ray.io import inventory, manifest, storage
 from anon_ray.models.registry import resolve
-from anon_ray.run.tasks import AssetResult, Failure
-from anon_ray.types import Asset, AssetRecord
+from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 
 log = logging.getLogger("anon_ray")
 
@@ -95,29 +94,6 @@ class Summary:
         return 1 if self.failed else 0
 
 
-class OutputIndex:
-    """Which outputs exist, for assets that arrive in key order, from one streamed listing.
-
-    S3 lists keys in UTF-8 byte order (Python's str order), input and output alike, so a re-run
-    checks its outputs with a merge against the output listing instead of one HEAD per asset.
-    """
-
-    def __init__(self, outputs: Iterator[Asset]):
-        self._outputs = outputs
-        self._current = next(self._outputs, None)
-
-    def has(self, relpath: str) -> bool:
-        while self._current is not None and self._current.relpath < relpath:
-            self._current = next(self._outputs, None)
-        return self._current is not None and self._current.relpath == relpath
-
-
-def list_assets(cfg: AppConfig) -> Iterator[Asset]:
-    if storage.is_s3(cfg.input):
-        return storage.list_s3(cfg.input, cfg.storage, exclude_prefix=cfg.output)
-    return inventory.list_local(cfg.input, exclude=cfg.output)
-
-
 def model_hashes(cfg: AppConfig) -> dict[str, str]:
     names = [c.model for c in (cfg.detect.face, cfg.detect.plate) if c.enabled]
     return {name: resolve(name, cfg.models).sha256 for name in names}
@@ -161,7 +137,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
     done = {} if cfg.force else manifest.done_versions(cfg.output, cfg.storage)
-    if storage.is_s3(cfg.output) and not cfg.dry_run:
+    if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
     summary = Summary()
     writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
@@ -198,17 +174,14 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             cut_short = True
         return cut_short
 
-    merged = storage.is_s3(cfg.input) and storage.is_s3(cfg.output) and bool(done)
-    outputs = OutputIndex(storage.list_s3(cfg.output, cfg.storage)) if merged else None
-
-    def output_exists(asset: Asset, dst: str) -> bool:
-        return outputs.has(asset.relpath) if outputs else storage.exists(dst, cfg.storage)
+    # Asked only of assets done before: with none, nothing is listed or looked up.
+    output_exists = storage.output_index(cfg.input, cfg.output, cfg.storage) if done else None
 
     def todo() -> Iterator[tuple[Asset, str]]:
         nonlocal listed
         if stopping():
             return
-        for asset in list_assets(cfg):
+        for asset in storage.list_assets(cfg.input, cfg.storage, exclude=cfg.output):
             if stopping():
                 return  # take no new work; what is in flight winds down in the engine
             listed += 1

@@ -6,7 +6,6 @@ actors; tests, notebooks and single-machine runs call them directly (`run_local`
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -16,21 +15,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from anon_ray.config import AppConfig
-from anon_ray.core import mask, plan, refine, stitch
+from anon_ray.core import mask, refine
 from anon_ray.core.streamed import StreamedBoxes
 from anon_ray.detect import Detector
-from anon_ray.io.files import atomic_write_bytes, sha256_file
-from anon_ray.media import concat, packets, rotation
+from anon_ray.io.files import atomic_write_bytes, sha256_bytes
 from anon_ray.media import image as image_io
+from anon_ray.media import rotation
 from anon_ray.media.decode import decode
-from anon_ray.media.encode import VideoWriter, check_writable
-from anon_ray.media.probe import probe
+from anon_ray.media.encode import VideoWriter
 from anon_ray.run import heap
 from anon_ray.run.prefetch import prefetch
 from anon_ray.track import bytetrack
 from anon_ray.types import (
     FACE,
     PLATE,
+    Asset,
+    AssetResult,
     Detections,
     PacketIndex,
     SegmentPlan,
@@ -73,32 +73,6 @@ class Deadline:
 
 
 NO_DEADLINE = Deadline()
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    faces: int
-    plates: int
-    output_sha256: str
-    output_size: int
-    boxes: Detections
-
-
-@dataclass(frozen=True)
-class VideoPlan:
-    info: VideoInfo
-    index: PacketIndex
-    segments: tuple[SegmentPlan, ...]
-
-
-@dataclass(frozen=True)
-class VideoOutcome:
-    faces: int
-    plates: int
-    frames: int
-    output_sha256: str
-    output_size: int
-    tracks: Detections  # owned boxes of every segment, with global track ids
 
 
 def part_name(seg: SegmentPlan) -> str:
@@ -168,7 +142,8 @@ class Worker:
                                   dets.score, dets.cls, dets.track)
             yield first + len(batch), dets
 
-    def image(self, src: str, dst: str, deadline: Deadline = NO_DEADLINE) -> ImageOutcome:
+    def image(self, asset: Asset, src: str, dst: str, target: str, deadline: Deadline = NO_DEADLINE) -> AssetResult:
+        """Mask the photo at local `src` into local `target`, published later as `dst`."""
         loaded = image_io.read_image(src, self.cfg.image)
         h, w = loaded.rgb.shape[:2]
         dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True)
@@ -176,16 +151,10 @@ class Worker:
         mask.apply(rgb, dets, self.cfg.mask)
         data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
                                                           bit_depth=loaded.bit_depth), self.cfg.image)
-        atomic_write_bytes(dst, data)
+        atomic_write_bytes(target, data)
         faces, plates = count_objects(dets)
-        return ImageOutcome(faces, plates, hashlib.sha256(data).hexdigest(), len(data), dets)
-
-    def segment_boxes(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                      deadline: Deadline = NO_DEADLINE) -> Detections:
-        """The boxes to mask over the segment's context range: detected, tracked, gaps filled, padded."""
-        raw = self.detect_stream(prefetch(self._decode_context(src, seg, index)), info.rotation,
-                                 (info.width, info.height), deadline)
-        return self._refine(raw, seg, info)
+        return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
+                           output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets)
 
     def _decode_context(self, src: str, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
         return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
@@ -210,8 +179,11 @@ class Worker:
                 yield i, per_frame.get(i, Detections.empty())
 
     def segment(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                part_path: str, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
+                part_path: str | None, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
         """Detect and track over the context range, and mask and encode the owned frames meanwhile.
+
+        With `part_path` None nothing is encoded: only the boxes to mask over the context range
+        (detected, tracked, gaps filled, padded), as the evaluator scores them.
 
         Detection runs in a thread of its own; each owned frame is masked and encoded as soon as
         its boxes are final, so encoding overlaps detection. The frames are decoded twice (for
@@ -223,6 +195,12 @@ class Worker:
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        if part_path is None:
+            raw_all = self.detect_stream(prefetch(self._decode_context(src, seg, index)), info.rotation,
+                                         (info.width, info.height), deadline)
+            timings["total"] = time.perf_counter() - t0
+            return SegmentResult(plan=seg, part_path="", tracks=self._refine(raw_all, seg, info),
+                                 frames_written=0, seconds=timings)
         raw: list[Detections] = []
         used: dict[int, Detections] = {}
         written = 0
@@ -271,25 +249,3 @@ def _check_streamed(used: dict[int, Detections], boxes: Detections, seg: Segment
 def _box_rows(dets: Detections) -> np.ndarray:
     rows = np.c_[dets.cls, dets.xyxy].astype(np.float64)
     return rows[np.lexsort(rows.T[::-1])]
-
-
-def plan_video(src: str, asset: str, cfg: AppConfig) -> VideoPlan:
-    index = packets.scan_packets(src)
-    info = probe(src, index)
-    check_writable(asset, info, cfg.video.codec)  # fail before detection, not after it
-    fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
-    segs = plan.plan_segments(asset, index, fps, cfg.segment)
-    return VideoPlan(info=info, index=index, segments=tuple(segs))
-
-
-def finalize_video(src: str, dst: str, vplan: VideoPlan, results: list[SegmentResult]) -> VideoOutcome:
-    """Join tracks across cuts, concatenate the parts, mux the source's other streams, verify."""
-    results = sorted(results, key=lambda r: r.plan.index)
-    if [r.plan.index for r in results] != list(range(len(vplan.segments))):
-        raise AssetError("segments missing at finalize")
-    tracks = stitch.asset_tracks([(r.plan, r.tracks) for r in results])
-    concat.finalize([r.part_path for r in results], src, dst, vplan.info)
-    faces, plates = count_objects(tracks)
-    frames = sum(r.frames_written for r in results)
-    return VideoOutcome(faces, plates, frames, sha256_file(dst), os.path.getsize(dst), tracks)
-

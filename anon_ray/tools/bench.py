@@ -28,14 +28,17 @@ import psutil
 
 from anon_ray.config import BenchConfig, SegmentConfig
 from anon_ray.detect import Detector
+from anon_ray.io.inventory import local_asset
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.probe import probe
 from anon_ray.models.build import source_file
 from anon_ray.models.registry import load_manifest
-from anon_ray.run import pipeline, tasks
-from anon_ray.types import Asset
+from anon_ray.run import lifecycle
+from anon_ray.run.local import run_local
+from anon_ray.run.pipeline import Worker
+from anon_ray.types import Asset, Failure
 
 
 class PeakRSS:
@@ -101,7 +104,7 @@ def job_phase(src: str, out_dir: str, cfg: BenchConfig) -> int:
     cfg = replace(cfg, output=out_dir)
     st = os.stat(src)
     asset = Asset(src, os.path.basename(src), st.st_size, "bench", "video")
-    (result,) = tasks.run_local(cfg, [(asset, os.path.join(out_dir, os.path.basename(src)))], "bench")
+    (result,) = run_local(cfg, [(asset, os.path.join(out_dir, os.path.basename(src)))], "bench")
     if result.failure:
         raise RuntimeError(f"benchmark job failed: {result.failure.error_class}: {result.failure.error}")
     return result.frames
@@ -227,18 +230,22 @@ def _segments_in_process(src: str, part_dir: str, cfg: BenchConfig, result) -> N
     """What one actor does for a video: plan, then every segment; reports its peak RSS."""
     import resource
 
-    worker = pipeline.Worker(cfg)
-    vplan = pipeline.plan_video(src, os.path.basename(src), cfg)
-    results = [worker.segment(src, seg, vplan.info, vplan.index, os.path.join(part_dir, pipeline.part_name(seg)))
-               for seg in vplan.segments]
+    worker = Worker(cfg)
+    asset = local_asset(src, os.path.basename(src))
+    vplan = lifecycle.plan(asset, cfg)
+    results = vplan if isinstance(vplan, Failure) else lifecycle.encode_segments(worker, asset, vplan, part_dir)
+    if isinstance(results, Failure):
+        raise RuntimeError(f"benchmark segments failed: {results.error_class}: {results.error}")
     result.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, vplan, results))
 
 
-def _finalize_in_process(src: str, dst: str, vplan, results, result) -> None:
-    """The finalize task on its own: concatenation, muxing and verification."""
+def _finalize_in_process(src: str, dst: str, cfg: BenchConfig, vplan, results, result) -> None:
+    """The finalize task on its own: stitching, concatenation, muxing and verification."""
     import resource
 
-    pipeline.finalize_video(src, dst, vplan, results)
+    out = lifecycle.finalize(cfg, local_asset(src, os.path.basename(src)), dst, vplan, results, time.time())
+    if out.failure:
+        raise RuntimeError(f"benchmark finalize failed: {out.failure.error_class}: {out.failure.error}")
     result.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -263,7 +270,7 @@ def memory_phase(tmp: str, cfg: BenchConfig) -> dict:
         workers[minutes], vplan, results = queue.get()
         proc.join()
         proc = ctx.Process(target=_finalize_in_process,
-                           args=(src, os.path.join(tmp, f"out-{minutes}.mp4"), vplan, results, queue))
+                           args=(src, os.path.join(tmp, f"out-{minutes}.mp4"), cfg, vplan, results, queue))
         proc.start()
         finalizers[minutes] = queue.get()
         proc.join()

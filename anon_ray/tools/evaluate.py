@@ -23,11 +23,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from anon_ray.config import EvalConfig
-from anon_ray.core import consistency, mask, stitch
+from anon_ray.core import consistency, mask
 from anon_ray.detect import Detector
-from anon_ray.io.inventory import VIDEO_EXTS
+from anon_ray.io.inventory import VIDEO_EXTS, local_asset
 from anon_ray.media.image import read_image
-from anon_ray.run import pipeline
+from anon_ray.media.probe import probe
+from anon_ray.run import lifecycle
+from anon_ray.run.pipeline import Worker
 from anon_ray.tools import metrics
 from anon_ray.types import FACE, PLATE, Detections, VideoInfo
 
@@ -159,7 +161,7 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
             break
         n += 1
         if item.is_video:
-            worker = worker or pipeline.Worker(cfg)
+            worker = worker or Worker(cfg)
             videos.append(score_video(item, worker, cfg, cls, agg))
             continue
         rgb = read_image(item.file, cfg.image).rgb
@@ -196,18 +198,18 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     return summary
 
 
-def video_masks(src: str, worker: pipeline.Worker, cfg: EvalConfig) -> tuple[Detections, VideoInfo]:
-    """The boxes the job masks a video with (owned frames, global track ids), as its segment
-    workers and finalize compute them, without encoding anything."""
-    vplan = pipeline.plan_video(src, src, cfg)
-    info = vplan.info
-    results = [(seg, worker.segment_boxes(src, seg, info, vplan.index)) for seg in vplan.segments]
-    return stitch.asset_tracks(results), info
+def video_masks(src: str, worker: Worker) -> tuple[Detections, VideoInfo]:
+    """The boxes the job masks a video with (owned frames, global track ids): the job's own
+    lifecycle (plan, segments with context, finalize's stitching), without encoding anything."""
+    result = lifecycle.run_video(worker, local_asset(src, os.path.basename(src)), None, None)
+    if result.failure:
+        raise RuntimeError(f"{src}: {result.failure.error_class}: {result.failure.error}")
+    return result.tracks, probe(src)
 
 
-def score_video(item: Item, worker: pipeline.Worker, cfg: EvalConfig, cls: int, agg: metrics.Aggregate) -> dict:
+def score_video(item: Item, worker: Worker, cfg: EvalConfig, cls: int, agg: metrics.Aggregate) -> dict:
     """Flicker of one video; with MOT ground truth, each frame is also scored into `agg`."""
-    masks, info = video_masks(item.file, worker, cfg)
+    masks, info = video_masks(item.file, worker)
     row = {"file": os.path.basename(item.file), "frames": info.n_frames, "masks": len(masks),
            "tracks": int(len(np.unique(masks.track[masks.track >= 0]))), "flicker": consistency.flicker(masks),
            "ground_truth": "mot" if item.mot else "none"}

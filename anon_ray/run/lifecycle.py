@@ -1,0 +1,192 @@
+"""One asset's lifecycle, the same for every engine: a photo is one step; a video is
+plan -> segments -> finalize.
+
+Each step runs in whatever process the engine gives it and never raises: it returns its stage's
+result or a Failure (types.py). The in-process engine (local.py) runs the steps one after the
+other (`run_video`); the Ray engine (distributed.py) runs the same steps as remote calls, the
+segments of a video in parallel; the evaluator and the benchmark call them too (boxes only, or
+timed apart). Every step reads its inputs through io.staging, so only io/ knows where files live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.core import plan as planner
+from anon_ray.core import stitch
+from anon_ray.io import staging, storage
+from anon_ray.io.files import sha256_file
+from anon_ray.io.inventory import INTERNAL_DIR
+from anon_ray.media import concat, packets
+from anon_ray.media.encode import check_writable
+from anon_ray.media.probe import probe
+from anon_ray.run.pipeline import NO_DEADLINE, AssetError, Deadline, Worker, count_objects, part_name
+from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
+
+
+def failed(asset: Asset, dst: str, exc: BaseException, started: float, cfg: StorageConfig) -> AssetResult:
+    remove_quietly(dst, cfg)
+    return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
+
+
+def asset_dir_name(asset: Asset) -> str:
+    return hashlib.sha256(asset.relpath.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def remove_quietly(uri: str, cfg: StorageConfig) -> None:
+    """Best-effort clean-up of a part or a failed output file (never a folder someone else owns);
+    the failure being handled matters more than this one."""
+    with contextlib.suppress(Exception):
+        storage.remove(uri, cfg)
+
+
+@contextlib.contextmanager
+def part_root(cfg: AppConfig, run_id: str) -> Iterator[str]:
+    """This run's folder (or prefix, for object-store outputs) for segment parts.
+
+    Parts sit beside the output so every node of a cluster reaches them; the folder goes when the
+    run ends, with its parent when no other run uses it.
+    """
+    parent = storage.join(cfg.output, INTERNAL_DIR, "tmp")
+    root = storage.join(parent, run_id)
+    storage.make_dirs(root)
+    try:
+        yield root
+    finally:
+        staging.remove_tree(root, cfg.storage)
+        storage.remove_dir_if_empty(parent)
+
+
+def part_dir(root: str, asset: Asset) -> str:
+    return storage.join(root, asset_dir_name(asset))
+
+
+def part_uri(folder: str, seg: SegmentPlan) -> str:
+    return storage.join(folder, part_name(seg))
+
+
+# --- a photo -----------------------------------------------------------------------------------
+
+def image(worker: Worker, asset: Asset, dst: str, deadline: Deadline = NO_DEADLINE) -> AssetResult:
+    started = time.time()
+    try:
+        if asset.kind != "image":
+            raise AssetError(f"unsupported or unreadable input: {storage.unusable_reason(asset)}")
+        src = staging.local_input(asset, worker.cfg.storage)
+        digest = sha256_file(src)
+        with staging.output_target(dst, worker.cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            out = worker.image(asset, src, dst, target, deadline)
+        return dataclasses.replace(out, input_sha256=digest, seconds=time.time() - started)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
+        return failed(asset, dst, exc, started, worker.cfg.storage)
+
+
+# --- a video: plan -> segments -> finalize -----------------------------------------------------
+
+def plan_video(src: str, name: str, cfg: AppConfig) -> VideoPlan:
+    """Probe a local video and cut it into segments (raises; `plan` is the step that does not)."""
+    index = packets.scan_packets(src)
+    info = probe(src, index)
+    check_writable(name, info, cfg.video.codec)  # fail before detection, not after it
+    fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
+    segs = planner.plan_segments(name, index, fps, cfg.segment)
+    if not segs:
+        raise AssetError("video has no frames")
+    return VideoPlan(info=info, index=index, segments=tuple(segs))
+
+
+def plan(asset: Asset, cfg: AppConfig) -> VideoPlan | Failure:
+    try:
+        return plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg)
+    except Exception as exc:  # noqa: BLE001
+        return Failure.of(exc)
+
+
+def segment(worker: Worker, asset: Asset, seg: SegmentPlan, vplan: VideoPlan, part: str | None,
+            deadline: Deadline = NO_DEADLINE) -> SegmentResult | Failure:
+    """Encode one segment's part to `part` (uploaded for object-store outputs, so finalize can
+    reach it); with `part` None only its boxes are computed."""
+    cfg = worker.cfg.storage
+    try:
+        src = staging.local_input(asset, cfg)
+        if part is None:
+            return worker.segment(src, seg, vplan.info, vplan.index, None, deadline)
+        with staging.output_target(part, cfg) as local_part:
+            os.makedirs(os.path.dirname(local_part), exist_ok=True)
+            result = worker.segment(src, seg, vplan.info, vplan.index, local_part, deadline)
+        return dataclasses.replace(result, part_path=part)
+    except Exception as exc:  # noqa: BLE001
+        if part is not None:
+            remove_quietly(part, cfg)
+        return Failure.of(exc)
+
+
+def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, results: list[SegmentResult],
+             started: float, deadline: Deadline = NO_DEADLINE) -> AssetResult:
+    """Join tracks across cuts, then (unless `dst` is None: boxes only) concatenate the parts,
+    mux the source's other streams, verify and publish."""
+    try:
+        deadline.check()  # the last segment may have ended just past it
+        results = sorted(results, key=lambda r: r.plan.index)
+        if [r.plan.index for r in results] != list(range(len(vplan.segments))):
+            raise AssetError("segments missing at finalize")
+        tracks = stitch.asset_tracks([(r.plan, r.tracks) for r in results])
+        faces, plates = count_objects(tracks)
+        counts = dict(faces=faces, plates=plates, segments=len(results), tracks=tracks)
+        if dst is None:
+            return AssetResult(asset, "", frames=vplan.info.n_frames, seconds=time.time() - started, **counts)
+        src = staging.local_input(asset, cfg.storage)
+        digest = sha256_file(src)
+        local = [staging.fetch(r.part_path, "", cfg.storage) for r in results]
+        with staging.output_target(dst, cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            concat.finalize(local, src, target, vplan.info)
+            out_sha256, out_size = sha256_file(target), os.path.getsize(target)
+        return AssetResult(asset, dst, frames=sum(r.frames_written for r in results), input_sha256=digest,
+                           output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,
+                           **counts)
+    except Exception as exc:  # noqa: BLE001
+        return failed(asset, dst, exc, started, cfg.storage) if dst else \
+            AssetResult(asset, "", failure=Failure.of(exc), seconds=time.time() - started)
+    finally:
+        for r in results:
+            if r.part_path:
+                remove_quietly(r.part_path, cfg.storage)
+
+
+def encode_segments(worker: Worker, asset: Asset, vplan: VideoPlan, folder: str | None,
+                    deadline: Deadline = NO_DEADLINE) -> list[SegmentResult] | Failure:
+    """Every segment, one after the other, into parts under `folder` (None: boxes only). On a
+    failure the parts already written are removed."""
+    results: list[SegmentResult] = []
+    for seg in vplan.segments:
+        res = segment(worker, asset, seg, vplan, None if folder is None else part_uri(folder, seg), deadline)
+        if isinstance(res, Failure):
+            for r in results:
+                if r.part_path:
+                    remove_quietly(r.part_path, worker.cfg.storage)
+            return res
+        results.append(res)
+    return results
+
+
+def run_video(worker: Worker, asset: Asset, dst: str | None, folder: str | None,
+              deadline: Deadline = NO_DEADLINE) -> AssetResult:
+    """The whole lifecycle in this process: plan, every segment in turn, finalize. With `dst`
+    and `folder` None nothing is encoded: the result holds the boxes the job would mask."""
+    started = time.time()
+    vplan = plan(asset, worker.cfg)
+    if isinstance(vplan, Failure):
+        return AssetResult(asset, dst or "", failure=vplan, seconds=time.time() - started)
+    results = encode_segments(worker, asset, vplan, folder, deadline)
+    if isinstance(results, Failure):
+        return AssetResult(asset, dst or "", failure=results, seconds=time.time() - started)
+    return finalize(worker.cfg, asset, dst, vplan, results, started, deadline)
+
