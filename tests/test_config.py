@@ -1,0 +1,68 @@
+"""One source of defaults: the CLI's composed config equals the config classes' own defaults,
+field by field, so plain Python (`Worker(AppConfig())`) masks exactly what `anon-ray` masks.
+Also the layering rules of the package (one module imports Ray, one Hydra, only io/ knows S3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from conftest import composed
+from hydra.errors import ConfigCompositionException
+
+from anon_ray.config import AppConfig, BenchConfig, EvalConfig, MaskMethod, MaskShape
+
+PACKAGE = Path(__file__).resolve().parent.parent / "anon_ray"
+# Where the job reads and writes: the CLI's embedded demo (sample media into demo_output/), not
+# a safety setting; plain Python must name its own.
+WHERE = {"input", "output"}
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """Every leaf field where two config trees differ, as 'path: a != b'."""
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        out = [] if type(a) is type(b) else [f"{path or '.'}: {type(a).__name__} != {type(b).__name__}"]
+        for f in dataclasses.fields(a):
+            out += differences(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}" if path else f.name)
+        return out
+    same = a == b and type(a) is type(b) or (isinstance(a, float) and a == b)
+    return [] if same else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.parametrize("name, cls", [("config", AppConfig), ("eval", EvalConfig), ("bench", BenchConfig)])
+def test_composed_defaults_are_the_config_classes_defaults(name, cls):
+    cli = composed(name)
+    diff = [d for d in differences(cli, cls()) if d.split(":")[0] not in WHERE]
+    assert not diff, f"conf/{name}.yaml and anon_ray/config.py disagree:\n" + "\n".join(diff)
+
+
+def test_the_comparison_sees_a_changed_default():
+    cli = composed("config", **{"preset": "fast"})
+    diff = differences(cli, AppConfig())
+    assert "detect.face.threshold: 0.075 != 0.1" in diff and "detect.face.tiling.enabled: False != True" in diff
+
+
+def test_mask_method_and_shape_are_enums_checked_when_composed():
+    cfg = composed("config", **{"mask": "pixelate", "mask.face_shape": "box"})
+    assert cfg.mask.method is MaskMethod.pixelate and cfg.mask.face_shape is MaskShape.box and cfg.mask.blocks == 5
+    for bad in ("mask.method=swirl", "mask.face_shape=circle", "mask.plate_shape=ellipses"):
+        key, value = bad.split("=")
+        with pytest.raises(ConfigCompositionException):
+            composed("config", **{key: value})
+
+
+def _modules_matching(pattern: str) -> list[str]:
+    rx = re.compile(pattern, re.M)
+    return sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if rx.search(p.read_text()))
+
+
+def test_layering():
+    assert _modules_matching(r"^\s*(import ray\b|from ray\b)") == ["run/distributed.py"]
+    assert _modules_matching(r"^\s*(import hydra\b|from hydra\b)") == ["cli.py"]
+    assert all(m.startswith("io/") for m in _modules_matching(r"\bis_s3\b")), _modules_matching(r"\bis_s3\b")
+    assert all(m.startswith("io/") for m in _modules_matching(r"^\s*(import boto3|from botocore|from boto3)"))
+    too_long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+                if (n := len(p.read_text().splitlines())) > 450}
+    assert not too_long, too_long
