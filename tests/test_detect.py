@@ -146,12 +146,18 @@ def test_detector_combines_enabled_models(astronaut, plate_set):
     assert detector.model_hashes == {name: resolve(name, ModelsConfig()).sha256 for name in names}
     detector.warmup(256, 320)
     found = detector.detect([astronaut, plate_set[1][0]], first_index=3)
-    assert found.for_frame(3).cls.tolist() == [FACE]
+    # One face on the portrait (at the recall-first plate threshold a false plate may join it).
+    assert found.for_frame(3).cls.tolist().count(FACE) == 1
     assert PLATE in found.for_frame(4).cls.tolist()
 
     faces_only = Detector(DetectConfig(plate=PlateConfig(enabled=False), session=SESSION), ModelsConfig())
     assert list(faces_only.model_hashes) == [cfg.face.model]
     assert set(faces_only.detect([astronaut, plate_set[1][0]]).cls.tolist()) <= {FACE}
+
+
+def test_sessions_run_int8_in_precision_mode(faces):
+    """Without it, AVX2 CPUs lacking VNNI saturate int8 sums: the INT8 default lost 9% of faces."""
+    assert faces.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
 
 
 def test_nms_keeps_best_per_group():

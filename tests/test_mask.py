@@ -28,6 +28,11 @@ def _core(shape_hw, dets, cfg) -> np.ndarray:
     return mask_weight(shape_hw, dets, cfg) == 1.0
 
 
+def uniform(margin: float, **kw) -> MaskConfig:
+    """A face margin equal on every side (the default grows faces less upwards: config.py)."""
+    return MaskConfig(face_margin=margin, face_margin_top=None, face_margin_bottom=None, **kw)
+
+
 def _block(dets: Detections, cfg: MaskConfig) -> int:
     """The documented strength rule: raw short side / blocks, rounded up, at least 2 px."""
     w, h = dets.xyxy[0, 2:] - dets.xyxy[0, :2]
@@ -35,7 +40,7 @@ def _block(dets: Detections, cfg: MaskConfig) -> int:
 
 
 def test_dilate_margin_per_side_and_per_class():
-    cfg = MaskConfig(face_margin=0.3, plate_margin=0.15)
+    cfg = uniform(0.3, plate_margin=0.15)
     dets = Detections.build(0, [[100, 100, 200, 150], [100, 100, 200, 150]], [1, 1], [FACE, PLATE])
     out = dilate(dets, cfg)
     np.testing.assert_allclose(out[0], [70, 85, 230, 165])  # (1 + 2 * 0.3) = 1.6 times as wide and tall
@@ -50,7 +55,7 @@ def test_face_top_and_bottom_margins_apart_from_the_sides():
     np.testing.assert_allclose(out[0], [80, 95, 220, 245])
     np.testing.assert_allclose(out[1], [90, 95, 210, 155])  # plates keep one margin on every side
     # Unset top and bottom follow the sides' margin.
-    np.testing.assert_allclose(dilate(dets, MaskConfig(face_margin=0.2, face_margin_bottom=0.45))[0], [80, 80, 220, 245])
+    np.testing.assert_allclose(dilate(dets, MaskConfig(face_margin=0.2, face_margin_top=None, face_margin_bottom=0.45))[0], [80, 80, 220, 245])
 
 
 def test_a_downward_margin_moves_the_masked_region_down(astronaut):
@@ -66,13 +71,13 @@ def test_a_downward_margin_moves_the_masked_region_down(astronaut):
 
 
 def test_dilate_keeps_boxes_past_the_frame_edge():
-    out = dilate(_dets([[-50, -10, 50, 90]]), MaskConfig(face_margin=0.5))
+    out = dilate(_dets([[-50, -10, 50, 90]]), uniform(0.5))
     np.testing.assert_allclose(out[0], [-100, -60, 100, 140])
 
 
 def test_face_cut_by_the_frame_edge_is_fully_covered():
     # An ellipse inscribed in a box clipped to the frame would leave the frame-edge corners bare.
-    cfg = MaskConfig(face_shape="ellipse", feather=0.0)
+    cfg = uniform(0.3, face_shape="ellipse", feather=0.0)
     raw = np.array([[-40, 100, 60, 220], [450, -30, 540, 80]], np.float32)
     region = mask_region((512, 512), _dets(raw), cfg)
     np.testing.assert_array_equal(coverage(raw, region), [1.0, 1.0])
@@ -129,7 +134,7 @@ def test_fill_with_feather_region_is_at_least_half_fill(astronaut):
 
 
 def test_box_feather_half_width_sets_the_region_edge():
-    cfg = MaskConfig(face_shape="box", face_margin=0.0, feather=0.2)
+    cfg = uniform(0.0, face_shape="box", feather=0.2)
     region = mask_region((200, 300), _dets([[100, 50, 200, 100]]), cfg)
     # feather = 0.2 * 50 = 10 px, so the region reaches 5 px past each side (pixel centres).
     rows, cols = np.nonzero(region)
@@ -137,7 +142,7 @@ def test_box_feather_half_width_sets_the_region_edge():
 
 
 def test_ellipse_ramp_has_the_asked_width_on_both_axes():
-    cfg = MaskConfig(face_shape="ellipse", face_margin=0.0, feather=0.2)
+    cfg = uniform(0.0, face_shape="ellipse", feather=0.2)
     box = np.array([[100.0, 50.0, 300.0, 150.0]])  # short side 100: ramp 20 px
     weight = mask_weight((300, 400), _dets(box), cfg)
     # Pixel centres 10 px outside the ellipse on the long and on the short axis: weight 0.5.
@@ -145,7 +150,7 @@ def test_ellipse_ramp_has_the_asked_width_on_both_axes():
     assert weight[99, 320] == 0.0 and weight[99, 250] == 1.0
     # Box corners lie outside the ellipse and its ramp.
     assert weight[50, 100] == 0.0 and weight[149, 299] == 0.0
-    area = mask_region((300, 400), _dets(box), MaskConfig(face_shape="ellipse", face_margin=0.0, feather=0.0)).sum()
+    area = mask_region((300, 400), _dets(box), uniform(0.0, face_shape="ellipse", feather=0.0)).sum()
     assert area == pytest.approx(math.pi * 100 * 50, rel=0.01)
 
 
