@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test models fuzz bench eval clean
+.PHONY: demo test models fuzz bench deface eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,21 @@ test: models
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz_targets --seconds 600
 
-bench: models
+bench: models deface
 	$(VENV)/bin/anon-ray-bench
+
+# The benchmark's reference: the real deface, as its users install it, in a virtualenv of its own
+# (its dependencies never touch the project's).
+DEFACE_VENV := .venv-deface
+$(DEFACE_VENV)/bin/deface:
+	$(PYTHON) -m venv $(DEFACE_VENV)
+	$(DEFACE_VENV)/bin/python -m pip install -q deface==1.5.0
+
+deface: $(DEFACE_VENV)/bin/deface
 
 eval: models
 	$(VENV)/bin/anon-ray-eval dataset=../shared/data/eval/faces
 	$(VENV)/bin/anon-ray-eval dataset=../shared/data/eval/plates
 
 clean:
-	rm -rf $(VENV) models/cache demo_output
+	rm -rf $(VENV) $(DEFACE_VENV) models/cache demo_output

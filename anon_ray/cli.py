@@ -171,11 +171,19 @@ def _eval(dcfg: DictConfig) -> None:
     evaluate.main(_to_plain(dcfg))
 
 
+def job_overrides(overrides: list[str]) -> list[str]:
+    """Of anon-ray-bench's command-line overrides, those that set the job (groups, presets, job
+    keys), not the benchmark's own keys or its input and output: what anon-ray is run with."""
+    own = {f.name for f in dataclasses.fields(BenchConfig)} - {f.name for f in dataclasses.fields(AppConfig)}
+    own |= {"input", "output"}
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in own]
+
+
 @hydra.main(config_path=CONF_DIR, config_name="bench", version_base="1.3")
 def _bench(dcfg: DictConfig) -> None:
     from anon_ray.tools import bench
 
-    bench.main(_to_plain(dcfg))
+    bench.main(_to_plain(dcfg), job_overrides(list(HydraConfig.get().overrides.task)))
 
 
 def run_main() -> None:

