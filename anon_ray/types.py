@@ -1,4 +1,8 @@
-"""Frozen types that flow between stages: numpy columns, never one Python object per box."""
+"""Frozen types that flow between stages: numpy columns, never one Python object per box.
+
+One result type per stage: inventory -> Asset, plan -> VideoPlan (of SegmentPlans), segment ->
+SegmentResult, photo and finalize -> AssetResult (or a Failure value), manifest -> AssetRecord.
+"""
 
 from __future__ import annotations
 
