@@ -110,3 +110,19 @@ def test_tiling_on_random_indexes():
             tb = 1 / idx.time_base_den
             durations = [(idx.pts[min(p.end, n - 1)] - idx.pts[p.start]) * tb for p in plans[:-1]]
             assert max(durations, default=0) <= 1.5 * cfg.seconds + 4 * tb + 1e-9
+
+
+def test_a_short_video_is_shared_by_the_pool_as_far_as_the_context_allows():
+    cfg = SegmentConfig(seconds=30, overlap=30)
+    forty = index(1200)  # 40 s: one 30 s default segment would keep one of two workers idle
+    assert len(plan_segments("v", forty, 29.97, cfg)) == 1
+    two = plan_segments("v", forty, 29.97, cfg, workers=2)
+    assert len(two) == 2 and all(p.end - p.start >= 10 * cfg.overlap for p in two)
+    check_tiling(two, forty, 30)
+    assert len(plan_segments("v", forty, 29.97, cfg, workers=4)) == 4  # 300 frames each: 10x the overlap
+    assert len(plan_segments("v", forty, 29.97, cfg, workers=8)) == 4  # not 8: 150 frames would cost 40% context
+    nine = index(275)  # 9 s: halves of 137 frames would decode 44% more than they own
+    assert len(plan_segments("v", nine, 29.97, cfg, workers=2)) == 1
+    assert len(plan_segments("v", forty, 29.97, SegmentConfig(seconds=0), workers=2)) == 1  # no cuts asked
+    long = index(30 * 300)  # 300 s: already ten 30 s segments
+    assert len(plan_segments("v", long, 29.97, cfg, workers=2)) == len(plan_segments("v", long, 29.97, cfg))

@@ -33,12 +33,21 @@ from anon_ray.types import PacketIndex, SegmentPlan
 WARMUP_GOPS = 1
 
 
+# Context is not free: a segment decodes and detects `overlap` extra frames on each side, so a
+# video is cut finer than `segment.seconds` only while each segment owns at least this many times
+# its overlap (DESIGN.md section 1: overlap / segment length <= 10%).
+MIN_OWNED_PER_OVERLAP = 10
+
+
 def plan_segments(
-    asset: str, index: PacketIndex, fps: float, cfg: SegmentConfig, *, warmup_gops: int = WARMUP_GOPS
+    asset: str, index: PacketIndex, fps: float, cfg: SegmentConfig, *, workers: int = 1,
+    warmup_gops: int = WARMUP_GOPS
 ) -> list[SegmentPlan]:
     """Segments tiling the frames [0, len(index)) exactly; [] for a video without frames.
 
-    `fps` only gives the display duration of the last frame; cutting uses the pts.
+    `fps` only gives the display duration of the last frame; cutting uses the pts. A video
+    shorter than `workers` segments is cut into `workers` shares instead (a pool of that many
+    would otherwise leave some idle on it), as far as the context cost allows.
     """
     n = len(index)
     if n == 0:
@@ -46,7 +55,7 @@ def plan_segments(
     t = (index.pts - index.pts[0]) * (index.time_base_num / index.time_base_den)
     t_end = t[-1] + (1.0 / fps if fps > 0 else 0.0)
     keys = np.flatnonzero(index.key)
-    cuts = _cuts(t, t_end, keys, cfg.seconds) + [n]
+    cuts = _cuts(t, t_end, keys, segment_seconds(t_end, n, cfg, workers)) + [n]
     overlap = max(0, cfg.overlap)
     plans = []
     for k, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
@@ -66,6 +75,15 @@ def plan_segments(
             )
         )
     return plans
+
+
+def segment_seconds(duration_s: float, frames: int, cfg: SegmentConfig, workers: int) -> float:
+    """`cfg.seconds`, or less so that up to `workers` segments share a short video, each owning at
+    least MIN_OWNED_PER_OVERLAP x overlap frames (0 stays one segment)."""
+    if cfg.seconds <= 0 or workers <= 1 or duration_s <= 0:
+        return cfg.seconds
+    shares = min(workers, frames // max(1, MIN_OWNED_PER_OVERLAP * cfg.overlap))
+    return min(cfg.seconds, duration_s / shares) if shares >= 2 else cfg.seconds
 
 
 def _cuts(t: np.ndarray, t_end: float, keys: np.ndarray, seconds: float) -> list[int]:

@@ -290,7 +290,7 @@ class _Scheduler:
         state = self.open[key] = _Open(asset, dst, time.time())
         if asset.kind == "video":
             state.part_dir = lifecycle.part_dir(self.work_root, asset)
-            self._track(_plan.remote(asset, self.cfg), _Call("plan", key))
+            self._track(_plan.remote(asset, self.cfg, len(self.pool)), _Call("plan", key))
         else:
             self.queue.append(("image", (asset, dst), key))
 

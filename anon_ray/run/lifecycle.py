@@ -90,21 +90,23 @@ def image(worker: Worker, asset: Asset, dst: str, deadline: Deadline = NO_DEADLI
 
 # --- a video: plan -> segments -> finalize -----------------------------------------------------
 
-def plan_video(src: str, name: str, cfg: AppConfig) -> VideoPlan:
-    """Probe a local video and cut it into segments (raises; `plan` is the step that does not)."""
+def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPlan:
+    """Probe a local video and cut it into segments, at least `workers` where the context cost
+    allows (raises; `plan` is the step that does not)."""
     index = packets.scan_packets(src)
     info = probe(src, index)
     check_writable(name, info, cfg.video.codec)  # fail before detection, not after it
     fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
-    segs = planner.plan_segments(name, index, fps, cfg.segment)
+    segs = planner.plan_segments(name, index, fps, cfg.segment, workers=workers)
     if not segs:
         raise AssetError("video has no frames")
     return VideoPlan(info=info, index=index, segments=tuple(segs))
 
 
-def plan(asset: Asset, cfg: AppConfig) -> VideoPlan | Failure:
+def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
+    """`workers`: how many segment workers the engine runs at once (1 for the in-process engine)."""
     try:
-        return plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg)
+        return plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg, workers)
     except Exception as exc:  # noqa: BLE001
         return Failure.of(exc)
 
