@@ -71,7 +71,7 @@ class TilingConfig:
 @dataclass
 class FaceConfig:
     enabled: bool = True
-    # INT8 after a float stem (models.py): ~1.8x faster than "centerface" (float) on CPU; at a
+    # INT8 after a float stem (models/build.py): ~1.8x faster than "centerface" (float) on CPUs with VNNI; at a
     # threshold 0.05 lower it misses at most 1 in 100 of the faces the float model finds on the
     # eval clips.
     model: str = "centerface_int8"

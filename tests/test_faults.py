@@ -412,7 +412,7 @@ def test_object_store_500s_and_slow_responses(s3_env, tmp_path):
         assert name == "b_broken.jpg" and error_class == "ClientError", summary.failures
         assert "InternalError" in error and "max retries" in error, error
         # botocore's standard retry mode with exponential backoff; `max_attempts` in a Config's
-        # retries dict counts retries (storage.py sets 5): 6 attempts in all, then the error.
+        # retries dict counts retries (io/s3.py sets 5): 6 attempts in all, then the error.
         assert proxy.count("GET", "in/b_broken.jpg") == 6
         tried = proxy.times("GET", "in/b_broken.jpg")
         # Backed off: jittered delays up to 0.05, 0.1, 0.2, 0.4, 0.8 s for server errors in current

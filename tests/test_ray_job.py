@@ -53,7 +53,7 @@ from anon_ray.types import Asset
 
 VENV_BIN = Path(REPO / ".venv" / "bin")
 PAN = SAMPLES / "astronaut_pan.mp4"  # 75 frames, one keyframe: 1 s segments detect for seconds each
-# A part while its encoder writes it: media.temp_path_beside of the name Worker.segment gives it.
+# A part while its encoder writes it: io.files.temp_path_beside of the name Worker.segment gives it.
 WRITING = re.compile(rf"part-\d{{5}}\.mp4\.tmp(\d+)\.mp4{re.escape(TMP_MARKER)}")
 
 

@@ -1,4 +1,4 @@
-"""storage.py against a real S3 endpoint: moto_server in a subprocess, boto3 over HTTP."""
+"""io/ (storage, s3, scratch) against a real S3 endpoint: moto_server in a subprocess, boto3 over HTTP."""
 
 from __future__ import annotations
 

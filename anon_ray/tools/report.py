@@ -3,7 +3,7 @@
 Everything shown comes from the manifest and tracks tables (counts, timings, error classes, track
 spans, boxes only when audit.boxes was on), so the report cannot carry crops, plate text or
 credentials (I5). Aggregates run in Arrow: the manifest has one row per asset per run, and nightly
-runs over large archives make that millions of rows. Outputs on S3 are read through storage.py
+runs over large archives make that millions of rows. Outputs on S3 are read through io/storage.py
 with the job's storage.* options; credentials come from the standard AWS chain, never from options.
 """
 
