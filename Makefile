@@ -19,7 +19,7 @@ demo: models
 	$(VENV)/bin/anon-ray
 
 test: models
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz_targets --seconds 600

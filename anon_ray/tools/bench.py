@@ -39,6 +39,8 @@ from anon_ray.run.pipeline import Worker
 from anon_ray.tools import deface_ref
 from anon_ray.types import Asset, Failure
 
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"  # the package's demo media
+
 
 class PeakRSS:
     """Samples this process's RSS (and its children's) every 20 ms while a phase runs."""
@@ -155,7 +157,7 @@ def synthetic_clip(dst: str, minutes: float, fps: int, size: tuple[int, int], cf
     """A clip of moving faces (the bundled portrait, several sizes) of the given length."""
     from anon_ray.types import VideoInfo
 
-    face = cv2.imread(os.path.join(os.path.dirname(__file__), "samples", "astronaut.jpg"))[:, :, ::-1]
+    face = cv2.imread(str(SAMPLES / "astronaut.jpg"))[:, :, ::-1]
     w, h = size
     n = int(minutes * 60 * fps)
     info = VideoInfo(width=w, height=h, rotation=0, fps=(fps, 1), time_base=(1, fps), n_frames=n,
