@@ -114,7 +114,8 @@ def test_summary_keys_leak_rate_heights_and_tags():
     agg.add(score_image(gt[:1], mask, NO_DETS))  # no tags given: counts as untagged
     s = agg.summary()
     assert set(s) == {"leak_rate", "protected", "recall_iou50", "precision_iou50", "over_masking", "n_boxes",
-                      "n_images", "by_height", "leak_by_height", "by_height_n", "by_tag", "leak_rate_ge16"}
+                      "n_images", "by_height", "leak_by_height", "by_height_n", "by_tag", "leak_rate_ge16",
+                      "n_apart", "leak_ge16_not_detected", "leak_ge16_under_covered", "leak_causes_by_height"}
     assert s["n_boxes"] == 6 and s["n_images"] == 2
     assert s["protected"] == pytest.approx(4 / 6)
     assert s["leak_rate"] == pytest.approx(2 / 6)
@@ -131,6 +132,27 @@ def test_summary_keys_leak_rate_heights_and_tags():
     assert math.isnan(masked["leak_by_height"]["16-32"])
     assert s["recall_iou50"] == pytest.approx(3 / 6) and s["precision_iou50"] == 1.0
     assert list(s["by_height"]) == list(HEIGHT_BUCKETS)
+
+
+def test_leaks_split_into_not_detected_and_under_covered_and_apart_boxes_are_not_counted():
+    mask = _mask((200, 200), (0, 0, 100, 200))  # left half of the image
+    gt = np.array([
+        [90, 0, 110, 20],  # 20 px, half covered, a detection on it: under-covered
+        [150, 0, 170, 20],  # 20 px, no detection: not detected
+        [150, 50, 190, 90],  # 40 px, detected only by a box a third its size (IoU 0.11): not detected
+        [0, 100, 40, 140],  # 40 px, covered
+        [150, 150, 190, 190],  # 40 px, leaked but flagged invalid: scored apart
+    ], float)
+    det = np.array([[88, 0, 108, 20], [150, 50, 163, 70]], float)
+    agg = Aggregate()
+    agg.add(score_image(gt, mask, det, {"invalid": np.array([False, False, False, False, True])}))
+    s = agg.summary()
+    assert s["n_boxes"] == 4 and s["n_apart"] == 1
+    assert s["leak_rate_ge16"] == pytest.approx(3 / 4)
+    assert s["leak_ge16_under_covered"] == pytest.approx(1 / 4) and s["leak_ge16_not_detected"] == pytest.approx(2 / 4)
+    assert s["leak_causes_by_height"]["16-32"] == {"not_detected": 0.5, "under_covered": 0.5}
+    assert s["leak_causes_by_height"]["32-96"] == {"not_detected": 0.5, "under_covered": 0.0}  # invalid one apart
+    assert s["by_tag"]["invalid"]["n"] == 1 and s["by_tag"]["invalid"]["leak_rate"] == 1.0
 
 
 def test_empty_aggregate_is_nan_not_an_error():

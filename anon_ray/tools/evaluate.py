@@ -8,6 +8,10 @@ Videos in the folder go through the job's video path (segments with context, tra
 padding, stitching) without encoding. A video whose row names per-frame ground truth in
 `meta.mot` (a MOT-style `frame,id,x,y,w,h,...` text file, frames from 1, relative to the folder)
 is scored frame by frame like a photo; every video reports flicker (DESIGN.md section 5).
+A video's `meta.flags` (a JSON sidecar with `columns` and `rows`, one row per MOT row) marks faces
+cut by the frame edge (`truncated`); faces in `meta.heavy_occlusion_ids` are labelled but hidden
+and scored apart. Each clip reports leaked face-frames by height and leaked faces per minute
+(distinct faces with at least one leaked frame >= 16 px: one frame is enough for a screenshot).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Item:
     gt: np.ndarray  # float64 (n, 4)
     tags: dict[str, np.ndarray]
     mot: str = ""  # per-frame ground truth of a video, "" when it has none
+    flags: str = ""  # the video's per-row JSON sidecar (truncated faces), "" when it has none
+    hidden_ids: frozenset[int] = frozenset()  # labelled faces of a video that are hidden
 
     @property
     def is_video(self) -> bool:
@@ -69,15 +75,41 @@ def load_items(dataset: str) -> Iterator[Item]:
                 if isinstance(value, list) and len(value) == n and n and all(isinstance(v, bool) for v in value):
                     tags[key] = np.array(value)
             mot = os.path.join(dataset, meta["mot"]) if meta.get("mot") else ""
-            yield Item(os.path.join(dataset, row["file"]), gt, tags, mot)
+            flags = os.path.join(dataset, meta["flags"]) if meta.get("flags") else ""
+            hidden = frozenset(int(i) for i in meta.get("heavy_occlusion_ids") or ())
+            yield Item(os.path.join(dataset, row["file"]), gt, tags, mot, flags, hidden)
 
 
-def load_mot(path: str) -> dict[int, np.ndarray]:
-    """MOT-style ground truth: frame index (from 0) -> float64 (n, 4) xyxy boxes."""
+@dataclass(frozen=True)
+class FrameTruth:
+    """One frame's labelled faces: ids, float64 (n, 4) xyxy boxes, and whether a frame edge cuts each."""
+
+    ids: np.ndarray
+    boxes: np.ndarray
+    truncated: np.ndarray
+
+
+def load_mot(path: str, flags: str = "") -> dict[int, FrameTruth]:
+    """MOT-style ground truth: frame index (from 0) -> its faces; `flags` (the JSON sidecar) adds
+    which rows a frame edge cuts."""
     rows = np.loadtxt(path, delimiter=",", ndmin=2, usecols=range(6))
     boxes = np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], axis=1)
     frames = rows[:, 0].astype(np.int64) - 1
-    return {int(f): boxes[frames == f] for f in np.unique(frames)}
+    ids = rows[:, 1].astype(np.int64)
+    cut = np.zeros(len(rows), bool)
+    if flags:
+        with open(flags, encoding="utf-8") as fh:
+            side = json.load(fh)
+        col = {name: k for k, name in enumerate(side["columns"])}
+        truncated = {(int(r[col["frame"]]) - 1, int(r[col["id"]])) for r in side["rows"] if r[col["truncated"]]}
+        cut = np.array([(int(f), int(i)) in truncated for f, i in zip(frames, ids)], bool)
+    return {int(f): FrameTruth(ids[frames == f], boxes[frames == f], cut[frames == f]) for f in np.unique(frames)}
+
+
+def edge_boxes(gt: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
+    """bool (n,): boxes that reach within a pixel of the image border (faces the frame cuts)."""
+    h, w = shape_hw
+    return (gt[:, 0] <= 1) | (gt[:, 1] <= 1) | (gt[:, 2] >= w - 1) | (gt[:, 3] >= h - 1)
 
 
 def target_class(cfg: EvalConfig) -> int:
@@ -168,7 +200,8 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
         found = detector.detect([rgb], photo=True)
         dets = found.select(found.score >= configured(found))
         region = _mask(rgb.shape[:2], dets, cfg)
-        agg.add(metrics.score_image(item.gt, region, dets.xyxy[dets.cls == cls], item.tags))
+        tags = {**item.tags, "edge": edge_boxes(item.gt, rgb.shape[:2])}
+        agg.add(metrics.score_image(item.gt, region, dets.xyxy[dets.cls == cls], tags))
         if cfg.curve:
             cache.append((item.gt, (rgb.shape[:2], found)))
     seconds = time.perf_counter() - started
@@ -178,6 +211,11 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     if videos:
         summary["videos"] = videos
         summary["flicker"] = sum(v["flicker"] for v in videos)
+        scored = [v for v in videos if v["ground_truth"] == "mot"]
+        minutes = sum(v["minutes"] for v in scored)
+        if minutes:
+            summary["leaked_faces_per_minute"] = sum(v["leaked_faces"] for v in scored) / minutes
+            summary["edge_leaked_faces_per_minute"] = sum(v["edge_leaked_faces"] for v in scored) / minutes
     if cfg.curve and cache:
         rows = []
         for side, top, bottom in _curve_margins(cfg, cls):
@@ -208,18 +246,38 @@ def video_masks(src: str, worker: Worker) -> tuple[Detections, VideoInfo]:
 
 
 def score_video(item: Item, worker: Worker, cfg: EvalConfig, cls: int, agg: metrics.Aggregate) -> dict:
-    """Flicker of one video; with MOT ground truth, each frame is also scored into `agg`."""
+    """Flicker of one video; with MOT ground truth, each frame is also scored into `agg` and the
+    clip's own leak figures are returned beside it."""
     masks, info = video_masks(item.file, worker)
     row = {"file": os.path.basename(item.file), "frames": info.n_frames, "masks": len(masks),
            "tracks": int(len(np.unique(masks.track[masks.track >= 0]))), "flicker": consistency.flicker(masks),
            "ground_truth": "mot" if item.mot else "none"}
     if item.mot:
-        truth = load_mot(item.mot)
-        empty = np.zeros((0, 4))
+        truth = load_mot(item.mot, item.flags)
+        clip = metrics.Aggregate()
+        leaked_ids, edge_leaked_ids = set(), set()
         for f in range(info.n_frames):
             shown = masks.for_frame(f)
+            faces = truth.get(f, FrameTruth(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, bool)))
+            hidden = np.isin(faces.ids, list(item.hidden_ids))
             region = _mask((info.height, info.width), shown, cfg)
-            agg.add(metrics.score_image(truth.get(f, empty), region, shown.xyxy[shown.cls == cls]))
+            score = metrics.score_image(faces.boxes, region, shown.xyxy[shown.cls == cls],
+                                        {"truncated": faces.truncated, "hidden": hidden})
+            agg.add(score)
+            clip.add(score)
+            leak = ~score.protected & ~hidden & (score.heights >= metrics.HEIGHT_EDGES[0])
+            leaked_ids.update(faces.ids[leak].tolist())
+            edge_leaked_ids.update(faces.ids[leak & faces.truncated].tolist())
+        s = clip.summary()
+        minutes = info.n_frames / (info.fps[0] / info.fps[1]) / 60
+        row.update(face_frames=s["n_boxes"], leaked_face_frames_ge16=s["leak_rate_ge16"],
+                   leak_by_height=s["leak_by_height"], leak_ge16_not_detected=s["leak_ge16_not_detected"],
+                   leak_ge16_under_covered=s["leak_ge16_under_covered"],
+                   truncated_leak=s["by_tag"].get("truncated", {}).get("leak_rate", float("nan")),
+                   hidden_leak=s["by_tag"].get("hidden", {}).get("leak_rate", float("nan")),
+                   minutes=minutes, leaked_faces=len(leaked_ids), edge_leaked_faces=len(edge_leaked_ids),
+                   leaked_faces_per_minute=len(leaked_ids) / minutes,
+                   edge_leaked_faces_per_minute=len(edge_leaked_ids) / minutes)
     return row
 
 
@@ -232,12 +290,14 @@ def main(cfg: EvalConfig) -> None:
     print(f"dataset: {cfg.dataset} ({summary['target']}s, {summary['n_images']} images or frames, "
           f"{summary['n_boxes']} boxes)")
     if summary["n_images"]:
-        for key in ("protected", "leak_rate", "leak_rate_ge16", "recall_iou50", "precision_iou50", "over_masking",
-                    "images_per_second"):
+        for key in ("protected", "leak_rate", "leak_rate_ge16", "leak_ge16_not_detected", "leak_ge16_under_covered",
+                    "recall_iou50", "precision_iou50", "over_masking", "images_per_second", "n_apart"):
             print(f"  {key:18s} {_fmt(summary[key])}")
-        print("  by box height (leak rate, boxes):")
+        print("  by box height (leak rate, boxes; of them not detected / under-covered):")
         for bucket, leak in summary["leak_by_height"].items():
-            print(f"    {bucket:6s} {_fmt(leak)}  n={summary['by_height_n'][bucket]}")
+            causes = summary["leak_causes_by_height"][bucket]
+            print(f"    {bucket:6s} {_fmt(leak)}  n={summary['by_height_n'][bucket]}  "
+                  f"({_fmt(causes['not_detected'])} / {_fmt(causes['under_covered'])})")
         print("  hard and per-source subsets (leak rate overall, by box height):")
         for tag, row in summary["by_tag"].items():
             heights = " ".join(f"{b}:{_fmt(v)}" for b, v in row["leak_by_height"].items())
@@ -245,4 +305,10 @@ def main(cfg: EvalConfig) -> None:
     for v in summary.get("videos", []):
         print(f"  video {v['file']}: {v['frames']} frames, {v['tracks']} tracks, {v['masks']} masks, "
               f"flicker {v['flicker']}, ground truth: {v['ground_truth']}")
+        if v["ground_truth"] == "mot":
+            heights = " ".join(f"{b}:{_fmt(x)}" for b, x in v["leak_by_height"].items())
+            print(f"    leaked face-frames >= 16 px {_fmt(v['leaked_face_frames_ge16'])} of {v['face_frames']} "
+                  f"(not detected {_fmt(v['leak_ge16_not_detected'])}, under-covered "
+                  f"{_fmt(v['leak_ge16_under_covered'])}) [{heights}]; leaked faces per minute "
+                  f"{_fmt(v['leaked_faces_per_minute'])}, cut by the edge {_fmt(v['edge_leaked_faces_per_minute'])}")
     print(json.dumps(summary, sort_keys=True, default=float))

@@ -15,6 +15,12 @@ import numpy as np
 
 PROTECTED_COVERAGE = 0.9
 MATCH_IOU = 0.5
+# A labelled box counts as detected when a masked box overlaps it at least this much (IoU): a
+# leak is then the mask's shape or margin (under-covered), not the detector (not detected).
+DETECTED_IOU = 0.3
+# Boxes flagged with these tags are scored apart, never counted as leaks: WIDER's `invalid`
+# boxes, and faces a video's ground truth labels although they are hidden (`hidden`).
+APART_TAGS = ("invalid", "hidden")
 HEIGHT_EDGES = (16.0, 32.0, 96.0)
 HEIGHT_BUCKETS = ("<16", "16-32", "32-96", ">=96")
 
@@ -83,6 +89,7 @@ class ImageScore:
     coverage: np.ndarray  # float64 (n,)
     heights: np.ndarray  # float64 (n,), px
     tags: dict[str, np.ndarray] = field(default_factory=dict)  # tag -> bool (n,)
+    detected: np.ndarray | None = None  # bool (n,): a masked box overlaps it (DETECTED_IOU); None = unknown
     n_det: int = 0
     n_matched: int = 0  # ground-truth boxes matched one-to-one by a detection at IoU >= 0.5
     over_masked: int = 0  # mask pixels outside every ground-truth box
@@ -112,10 +119,12 @@ def score_image(
     for x0, y0, x1, y1 in box_pixels(gt, mask.shape):
         inside_gt[y0:y1, x0:x1] = True
     flags = {name: np.asarray(v, bool).reshape(len(gt)) for name, v in (tags or {}).items()}
+    iou = iou_matrix(gt, det)
     return ImageScore(
         coverage=coverage(gt, mask),
         heights=gt[:, 3] - gt[:, 1],
         tags=flags,
+        detected=(iou >= DETECTED_IOU).any(axis=1) if iou.size else np.zeros(len(gt), bool),
         n_det=len(det),
         n_matched=match_count(gt, det),
         over_masked=int(np.count_nonzero(mask & ~inside_gt)),
@@ -141,18 +150,28 @@ class Aggregate:
 
     def summary(self) -> dict[str, Any]:
         scores = self._scores
-        protected = np.concatenate([s.protected for s in scores]) if scores else np.zeros(0, bool)
-        buckets = np.concatenate([s.buckets for s in scores]) if scores else np.zeros(0, object)
-        heights = np.concatenate([s.heights for s in scores]) if scores else np.zeros(0)
-        n = len(protected)
-        tall = heights >= HEIGHT_EDGES[0]
+        protected = self._column(lambda s: s.protected, bool)
+        buckets = self._column(lambda s: s.buckets, object)
+        heights = self._column(lambda s: s.heights, np.float64)
+        detected = self._column(lambda s: s.detected if s.detected is not None else np.zeros(len(s.coverage), bool),
+                                bool)
         tag_names = sorted({name for s in scores for name in s.tags})
+        flags = {name: self._column(lambda s: s.tags.get(name, np.zeros(len(s.coverage), bool)), bool)
+                 for name in tag_names}
+        apart = np.zeros(len(protected), bool)
+        for name in APART_TAGS:
+            apart |= flags.get(name, np.zeros(len(protected), bool))
+        counted = ~apart
         by_tag = {}
         for name in tag_names:
-            flag = np.concatenate([s.tags.get(name, np.zeros(len(s.coverage), bool)) for s in scores])
+            flag = flags[name] & (counted if name not in APART_TAGS else True)
             share = _share(protected[flag].sum(), flag.sum())
             by_tag[name] = {"protected": share, "leak_rate": 1.0 - share, "n": int(flag.sum()),
                             "leak_by_height": _leak_by_height(protected[flag], buckets[flag])}
+        protected, buckets, heights, detected = protected[counted], buckets[counted], heights[counted], detected[counted]
+        n = len(protected)
+        tall = heights >= HEIGHT_EDGES[0]
+        leaked = ~protected
         by_height = {b: _share(protected[buckets == b].sum(), (buckets == b).sum()) for b in HEIGHT_BUCKETS}
         return {
             "leak_rate": 1.0 - _share(protected.sum(), n),
@@ -161,13 +180,25 @@ class Aggregate:
             "precision_iou50": _share(sum(s.n_matched for s in scores), sum(s.n_det for s in scores)),
             "over_masking": float(np.mean([s.over_masked / s.area for s in scores])) if scores else float("nan"),
             "n_boxes": n,
+            "n_apart": int(apart.sum()),
             "n_images": len(scores),
             "by_height": by_height,
             "leak_by_height": _leak_by_height(protected, buckets),
             "by_height_n": {b: int((buckets == b).sum()) for b in HEIGHT_BUCKETS},
             "by_tag": by_tag,
             "leak_rate_ge16": 1.0 - _share(protected[tall].sum(), tall.sum()),
+            # Every leak >= 16 px is one or the other; the two add up to leak_rate_ge16.
+            "leak_ge16_not_detected": _share((leaked & ~detected)[tall].sum(), tall.sum()),
+            "leak_ge16_under_covered": _share((leaked & detected)[tall].sum(), tall.sum()),
+            "leak_causes_by_height": {
+                b: {"not_detected": _share((leaked & ~detected)[buckets == b].sum(), (buckets == b).sum()),
+                    "under_covered": _share((leaked & detected)[buckets == b].sum(), (buckets == b).sum())}
+                for b in HEIGHT_BUCKETS},
         }
+
+    def _column(self, get: Callable[[ImageScore], np.ndarray], dtype) -> np.ndarray:
+        """One per-box array over every image added, in order."""
+        return np.concatenate([get(s) for s in self._scores]) if self._scores else np.zeros(0, dtype)
 
 
 def _leak_by_height(protected: np.ndarray, buckets: np.ndarray) -> dict[str, float]:
