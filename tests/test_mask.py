@@ -215,7 +215,7 @@ def test_high_frequencies_are_gone_from_the_face(astronaut, method):
 def test_small_box_still_gets_blocks_of_two_pixels():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    cfg = MaskConfig(method="pixelate", face_shape="box", face_margin=0.0, feather=0.0)
+    cfg = uniform(0.0, method="pixelate", face_shape="box", feather=0.0)
     out = apply(rgb.copy(), _dets([[20, 20, 24, 24]]), cfg)
     patch = out[20:24, 20:24]
     assert (patch[0::2, 0::2] == patch[1::2, 1::2]).all() and (patch[0::2, 0::2] == patch[0::2, 1::2]).all()
