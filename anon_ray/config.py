@@ -76,6 +76,9 @@ class FaceConfig:
     # eval clips.
     model: str = "centerface_int8"
     threshold: float = 0.1  # recall first: the operating point from the eval's curves (README)
+    # Photos are cut lower: a photo has one chance, while a video frame's miss is covered by its
+    # neighbours through tracking, and on video each low-score box repeats its cost on every frame.
+    photo_threshold: float = 0.05
     nms_iou: float = 0.3
     max_side: int = 1280  # the long side of the network input; larger frames are downscaled
     min_side: int = 0  # smaller frames are upscaled until their long side reaches this (0 = never)

@@ -315,3 +315,18 @@ def test_tiled_and_flipped_passes_fail_closed(astronaut, monkeypatch):
     monkeypatch.setattr(inner, "detect", fail_on_zoom)
     with pytest.raises(DetectionError):
         detector.detect([astronaut])
+
+
+def test_photos_are_cut_at_the_photo_threshold_video_frames_at_theirs(astronaut, eval_data):
+    # The portrait's face scores about 0.93: between a video cut-off of 0.95 and a photo one of 0.9.
+    detector = face_detector(threshold=0.95, photo_threshold=0.9)
+    assert len(detector.detect([astronaut], photo=True)) == 1
+    assert len(detector.detect([astronaut])) == 0
+    # A lower photo cut-off leaves video frames exactly as they were (the session runs at the lower
+    # one; no box under a cut-off suppresses one above it).
+    frames = every_nth_frame(eval_data / "videos" / "short_hamilton_clip.mp4", 25)
+    plain = face_detector(threshold=0.1, photo_threshold=0.1).detect(frames)
+    low = face_detector(threshold=0.1, photo_threshold=0.02).detect(frames)
+    assert len(plain) > 10
+    np.testing.assert_array_equal(low.xyxy, plain.xyxy)
+    np.testing.assert_array_equal(low.score, plain.score)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
 from anon_ray.detect.tiling import MultiPass
 from anon_ray.models.registry import ModelInfo, resolve
-from anon_ray.types import Detections
+from anon_ray.types import FACE, Detections
 
 __all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "make_session"]
 
@@ -22,11 +23,15 @@ class Detector:
     same frames; their detections are concatenated."""
 
     def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
+        self.cfg = cfg
         self.models: dict[str, ModelInfo] = {}
         self.detectors: list[MultiPass] = []
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
-            face = FaceDetector(info.path, cfg.face, cfg.session)
+            # One session at the lower of the photo and video cut-offs; video frames are cut at
+            # theirs after it (a box under a cut-off never suppresses one above it in NMS).
+            low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
+            face = FaceDetector(info.path, low, cfg.session)
             self.detectors.append(MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou))
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
@@ -42,5 +47,7 @@ class Detector:
         self.detect([np.zeros((height, width, 3), np.uint8)])
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
-        """`photo`: the frames are photos, not video frames (TilingConfig.video)."""
-        return Detections.concat([d.detect(frames, first_index, photo) for d in self.detectors])
+        """`photo`: the frames are photos, not video frames (TilingConfig.video, FaceConfig.photo_threshold)."""
+        found = Detections.concat([d.detect(frames, first_index, photo) for d in self.detectors])
+        cut = self.cfg.face.photo_threshold if photo else self.cfg.face.threshold
+        return found.select((found.cls != FACE) | (found.score >= cut))

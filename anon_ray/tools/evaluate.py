@@ -170,7 +170,8 @@ def _low_threshold(cfg: EvalConfig) -> EvalConfig:
     """The config with both classes' thresholds lowered to the curve's lowest, so one detection
     run serves every threshold of the sweep."""
     low = min(CURVE_THRESHOLDS)
-    face = replace(cfg.detect.face, threshold=min(low, cfg.detect.face.threshold))
+    face = replace(cfg.detect.face, threshold=min(low, cfg.detect.face.threshold),
+                   photo_threshold=min(low, cfg.detect.face.photo_threshold))
     plate = replace(cfg.detect.plate, threshold=min(low, cfg.detect.plate.threshold))
     return replace(cfg, detect=replace(cfg.detect, face=face, plate=plate))
 
@@ -182,7 +183,8 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     cache: list[tuple[np.ndarray, tuple[tuple[int, int], Detections]]] = []
 
     def configured(found: Detections) -> np.ndarray:
-        return np.where(found.cls == PLATE, cfg.detect.plate.threshold, cfg.detect.face.threshold)
+        """The job's cut-off of each box of a photo."""
+        return np.where(found.cls == PLATE, cfg.detect.plate.threshold, cfg.detect.face.photo_threshold)
 
     started = time.perf_counter()
     n = 0
