@@ -171,6 +171,10 @@ class ClusterConfig:
     max_in_flight: int = 8  # assets being planned/processed at once (bounds driver memory)
     max_retries: int = 3
     pin_cpus: bool = False  # each worker claims round(cpus_per_worker) cores of its node (affinity.py)
+    # Custom Ray resources each worker needs, to keep workers on the nodes meant for them (e.g. a
+    # KubeRay worker group started with `--resources='{"anon_worker": 4}'`); workers are spread
+    # over the nodes that have them.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

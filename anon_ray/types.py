@@ -102,6 +102,10 @@ class SegmentPlan:
     ctx_end: int
     seek_pts: int
     seek_frame: int
+    # Bytes of the file that hold the packets decoded for [seek_frame, ctx_end), all streams
+    # interleaved there included: a read-ahead hint for ranged reads; (-1, -1) when unknown.
+    byte_start: int = -1
+    byte_end: int = -1
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class SegmentResult:
     tracks: Detections  # the boxes masked in owned frames plus context, with segment-local track ids
     frames_written: int
     seconds: dict = field(default_factory=dict)
+    input_bytes: int = 0  # fetched from object storage for this segment (0: a local or cached file)
+    node: str = ""  # the engine's opaque id of the node that ran it ("" in-process)
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ class PacketIndex:
     key: np.ndarray  # bool (n,)
     time_base_num: int
     time_base_den: int
+    # Where each frame's packet lies in the file (int64 byte offset and size; offset -1 when the
+    # demuxer does not say): only planning uses them, to give segments their byte ranges.
+    pos: np.ndarray | None = None
+    size: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -205,6 +215,8 @@ class AssetResult:
     output_size: int = 0
     seconds: float = 0.0
     tracks: Detections | None = None  # the boxes masked, with global track ids
+    segment_nodes: tuple[str, ...] = ()  # per segment, in order: SegmentResult.node
+    segment_input_bytes: tuple[int, ...] = ()  # per segment, in order: SegmentResult.input_bytes
 
 
 @dataclass(frozen=True)
@@ -233,3 +245,5 @@ class AssetRecord:
     models: str = ""  # JSON: model name -> sha256
     tool_version: str = ""
     finished_at: str = ""
+    segment_nodes: str = ""  # JSON list: the opaque id of the node that ran each segment
+    segment_input_bytes: str = ""  # JSON list: bytes each segment fetched from object storage

@@ -37,6 +37,9 @@ WARMUP_GOPS = 1
 # video is cut finer than `segment.seconds` only while each segment owns at least this many times
 # its overlap (DESIGN.md section 1: overlap / segment length <= 10%).
 MIN_OWNED_PER_OVERLAP = 10
+# Frames past ctx_end whose packets a decoder may read before it returns the last wanted frame:
+# B-frame reordering holds frames back by up to the stream's reorder depth (16 at most in H.264).
+REORDER_FRAMES = 16
 
 
 def plan_segments(
@@ -61,6 +64,7 @@ def plan_segments(
     for k, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
         ctx_start = max(0, start - overlap)
         seek = _seek_frame(keys, ctx_start, warmup_gops)
+        ctx_end = min(n, end + overlap)
         plans.append(
             SegmentPlan(
                 asset=asset,
@@ -69,12 +73,25 @@ def plan_segments(
                 start=start,
                 end=end,
                 ctx_start=ctx_start,
-                ctx_end=min(n, end + overlap),
+                ctx_end=ctx_end,
                 seek_pts=int(index.pts[seek]),
                 seek_frame=seek,
+                **dict(zip(("byte_start", "byte_end"), byte_span(index, seek, ctx_end))),
             )
         )
     return plans
+
+
+def byte_span(index: PacketIndex, first: int, stop: int) -> tuple[int, int]:
+    """The bytes holding the packets that decoding frames [first, stop) reads, other streams'
+    packets interleaved there included; (-1, -1) when the scan has no positions for them."""
+    if index.pos is None or index.size is None:
+        return -1, -1
+    sel = slice(first, min(len(index), stop + REORDER_FRAMES))
+    pos, size = index.pos[sel], index.size[sel]
+    if not len(pos) or pos.min() < 0:
+        return -1, -1
+    return int(pos.min()), int((pos + size).max())
 
 
 def segment_seconds(duration_s: float, frames: int, cfg: SegmentConfig, workers: int) -> float:

@@ -1,4 +1,4 @@
-"""Segment-local tracks -> one asset's global track ids, and the manifest's tracks table.
+"""Segment-local tracks -> one asset's global track ids.
 
 Neighbouring segments decode and track the same context frames (segment k's context after its end
 is segment k+1's owned frames and the other way round), so one object seen across a cut has a
@@ -10,7 +10,6 @@ pair with union-find over all segments of the asset also joins a track that one 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from anon_ray.track.matching import iou_pairs
 from anon_ray.types import Detections, SegmentPlan
@@ -72,32 +71,6 @@ def asset_tracks(results: list[tuple[SegmentPlan, Detections]], iou: float = 0.5
         owned = (d.frame >= plan.start) & (d.frame < plan.end)
         parts.append(d.with_track(ids).select(owned))
     return Detections.concat(parts)
-
-
-def track_table(dets: Detections, boxes: bool) -> pa.Table:
-    """One row per track (track >= 0): id, class, first and last frame, frames masked.
-
-    With `boxes`, the per-frame boxes too as list columns (frame, x1, y1, x2, y2), sorted by frame;
-    they are personal data's location, hence off by default (audit.boxes). Untracked detections
-    are not listed here.
-    """
-    t = dets.select(dets.track >= 0)
-    t = t.select(np.lexsort((t.frame, t.track)))
-    ids, start, count = np.unique(t.track, return_index=True, return_counts=True)
-    new_frame = np.r_[True, (np.diff(t.track) != 0) | (np.diff(t.frame) != 0)][: len(t)]
-    columns = {
-        "track": pa.array(ids, pa.int64()),
-        "cls": pa.array(t.cls[start], pa.int8()),
-        "first_frame": pa.array(t.frame[start], pa.int64()),
-        "last_frame": pa.array(t.frame[start + count - 1], pa.int64()),
-        "frames": pa.array(np.add.reduceat(new_frame.astype(np.int64), start) if len(t) else [], pa.int64()),
-    }
-    if boxes:
-        offsets = pa.array(np.r_[start, len(t)].astype(np.int32))
-        columns["frame"] = pa.ListArray.from_arrays(offsets, pa.array(t.frame, pa.int64()))
-        for c, name in enumerate(("x1", "y1", "x2", "y2")):
-            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(t.xyxy[:, c], pa.float32()))
-    return pa.table(columns)
 
 
 def _overlapping(results: list[tuple[SegmentPlan, Detections]]) -> list[tuple[int, int]]:

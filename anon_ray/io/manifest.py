@@ -10,22 +10,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.io import storage
+from anon_ray.io.files import remove_quietly
 from anon_ray.io.inventory import INTERNAL_DIR
-from anon_ray.types import AssetRecord
+from anon_ray.types import AssetRecord, Detections
 
 # AssetRecord's annotations are strings (postponed evaluation), hence the keys.
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.type]) for f in dataclasses.fields(AssetRecord)])
-# stitch.track_table's columns, plus where the rows come from; the box lists stay null unless
+BATCH_ROWS = 16_384  # rows read or written at a time when paging through a manifest
+# track_table's columns, plus where the rows come from; the box lists stay null unless
 # audit.boxes is on (box positions are personal data's location).
 TRACK_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("relpath", pa.string()), ("track", pa.int64()), ("cls", pa.int8()),
@@ -35,12 +41,39 @@ TRACK_SCHEMA = pa.schema([
 ])
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """Put a tracks table in TRACK_SCHEMA's column order, with nulls for absent box columns."""
+def _conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """Put rows in `schema`'s column order and types, with nulls for absent columns: tracks tables
+    without box lists, and manifests written before a column was added."""
     n = table.num_rows
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-            for f in TRACK_SCHEMA]
-    return pa.Table.from_arrays(cols, schema=TRACK_SCHEMA)
+    names = table.schema.names
+    cols = [table.column(f.name).cast(f.type) if f.name in names else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def track_table(dets: Detections, boxes: bool) -> pa.Table:
+    """One row per track (track >= 0): id, class, first and last frame, frames masked.
+
+    With `boxes`, the per-frame boxes too as list columns (frame, x1, y1, x2, y2), sorted by frame;
+    they are personal data's location, hence off by default (audit.boxes). Untracked detections
+    are not listed here.
+    """
+    t = dets.select(dets.track >= 0)
+    t = t.select(np.lexsort((t.frame, t.track)))
+    ids, start, count = np.unique(t.track, return_index=True, return_counts=True)
+    new_frame = np.r_[True, (np.diff(t.track) != 0) | (np.diff(t.frame) != 0)][: len(t)]
+    columns = {
+        "track": pa.array(ids, pa.int64()),
+        "cls": pa.array(t.cls[start], pa.int8()),
+        "first_frame": pa.array(t.frame[start], pa.int64()),
+        "last_frame": pa.array(t.frame[start + count - 1], pa.int64()),
+        "frames": pa.array(np.add.reduceat(new_frame.astype(np.int64), start) if len(t) else [], pa.int64()),
+    }
+    if boxes:
+        offsets = pa.array(np.r_[start, len(t)].astype(np.int32))
+        columns["frame"] = pa.ListArray.from_arrays(offsets, pa.array(t.frame, pa.int64()))
+        for c, name in enumerate(("x1", "y1", "x2", "y2")):
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(t.xyxy[:, c], pa.float32()))
+    return pa.table(columns)
 
 
 def new_run_id() -> str:
@@ -70,16 +103,28 @@ def _chunks(output: str, name: str, cfg: StorageConfig) -> list[str]:
     return sorted(u for u in storage.list_uris(storage.join(_dir(output), name), cfg) if u.endswith(".parquet"))
 
 
+def _files(output: str, name: str, cfg: StorageConfig) -> list[str]:
+    """The folded file, then the chunks of runs not folded yet, oldest first (run ids sort by time)."""
+    return [storage.join(_dir(output), f"{name}.parquet"), *_chunks(output, name, cfg)]
+
+
+def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """The rows of one Parquet file in `schema`, a batch at a time (none if the file is absent):
+    a manifest of millions of rows is paged through, never held."""
+    try:
+        with storage.local_copy(uri, cfg) as path:
+            pf = pq.ParquetFile(path)
+            present = [n for n in schema.names if n in pf.schema_arrow.names]
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+                yield _conform(batch, schema)
+    except FileNotFoundError:
+        return
+
+
 def _read_all(output: str, name: str, schema: pa.Schema, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    tables = []
-    for uri in [storage.join(_dir(output), f"{name}.parquet"), *_chunks(output, name, cfg)]:
-        try:
-            data = storage.read_bytes(uri, cfg)
-        except FileNotFoundError:
-            continue
-        tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
     target = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    return pa.concat_tables([t.cast(target) for t in tables]) if tables else target.empty_table()
+    tables = [t for uri in _files(output, name, cfg) for t in _batches(uri, target, cfg)]
+    return pa.concat_tables(tables) if tables else target.empty_table()
 
 
 def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
@@ -90,18 +135,79 @@ def read_tracks(output: str, cfg: StorageConfig) -> pa.Table:
     return _read_all(output, "tracks", TRACK_SCHEMA, cfg)
 
 
-def done_versions(output: str, cfg: StorageConfig) -> dict[str, tuple[str, str]]:
-    """relpath -> (input_version, config_hash) of its latest successful row."""
-    table = read_manifest(output, cfg, ["relpath", "status", "input_version", "config_hash"])
-    table = table.filter(pc.field("status") == "ok")
-    rel, ver, cfg = (table.column(c).to_pylist() for c in ("relpath", "input_version", "config_hash"))
-    return {r: (v, c) for r, v, c in zip(rel, ver, cfg)}
+def _hash64(texts: list[str]) -> np.ndarray:
+    # Names that are not valid UTF-8 were written with their bytes escaped (inventory.display_path).
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                                       "little") for t in texts), np.uint64, len(texts))
+
+
+def _latest(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys sorted and unique, each with its last value (stable sort: later rows win)."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    last = np.append(keys[1:] != keys[:-1], True) if len(keys) else np.zeros(0, bool)
+    return keys[last], values[last]
+
+
+class DoneIndex:
+    """relpath -> (input_version, config_hash) of its latest successful row, held as two sorted
+    arrays of 64-bit hashes: 16 bytes per asset however long its name, so the driver of a run
+    over millions of assets keeps the skip decision in a few tens of MB.
+
+    A false skip needs a collision of both hashes at once (about 1e-19 for a million names).
+    """
+
+    MERGE_ROWS = 1_000_000  # fold pending rows into the index this often: memory stays O(assets), not O(rows)
+
+    def __init__(self, keys: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
+        self.keys = np.zeros(0, np.uint64) if keys is None else keys
+        self.values = np.zeros(0, np.uint64) if values is None else values
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def _value(versions: list[str], config_hashes: list[str]) -> np.ndarray:
+        return _hash64([f"{v}\0{c}" for v, c in zip(versions, config_hashes)])
+
+    @classmethod
+    def read(cls, output: str, cfg: StorageConfig) -> DoneIndex:
+        wanted = pa.schema([SCHEMA.field(c) for c in ("relpath", "status", "input_version", "config_hash")])
+        index, pending, rows = cls(), [], 0
+
+        def merge() -> None:
+            keys = np.concatenate([index.keys, *(k for k, _ in pending)])
+            values = np.concatenate([index.values, *(v for _, v in pending)])
+            index.keys, index.values = _latest(keys, values)
+            pending.clear()
+
+        for uri in _files(output, "manifest", cfg):
+            for batch in _batches(uri, wanted, cfg):
+                ok = batch.filter(pc.field("status") == "ok")
+                if not ok.num_rows:
+                    continue
+                rel, ver, chash = (ok.column(c).to_pylist() for c in ("relpath", "input_version", "config_hash"))
+                pending.append((_hash64(rel), cls._value(ver, chash)))
+                rows += ok.num_rows
+                if rows >= cls.MERGE_ROWS:
+                    merge()
+                    rows = 0
+        merge()
+        return index
+
+    def matches(self, relpath: str, version: str, config_hash: str) -> bool:
+        """Whether `relpath`'s latest successful row was made from `version` with `config_hash`."""
+        key = _hash64([relpath])[0]
+        i = int(np.searchsorted(self.keys, key))
+        return i < len(self.keys) and self.keys[i] == key and self.values[i] == self._value([version], [config_hash])[0]
 
 
 class ManifestWriter:
     """Buffers rows and flushes them in chunks; `close` folds chunks into the main files."""
 
-    def __init__(self, output: str, run_id: str, cfg: StorageConfig, flush_rows: int = 64,
+    # Rows not flushed when a driver dies are assets done again by the next run (their outputs are
+    # complete, I1): the time bound keeps that to seconds of work, the row bound the chunk count low.
+    def __init__(self, output: str, run_id: str, cfg: StorageConfig, flush_rows: int = 2048,
                  flush_seconds: float = 10.0):
         self.output, self.run_id, self.cfg = output, run_id, cfg
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
@@ -113,7 +219,7 @@ class ManifestWriter:
     def add(self, record: AssetRecord, tracks: pa.Table | None = None) -> None:
         self.rows.append(record)
         if tracks is not None and tracks.num_rows:
-            self.tracks.append(_conform(tracks))
+            self.tracks.append(_conform(tracks, TRACK_SCHEMA))
         if len(self.rows) >= self.flush_rows or time.monotonic() - self.last > self.flush_seconds:
             self.flush()
 
@@ -129,12 +235,29 @@ class ManifestWriter:
         self.rows, self.tracks, self.last = [], [], time.monotonic()
 
     def close(self) -> None:
+        """Fold the chunks into the main file, streamed through a local temp file: written in row
+        groups of BATCH_ROWS, published whole (I1), then the chunks removed."""
         self.flush()
         for name, schema in (("manifest", SCHEMA), ("tracks", TRACK_SCHEMA)):
             chunks = _chunks(self.output, name, self.cfg)
             if not chunks:
                 continue
-            folded = _read_all(self.output, name, schema, self.cfg)
-            _write_table(storage.join(_dir(self.output), f"{name}.parquet"), folded, self.cfg)
+            fd, tmp = tempfile.mkstemp(prefix=f".anon-ray-{name}-", suffix=".parquet")
+            os.close(fd)
+            try:
+                with pq.ParquetWriter(tmp, schema) as writer:
+                    group, rows = [], 0
+                    for uri in _files(self.output, name, self.cfg):
+                        for batch in _batches(uri, schema, self.cfg):
+                            group.append(batch)
+                            rows += batch.num_rows
+                            if rows >= BATCH_ROWS:
+                                writer.write_table(pa.concat_tables(group))
+                                group, rows = [], 0
+                    if group:
+                        writer.write_table(pa.concat_tables(group))
+                storage.publish_file(tmp, storage.join(_dir(self.output), f"{name}.parquet"), self.cfg)
+            finally:
+                remove_quietly(tmp)
             for uri in chunks:
                 storage.remove(uri, self.cfg)

@@ -19,7 +19,6 @@ from anon_ray.io.uri import ObjectChangedError, parse_uri
 _STALE_PART_S = 600  # a download's temp file untouched this long belongs to a dead process
 
 
-
 @contextlib.contextmanager
 def _flock(path: str) -> Iterator[None]:
     with open(path, "a+b") as fh:
@@ -53,6 +52,15 @@ class ScratchCache:
         # Decoders pick demuxers by extension; keep it only when it is a plain one.
         return os.path.join(self.root, digest + (ext if re.fullmatch(r"\.[a-z0-9]{1,8}", ext) else ""))
 
+    def cached(self, uri: str, etag: str) -> str | None:
+        """The cached copy of `uri` at `etag`, marked recently used, or None (nothing fetched)."""
+        path = self.path_for(uri, etag)
+        try:
+            os.utime(path)
+            return path
+        except FileNotFoundError:
+            return None
+
     def fetch(self, uri: str, etag: str, cfg: StorageConfig) -> str:
         """Local path holding `uri` at version `etag` ('' = its current version, one HEAD).
 
@@ -68,12 +76,10 @@ class ScratchCache:
         client = s3.s3_client(cfg)
         if not etag:
             etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        hit = self.cached(uri, etag)
+        if hit is not None:
+            return hit
         path = self.path_for(uri, etag)
-        try:
-            os.utime(path)  # a hit: mark it recently used
-            return path
-        except FileNotFoundError:
-            pass
         tmp = f"{path}.part-{uuid.uuid4().hex}"
         try:
             s3.download(client, bucket, key, etag, tmp)

@@ -13,10 +13,11 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from anon_ray.config import StorageConfig
-from anon_ray.io import scratch, storage
-from anon_ray.io.uri import is_s3
+from anon_ray.io import ranged, s3, scratch, storage
+from anon_ray.io.uri import is_s3, parse_uri
 from anon_ray.types import Asset
 
 
@@ -40,6 +41,43 @@ def fetch(uri: str, version: str, cfg: StorageConfig) -> str:
 
 def local_input(asset: Asset, cfg: StorageConfig) -> str:
     return fetch(asset.uri, asset.version, cfg)
+
+
+# Demuxers that seek through an index (mp4/mov sample tables, Matroska cues) read the header, the
+# index entries they need and the wanted packets, so a segment fetches only those ranges. Others
+# are fetched whole: MPEG-TS and MPEG-PS seek by bisecting the byte stream, raw elementary
+# streams and AVI files without an index read from the start.
+RANGED_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+
+
+@dataclass
+class SegmentInput:
+    source: str | ranged.RangedObject  # a local path, or what the decoder opens in ranges
+    ranged: ranged.RangedObject | None = None
+
+    @property
+    def fetched(self) -> int:
+        """Bytes fetched from object storage for this segment (0 for a local or cached file)."""
+        return self.ranged.fetched if self.ranged is not None else 0
+
+
+@contextlib.contextmanager
+def segment_input(asset: Asset, container: str, span: tuple[int, int], cfg: StorageConfig) -> Iterator[SegmentInput]:
+    """One segment's input: a local or cached copy when there is one, else the object read in
+    ranges around `span` (the segment's SegmentPlan byte range), else the whole object fetched."""
+    if not is_s3(asset.uri) or container not in RANGED_CONTAINERS or span[0] < 0:
+        yield SegmentInput(local_input(asset, cfg))
+        return
+    root = scratch_root(cfg)
+    hit = _cache(root, int(cfg.scratch_max_gb * 2**30)).cached(asset.uri, asset.version)
+    if hit is not None:
+        yield SegmentInput(hit)
+        return
+    _, bucket, key = parse_uri(asset.uri)
+    os.makedirs(os.path.join(root, "ranges"), exist_ok=True)
+    local = os.path.join(root, "ranges", uuid.uuid4().hex)
+    with ranged.RangedObject(s3.s3_client(cfg), bucket, key, asset.version, asset.size, local, span) as obj:
+        yield SegmentInput(obj, obj)
 
 
 @contextlib.contextmanager

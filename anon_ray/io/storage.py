@@ -9,6 +9,7 @@ import glob
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 
 from botocore.exceptions import ClientError
@@ -20,7 +21,7 @@ from anon_ray.io.uri import UnsafePathError, folder, is_s3, join, parse_uri, saf
 from anon_ray.types import Asset
 
 __all__ = ["UnsafePathError", "abort_leftovers", "abort_stale_uploads", "exists", "join", "list_assets",
-           "list_uris", "make_dirs", "output_index", "parse_uri", "publish_bytes", "publish_file", "read_bytes",
+           "list_uris", "local_copy", "make_dirs", "output_index", "parse_uri", "publish_bytes", "publish_file", "read_bytes",
            "remove", "remove_dir_if_empty", "safe_join", "unusable_reason", "write_bytes_atomic"]
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,30 @@ def read_bytes(uri: str, cfg: StorageConfig) -> bytes:
         if s3.not_found(exc):
             raise FileNotFoundError(uri) from None
         raise
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, cfg: StorageConfig) -> Iterator[str]:
+    """A local path holding the file at `uri` (itself when local, a temp download removed after),
+    for readers that page through a large file instead of holding it; FileNotFoundError if absent."""
+    scheme, bucket, key = parse_uri(uri)
+    if scheme == "file":
+        if not os.path.isfile(key):
+            raise FileNotFoundError(uri)
+        yield key
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".anon-ray-copy-")
+    os.close(fd)
+    try:
+        try:
+            s3.s3_client(cfg).download_file(bucket, key, tmp)
+        except ClientError as exc:
+            if s3.not_found(exc):
+                raise FileNotFoundError(uri) from None
+            raise
+        yield tmp
+    finally:
+        remove_quietly(tmp)
 
 
 def exists(uri: str, cfg: StorageConfig) -> bool:

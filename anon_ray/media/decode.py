@@ -12,7 +12,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from anon_ray.media import MediaError
-from anon_ray.media.packets import main_video_stream, open_input
+from anon_ray.media.packets import Source, main_video_stream, open_input
 from anon_ray.types import PacketIndex
 
 # swscale's default YUV->RGB path rounds down: about -1.2 levels of brightness per decode/encode
@@ -26,7 +26,7 @@ class _SeekOvershot(Exception):
     """A seek landed after the first wanted frame; nothing was yielded yet."""
 
 
-def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
+def decode(src: Source, seek_pts: int | None, index: PacketIndex, first: int, stop: int
            ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (frame index, pts, rgb uint8 (h, w, 3) in stored orientation) for frames [first, stop).
 
@@ -42,7 +42,7 @@ def decode(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop
         return
     for target in _seek_targets(index, seek_pts, first):
         try:
-            yield from _decode_from(path, target, index, first, stop)
+            yield from _decode_from(src, target, index, first, stop)
             return
         except _SeekOvershot:
             continue
@@ -58,11 +58,11 @@ def _seek_targets(index: PacketIndex, seek_pts: int | None, first: int) -> list[
     return [seek_pts, *[int(k) for k in earlier[-1:]], None]
 
 
-def _decode_from(path: str, seek_pts: int | None, index: PacketIndex, first: int, stop: int
+def _decode_from(src: Source, seek_pts: int | None, index: PacketIndex, first: int, stop: int
                  ) -> Iterator[tuple[int, int, np.ndarray]]:
     # Landing after `first` is the demuxer's doing only when the seek aimed at or before it.
     overshoot_possible = seek_pts is not None and seek_pts <= index.pts[first]
-    with open_input(path) as container:
+    with open_input(src) as container:
         stream = main_video_stream(container)
         stream.thread_type = "AUTO"
         expected = first

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO, Protocol
+
 import av
 import numpy as np
 
@@ -9,13 +11,22 @@ from anon_ray.media import MediaError
 from anon_ray.types import PacketIndex
 
 
-def open_input(path: str) -> av.container.InputContainer:
+class Openable(Protocol):
+    """A source read through file objects (a remote object fetched in ranges): one per open."""
+
+    def open(self) -> BinaryIO: ...
+
+
+Source = str | Openable
+
+
+def open_input(src: Source) -> av.container.InputContainer:
     # Tags in a legacy 8-bit charset (old cameras write Latin-1 titles) must not make a video
     # unreadable; no tag text reaches the output anyway.
     try:
-        return av.open(path, mode="r", metadata_errors="replace")
+        return av.open(src if isinstance(src, str) else src.open(), mode="r", metadata_errors="replace")
     except (av.FFmpegError, OSError) as exc:
-        raise MediaError(f"cannot open {path}: {exc}") from exc
+        raise MediaError(f"cannot open {src if isinstance(src, str) else 'the input'}: {exc}") from exc
 
 
 def main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -37,6 +48,8 @@ def scan_packets(path: str) -> PacketIndex:
         stream = main_video_stream(container)
         pts: list[int] = []
         key: list[bool] = []
+        pos: list[int] = []
+        size: list[int] = []
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # the demuxer's end-of-stream marker
@@ -46,6 +59,8 @@ def scan_packets(path: str) -> PacketIndex:
                     raise MediaError(f"video packet {len(pts)} has no timestamp")
                 pts.append(ts)
                 key.append(packet.is_keyframe)
+                pos.append(packet.pos if packet.pos is not None else -1)
+                size.append(packet.size)
         except av.FFmpegError as exc:
             raise MediaError(f"demuxing {path} failed after {len(pts)} packets: {exc}") from exc
         time_base = stream.time_base
@@ -57,4 +72,5 @@ def scan_packets(path: str) -> PacketIndex:
     if np.any(np.diff(pts_arr) == 0):
         raise MediaError("video has duplicate frame timestamps")
     return PacketIndex(pts=pts_arr, key=np.asarray(key, bool)[order],
-                       time_base_num=time_base.numerator, time_base_den=time_base.denominator)
+                       time_base_num=time_base.numerator, time_base_den=time_base.denominator,
+                       pos=np.asarray(pos, np.int64)[order], size=np.asarray(size, np.int64)[order])

@@ -33,18 +33,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anon_ray.config import AppConfig
 from anon_ray.io import staging, storage
-from anon_ray.run import affinity, lifecycle, pipeline
+from anon_ray.run import affinity, parts
+from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
+from anon_ray.run.errors import Timeout
 from anon_ray.run.job import INTERRUPTED, StopRequest
 from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
 
 log = logging.getLogger("anon_ray")
 
-# Planning and finalizing are I/O-bound and short: they must never wait behind the actors for a
-# whole CPU (Ray would hold them back and the pipeline would stall; see DESIGN.md §3).
-LIGHT_TASK_CPUS = 0.1
 ACTOR_QUEUE_DEPTH = 2  # calls queued per actor so it never idles between two segments
 # ray.cancel does not stop an actor call: Ray has delivered it to the actor at submission, and
 # once running it only sets a flag that the pipeline does not poll. A plan or finalize task stuck
@@ -56,6 +56,19 @@ POLL_S = 0.5  # while a stop may be requested, the driver looks for it at least 
 # After a stop cancels everything, calls of killed workers report back within seconds; past this,
 # the driver closes the assets left without waiting any longer (their files are removed all the same).
 STOP_WAIT_S = 30.0
+# An actor whose node is lost answers "unavailable" until Ray declares the node dead and restarts
+# the actor elsewhere, which can outlast its call's retries. Such a call goes back to the queue
+# for another actor (at most this many times per asset), and the actor gets no work for a while.
+LOST_ACTOR_REQUEUES = 8
+LOST_ACTOR_COOLDOWN_S = 30.0
+
+
+def _lifecycle():
+    """The worker side (PyAV, OpenCV, ONNX Runtime), imported where a step runs: the driver, which
+    only defines the remote calls, never loads it and keeps its memory for the listing."""
+    from anon_ray.run import lifecycle
+
+    return lifecycle
 
 
 class SegmentActor:
@@ -67,30 +80,23 @@ class SegmentActor:
         if cfg.cluster.pin_cpus and self.cores is None:
             log.warning("cluster.pin_cpus: fewer than %d free cores on this node; worker %d runs unpinned",
                         pinned_cores(cfg), os.getpid())
-        self.worker = pipeline.Worker(cfg)
+        self.worker = _lifecycle().Worker(cfg)
 
     def pid(self) -> int:
         return os.getpid()
 
     def image(self, asset: Asset, dst: str) -> AssetResult:
-        return lifecycle.image(self.worker, asset, dst)
+        return _lifecycle().image(self.worker, asset, dst)
 
     def segment(self, asset: Asset, seg: SegmentPlan, vplan: VideoPlan,
                 part_path: str) -> SegmentResult | Failure:
-        return lifecycle.segment(self.worker, asset, seg, vplan, part_path)
+        result = _lifecycle().segment(self.worker, asset, seg, vplan, part_path)
+        return replace(result, node=node_id()) if isinstance(result, SegmentResult) else result
 
 
-def pinned_cores(cfg: AppConfig) -> int:
-    """Cores a pinned worker claims: its CPU reservation rounded (0.9 leaves Ray a little slack
-    for planning and finalizing, still one core)."""
-    return max(1, round(cfg.cluster.cpus_per_worker))
-
-
-def threads_per_worker(cfg: AppConfig, node_cpus: float) -> int:
-    """ONNX Runtime threads for one actor when config leaves it to us: share the node's cores."""
-    if cfg.detect.session.intra_op_threads > 0:
-        return cfg.detect.session.intra_op_threads
-    return max(1, int(node_cpus // max(1, cfg.cluster.workers)))
+def node_id() -> str:
+    """Ray's id of this process's node: opaque, no host name (recorded in the manifest per segment)."""
+    return ray.get_runtime_context().get_node_id()
 
 
 def connect(cfg: AppConfig) -> None:
@@ -119,31 +125,6 @@ def _init(cfg: AppConfig) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def check_resources(cfg: AppConfig, cluster: dict[str, float]) -> None:
-    """Refuse a pool that cannot be placed, or that leaves no CPU for plan/finalize tasks.
-
-    Either would make the job hang instead of fail. Only a cluster we started ourselves is known
-    not to grow; on a joined cluster an autoscaler may still add nodes, so there it is a warning.
-    """
-    workers = max(1, cfg.cluster.workers)
-    cpus_left = cluster.get("CPU", 0.0) - workers * cfg.cluster.cpus_per_worker
-    gpus_left = cluster.get("GPU", 0.0) - workers * cfg.cluster.gpus_per_worker
-    problems = []
-    if cpus_left < LIGHT_TASK_CPUS:
-        problems.append(f"{workers} workers x {cfg.cluster.cpus_per_worker:g} CPU leave {cpus_left:g} CPU, "
-                        f"less than the {LIGHT_TASK_CPUS:g} that planning and finalizing need")
-    if gpus_left < 0:
-        problems.append(f"{workers} workers x {cfg.cluster.gpus_per_worker:g} GPU exceed the cluster's "
-                        f"{cluster.get('GPU', 0.0):g} GPU")
-    if not problems:
-        return
-    msg = "; ".join(problems) + " (set cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker)"
-    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
-        log.warning(msg)
-    else:
-        raise ValueError(msg)
-
-
 def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
     cluster = ray.cluster_resources()
     check_resources(cfg, cluster)
@@ -152,6 +133,10 @@ def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
     cls = ray.remote(SegmentActor).options(
         num_cpus=cfg.cluster.cpus_per_worker,
         num_gpus=cfg.cluster.gpus_per_worker,
+        resources=dict(cfg.cluster.resources),
+        # One node's loss takes as few workers with it as the cluster allows, and each node's
+        # scratch disk and network serve as few segments at once.
+        scheduling_strategy="SPREAD",
         max_restarts=-1,
         max_task_retries=cfg.cluster.max_retries,
     )
@@ -169,8 +154,23 @@ def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
             return pool  # stopped before any work: the scheduler opens nothing
 
 
-_plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(lifecycle.plan)
-_finalize = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(lifecycle.finalize)
+def _plan_here(asset: Asset, cfg: AppConfig, workers: int) -> tuple[VideoPlan, str] | Failure:
+    vplan = _lifecycle().plan(asset, cfg, workers)
+    return vplan if isinstance(vplan, Failure) else (vplan, node_id())
+
+
+def _finalize_here(*args) -> AssetResult:
+    return _lifecycle().finalize(*args)
+
+
+_plan = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(_plan_here)
+_finalize = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=3)(_finalize_here)
+
+
+def _near(node: str) -> NodeAffinitySchedulingStrategy | str:
+    """Finalize on the node that planned: the input it reads whole is in that node's cache already
+    (soft: anywhere else when that node is gone)."""
+    return NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
 
 
 @dataclass
@@ -182,11 +182,16 @@ class _Open:
     started: float
     part_dir: str = ""
     vplan: VideoPlan | None = None
+    # The plan in Ray's object store, put once: every segment call and the finalize task take this
+    # reference, not a copy of the packet index each (a 24 h video's is ~20 MB).
+    vplan_ref: ray.ObjectRef | None = None
+    plan_node: str = ""
     results: dict[int, SegmentResult] = field(default_factory=dict)
     failure: Failure | None = None
     failed_at: float = 0.0
     calls: int = 0  # refs in flight
     forced: bool = False
+    requeued: int = 0  # actor calls given to another actor after theirs was lost
 
 
 @dataclass
@@ -194,6 +199,7 @@ class _Call:
     kind: str  # plan | segment | image | finalize
     key: str
     actor: int | None = None  # pool index of an actor call
+    args: tuple = ()  # an actor call's arguments, to give it to another actor
 
 
 class _Scheduler:
@@ -204,6 +210,7 @@ class _Scheduler:
         self.pool = pool
         self.work_root = work_root
         self.load = [0] * len(pool)
+        self.lost_until = [0.0] * len(pool)  # an actor found unavailable gets no work before this
         self.queue: deque = deque()  # (method name, args, asset key) waiting for an actor slot
         self.refs: dict = {}  # ObjectRef -> _Call, in submission order (an actor runs its calls in order)
         self.open: dict[str, _Open] = {}
@@ -289,7 +296,7 @@ class _Scheduler:
         key = asset.relpath
         state = self.open[key] = _Open(asset, dst, time.time())
         if asset.kind == "video":
-            state.part_dir = lifecycle.part_dir(self.work_root, asset)
+            state.part_dir = parts.part_dir(self.work_root, asset)
             self._track(_plan.remote(asset, self.cfg, len(self.pool)), _Call("plan", key))
         else:
             self.queue.append(("image", (asset, dst), key))
@@ -300,7 +307,9 @@ class _Scheduler:
 
     def _submit_actor_work(self) -> None:
         while self.queue:
-            idx = min(range(len(self.pool)), key=self.load.__getitem__)
+            now = time.time()
+            usable = [i for i in range(len(self.pool)) if self.lost_until[i] <= now] or range(len(self.pool))
+            idx = min(usable, key=self.load.__getitem__)
             if self.load[idx] >= ACTOR_QUEUE_DEPTH:
                 return
             method, args, key = self.queue.popleft()
@@ -308,7 +317,7 @@ class _Scheduler:
             if state is None or state.failure is not None:
                 continue
             self.load[idx] += 1
-            self._track(getattr(self.pool[idx], method).remote(*args), _Call(method, key, idx))
+            self._track(getattr(self.pool[idx], method).remote(*args), _Call(method, key, idx, args))
 
     def _collect(self, ref) -> AssetResult | None:
         """Take one finished call into its asset's state; the asset's result once it is final."""
@@ -319,8 +328,20 @@ class _Scheduler:
             self.load[call.actor] -= 1
         try:
             value = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if call.actor is not None and state.failure is None and state.requeued < LOST_ACTOR_REQUEUES:
+                # Its node is gone or going: another actor redoes the call (parts are written atomically).
+                log.warning("%s: worker %d unavailable (%s); its %s call goes to another worker",
+                            call.key, call.actor, type(exc).__name__, call.kind)
+                state.requeued += 1
+                self.lost_until[call.actor] = time.time() + LOST_ACTOR_COOLDOWN_S
+                self.queue.appendleft((call.kind, call.args, call.key))
+                return None
+            value = Failure.of(exc)
         except Exception as exc:  # noqa: BLE001 - retries used up, cancelled, or the actor is gone
             value = Failure.of(exc)
+        if call.kind == "plan" and isinstance(value, tuple):
+            value, state.plan_node = value
         if state.failure is not None:
             return None  # too late: what it wrote is removed when the asset closes
         if isinstance(value, Failure):
@@ -330,14 +351,16 @@ class _Scheduler:
             return self._close(call.key, value)  # ok, or failed with its output removed by the task
         if call.kind == "plan":
             state.vplan = value
-            for seg in value.segments:
-                part = lifecycle.part_uri(state.part_dir, seg)
-                self.queue.append(("segment", (state.asset, seg, value, part), call.key))
+            state.vplan_ref = ray.put(state.vplan)
+            for seg in state.vplan.segments:
+                part = parts.part_uri(state.part_dir, seg)
+                self.queue.append(("segment", (state.asset, seg, state.vplan_ref, part), call.key))
         else:
             state.results[value.plan.index] = value
             if len(state.results) == len(state.vplan.segments):
                 results = [state.results[i] for i in sorted(state.results)]
-                self._track(_finalize.remote(self.cfg, state.asset, state.dst, state.vplan, results, state.started),
+                task = _finalize.options(scheduling_strategy=_near(state.plan_node))
+                self._track(task.remote(self.cfg, state.asset, state.dst, state.vplan_ref, results, state.started),
                             _Call("finalize", call.key))
         return None
 
@@ -366,7 +389,7 @@ class _Scheduler:
             if due is None or now < due:
                 continue
             if state.failure is None:
-                self._fail(state, Failure.of(pipeline.Timeout.after_limit(self.cfg.asset_timeout_s)))
+                self._fail(state, Failure.of(Timeout.after_limit(self.cfg.asset_timeout_s)))
             else:
                 self._force(key)
 
@@ -392,7 +415,7 @@ class _Scheduler:
     def _close_failed(self) -> Iterator[AssetResult]:
         for key in [k for k, s in self.open.items() if s.failure is not None and not s.calls]:
             state = self.open[key]
-            lifecycle.remove_quietly(state.dst, self.cfg.storage)
+            parts.remove_quietly(state.dst, self.cfg.storage)
             if state.forced:  # a killed writer left temporary files or multipart uploads
                 storage.abort_leftovers(state.dst, state.part_dir, self.cfg.storage)
             yield self._close(key, AssetResult(state.asset, state.dst, failure=state.failure,
@@ -413,7 +436,7 @@ def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str,
     """
     connect(cfg)
     pool = make_pool(cfg, stop)
-    with lifecycle.part_root(cfg, run_id) as work_root:
+    with parts.part_root(cfg, run_id) as work_root:
         scheduler = _Scheduler(cfg, pool, work_root)
         try:
             yield from scheduler.run(iter(todo), stop)

@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from anon_ray import __version__
 from anon_ray.config import AppConfig
-from anon_ray.core import stitch
 from anon_ray.io import inventory, manifest, storage
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
@@ -112,13 +111,15 @@ def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped
         output_uri="" if res.failure else text(res.dst), output_size=res.output_size, output_sha256=res.output_sha256,
         config_hash=chash, models=models_json, tool_version=__version__,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        segment_nodes=json.dumps(list(res.segment_nodes)) if res.segment_nodes else "",
+        segment_input_bytes=json.dumps(list(res.segment_input_bytes)) if res.segment_input_bytes else "",
     )
 
 
 def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None:
     if res.failure or res.tracks is None or not len(res.tracks):
         return None
-    table = stitch.track_table(res.tracks, boxes=boxes)
+    table = manifest.track_table(res.tracks, boxes=boxes)
     n = table.num_rows
     relpath = inventory.display_path(res.asset.relpath)
     return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([relpath] * n))
@@ -136,7 +137,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     models = model_hashes(cfg)
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
-    done = {} if cfg.force else manifest.done_versions(cfg.output, cfg.storage)
+    done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
     if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
     summary = Summary()
@@ -175,7 +176,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
         return cut_short
 
     # Asked only of assets done before: with none, nothing is listed or looked up.
-    output_exists = storage.output_index(cfg.input, cfg.output, cfg.storage) if done else None
+    output_exists = storage.output_index(cfg.input, cfg.output, cfg.storage) if len(done) else None
 
     def todo() -> Iterator[tuple[Asset, str]]:
         nonlocal listed
@@ -190,7 +191,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             except storage.UnsafePathError as exc:
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
                 continue
-            done_before = done.get(inventory.display_path(asset.relpath)) == (asset.version, chash)
+            done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):
                 summary.skipped += 1
                 writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))

@@ -10,65 +10,27 @@ timed apart). Every step reads its inputs through io.staging, so only io/ knows 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import os
 import time
-from collections.abc import Iterator
 
 from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.core import plan as planner
 from anon_ray.core import stitch
 from anon_ray.io import staging, storage
 from anon_ray.io.files import sha256_file
-from anon_ray.io.inventory import INTERNAL_DIR
 from anon_ray.media import concat, packets
 from anon_ray.media.encode import check_writable
 from anon_ray.media.probe import probe
-from anon_ray.run.pipeline import NO_DEADLINE, AssetError, Deadline, Worker, count_objects, part_name
+from anon_ray.run.errors import AssetError
+from anon_ray.run.parts import part_uri, remove_quietly
+from anon_ray.run.pipeline import NO_DEADLINE, Deadline, Worker, count_objects
 from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
 
 
 def failed(asset: Asset, dst: str, exc: BaseException, started: float, cfg: StorageConfig) -> AssetResult:
     remove_quietly(dst, cfg)
     return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
-
-
-def asset_dir_name(asset: Asset) -> str:
-    return hashlib.sha256(asset.relpath.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def remove_quietly(uri: str, cfg: StorageConfig) -> None:
-    """Best-effort clean-up of a part or a failed output file (never a folder someone else owns);
-    the failure being handled matters more than this one."""
-    with contextlib.suppress(Exception):
-        storage.remove(uri, cfg)
-
-
-@contextlib.contextmanager
-def part_root(cfg: AppConfig, run_id: str) -> Iterator[str]:
-    """This run's folder (or prefix, for object-store outputs) for segment parts.
-
-    Parts sit beside the output so every node of a cluster reaches them; the folder goes when the
-    run ends, with its parent when no other run uses it.
-    """
-    parent = storage.join(cfg.output, INTERNAL_DIR, "tmp")
-    root = storage.join(parent, run_id)
-    storage.make_dirs(root)
-    try:
-        yield root
-    finally:
-        staging.remove_tree(root, cfg.storage)
-        storage.remove_dir_if_empty(parent)
-
-
-def part_dir(root: str, asset: Asset) -> str:
-    return storage.join(root, asset_dir_name(asset))
-
-
-def part_uri(folder: str, seg: SegmentPlan) -> str:
-    return storage.join(folder, part_name(seg))
 
 
 # --- a photo -----------------------------------------------------------------------------------
@@ -100,7 +62,8 @@ def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPl
     segs = planner.plan_segments(name, index, fps, cfg.segment, workers=workers)
     if not segs:
         raise AssetError("video has no frames")
-    return VideoPlan(info=info, index=index, segments=tuple(segs))
+    # Positions served only to cut byte ranges; every segment call carries the plan, so they stay here.
+    return VideoPlan(info=info, index=dataclasses.replace(index, pos=None, size=None), segments=tuple(segs))
 
 
 def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
@@ -117,13 +80,15 @@ def segment(worker: Worker, asset: Asset, seg: SegmentPlan, vplan: VideoPlan, pa
     reach it); with `part` None only its boxes are computed."""
     cfg = worker.cfg.storage
     try:
-        src = staging.local_input(asset, cfg)
-        if part is None:
-            return worker.segment(src, seg, vplan.info, vplan.index, None, deadline)
-        with staging.output_target(part, cfg) as local_part:
-            os.makedirs(os.path.dirname(local_part), exist_ok=True)
-            result = worker.segment(src, seg, vplan.info, vplan.index, local_part, deadline)
-        return dataclasses.replace(result, part_path=part)
+        with staging.segment_input(asset, vplan.info.container, (seg.byte_start, seg.byte_end), cfg) as src:
+            if part is None:
+                result = worker.segment(src.source, seg, vplan.info, vplan.index, None, deadline)
+            else:
+                with staging.output_target(part, cfg) as local_part:
+                    os.makedirs(os.path.dirname(local_part), exist_ok=True)
+                    result = worker.segment(src.source, seg, vplan.info, vplan.index, local_part, deadline)
+                result = dataclasses.replace(result, part_path=part)
+            return dataclasses.replace(result, input_bytes=src.fetched)
     except Exception as exc:  # noqa: BLE001
         if part is not None:
             remove_quietly(part, cfg)
@@ -153,7 +118,8 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
             out_sha256, out_size = sha256_file(target), os.path.getsize(target)
         return AssetResult(asset, dst, frames=sum(r.frames_written for r in results), input_sha256=digest,
                            output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,
-                           **counts)
+                           segment_nodes=tuple(r.node for r in results) if any(r.node for r in results) else (),
+                           segment_input_bytes=tuple(r.input_bytes for r in results), **counts)
     except Exception as exc:  # noqa: BLE001
         return failed(asset, dst, exc, started, cfg.storage) if dst else \
             AssetResult(asset, "", failure=Failure.of(exc), seconds=time.time() - started)

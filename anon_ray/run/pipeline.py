@@ -23,7 +23,9 @@ from anon_ray.media import image as image_io
 from anon_ray.media import rotation
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
+from anon_ray.media.packets import Source
 from anon_ray.run import heap
+from anon_ray.run.errors import AssetError, Timeout
 from anon_ray.run.prefetch import prefetch
 from anon_ray.track import bytetrack
 from anon_ray.types import (
@@ -37,18 +39,6 @@ from anon_ray.types import (
     SegmentResult,
     VideoInfo,
 )
-
-
-class AssetError(Exception):
-    """An asset cannot be fully processed; it gets no output (fail-closed)."""
-
-
-class Timeout(AssetError):
-    """The asset was open longer than `asset_timeout_s`; both engines report it as this class."""
-
-    @staticmethod
-    def after_limit(limit_s: float) -> "Timeout":
-        return Timeout(f"still open after asset_timeout_s={limit_s:g} s")
 
 
 @dataclass(frozen=True)
@@ -73,11 +63,6 @@ class Deadline:
 
 
 NO_DEADLINE = Deadline()
-
-
-def part_name(seg: SegmentPlan) -> str:
-    # MP4 parts: the muxer keeps decode timestamps, which the stream-copy concatenation needs.
-    return f"part-{seg.index:05d}.mp4"
 
 
 def count_objects(dets: Detections) -> tuple[int, int]:
@@ -156,7 +141,7 @@ class Worker:
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
                            output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets)
 
-    def _decode_context(self, src: str, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
+    def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
         return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
 
     def _refine(self, raw: Detections, seg: SegmentPlan, info: VideoInfo) -> Detections:
@@ -164,7 +149,7 @@ class Worker:
         return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx), self.cfg.track, ctx,
                                  (info.width, info.height))
 
-    def _final_frames(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
+    def _final_frames(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                       deadline: Deadline, raw: list[Detections]) -> Iterator[tuple[int, Detections]]:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
         every batch's raw detections are appended to `raw`."""
@@ -178,7 +163,7 @@ class Worker:
             for i in span:
                 yield i, per_frame.get(i, Detections.empty())
 
-    def segment(self, src: str, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
+    def segment(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                 part_path: str | None, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
         """Detect and track over the context range, and mask and encode the owned frames meanwhile.
 
