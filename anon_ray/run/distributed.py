@@ -38,8 +38,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from anon_ray.config import AppConfig
 from anon_ray.io import staging, storage
 from anon_ray.run import affinity, parts
-from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
 from anon_ray.run.errors import Timeout
+from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
 from anon_ray.run.job import INTERRUPTED, StopRequest
 from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
 

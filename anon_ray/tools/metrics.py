@@ -71,7 +71,11 @@ def _area(xyxy: np.ndarray) -> np.ndarray:
 
 def match_count(gt_xyxy: np.ndarray, det_xyxy: np.ndarray, min_iou: float = MATCH_IOU) -> int:
     """One-to-one matches at IoU >= min_iou, taken greedily from the highest IoU down."""
-    iou = iou_matrix(gt_xyxy, det_xyxy)
+    return _greedy_matches(iou_matrix(gt_xyxy, det_xyxy), min_iou)
+
+
+def _greedy_matches(iou: np.ndarray, min_iou: float) -> int:
+    """match_count on an IoU matrix already computed."""
     gi, di = np.nonzero(iou >= min_iou)
     used_g, used_d = set(), set()
     for k in np.argsort(-iou[gi, di], kind="stable"):
@@ -88,8 +92,8 @@ class ImageScore:
 
     coverage: np.ndarray  # float64 (n,)
     heights: np.ndarray  # float64 (n,), px
+    detected: np.ndarray  # bool (n,): a masked box overlaps it (DETECTED_IOU)
     tags: dict[str, np.ndarray] = field(default_factory=dict)  # tag -> bool (n,)
-    detected: np.ndarray | None = None  # bool (n,): a masked box overlaps it (DETECTED_IOU); None = unknown
     n_det: int = 0
     n_matched: int = 0  # ground-truth boxes matched one-to-one by a detection at IoU >= 0.5
     over_masked: int = 0  # mask pixels outside every ground-truth box
@@ -124,9 +128,9 @@ def score_image(
         coverage=coverage(gt, mask),
         heights=gt[:, 3] - gt[:, 1],
         tags=flags,
-        detected=(iou >= DETECTED_IOU).any(axis=1) if iou.size else np.zeros(len(gt), bool),
+        detected=(iou >= DETECTED_IOU).any(axis=1),
         n_det=len(det),
-        n_matched=match_count(gt, det),
+        n_matched=_greedy_matches(iou, MATCH_IOU),
         over_masked=int(np.count_nonzero(mask & ~inside_gt)),
         area=int(mask.shape[0] * mask.shape[1]),
     )
@@ -153,8 +157,7 @@ class Aggregate:
         protected = self._column(lambda s: s.protected, bool)
         buckets = self._column(lambda s: s.buckets, object)
         heights = self._column(lambda s: s.heights, np.float64)
-        detected = self._column(lambda s: s.detected if s.detected is not None else np.zeros(len(s.coverage), bool),
-                                bool)
+        detected = self._column(lambda s: s.detected, bool)
         tag_names = sorted({name for s in scores for name in s.tags})
         flags = {name: self._column(lambda s: s.tags.get(name, np.zeros(len(s.coverage), bool)), bool)
                  for name in tag_names}
