@@ -74,6 +74,39 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class CameraPath:
+    """How the picture moved over consecutive frames (track/camera.py): a point that stays still
+    in the scene sits at its frame-a position + xy[b] - xy[a] on frame b. Only differences mean
+    anything; a run's first frame is at (0, 0)."""
+
+    frame: np.ndarray  # int64 (n,), consecutive
+    xy: np.ndarray  # float64 (n, 2), px of the stored frame
+
+    @staticmethod
+    def empty() -> "CameraPath":
+        return CameraPath(np.zeros(0, np.int64), np.zeros((0, 2)))
+
+    @staticmethod
+    def concat(parts: list["CameraPath"]) -> "CameraPath":
+        parts = [p for p in parts if len(p.frame)]
+        if not parts:
+            return CameraPath.empty()
+        return CameraPath(np.concatenate([p.frame for p in parts]), np.concatenate([p.xy for p in parts]))
+
+    def since(self, frame: int) -> "CameraPath":
+        keep = self.frame >= frame
+        return CameraPath(self.frame[keep], self.xy[keep])
+
+    def at(self, frames: np.ndarray) -> np.ndarray:
+        """float64 (n, 2) positions of `frames`; a frame outside the path takes its nearest end's
+        (callers only use frames the path covers; (0, 0) everywhere when the path is empty)."""
+        frames = np.asarray(frames, np.int64)
+        if not len(self.frame):
+            return np.zeros((len(frames), 2))
+        return self.xy[np.clip(frames - self.frame[0], 0, len(self.frame) - 1)]
+
+
+@dataclass(frozen=True)
 class Asset:
     """One input file. `version` is the ETag, or size+mtime for local files."""
 

@@ -7,7 +7,7 @@ from anon_ray.config import TrackConfig
 from anon_ray.core.refine import mask_boxes
 from anon_ray.core.streamed import StreamedBoxes
 from anon_ray.track import track
-from anon_ray.types import FACE, PLATE, Detections
+from anon_ray.types import FACE, PLATE, CameraPath, Detections
 
 FRAMES = range(40, 340)
 SIZE = (640, 360)
@@ -37,17 +37,30 @@ def by_frame(d: Detections) -> dict[int, np.ndarray]:
     return {int(f): rows[rows[:, 0] == f, 1:] for f in np.unique(rows[:, 0])}
 
 
+def camera(seed: int) -> CameraPath:
+    """A pan with pauses and a whip: positions accumulated frame by frame, as CameraMeter does."""
+    rng = np.random.default_rng(seed + 100)
+    shift = rng.normal(0, 4, (len(FRAMES), 2)) * (rng.random((len(FRAMES), 1)) < 0.7)
+    shift[100:110] += [60.0, -5.0]
+    shift[0] = 0.0
+    return CameraPath(np.arange(FRAMES.start, FRAMES.stop), np.cumsum(shift, axis=0))
+
+
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("moving", [False, True])
 @pytest.mark.parametrize("cfg", [TrackConfig(), TrackConfig(max_gap=3, pad=9), TrackConfig(max_gap=20, pad=0)])
-def test_streamed_boxes_equal_the_whole_segment(seed, cfg):
+def test_streamed_boxes_equal_the_whole_segment(seed, cfg, moving):
     raw = scene(seed)
-    whole = mask_boxes(track(raw, cfg, FRAMES), cfg, FRAMES, SIZE)
+    path = camera(seed) if moving else None
+    whole = mask_boxes(track(raw, cfg, FRAMES, path), cfg, FRAMES, SIZE, path)
     stream = StreamedBoxes(cfg, FRAMES, SIZE)
     rng = np.random.default_rng(seed)
     got, covered, start = [], [], FRAMES.start
     while start < FRAMES.stop:
         stop = min(FRAMES.stop, start + int(rng.integers(1, 9)))  # batches of any size
-        span, boxes = stream.add(raw.select((raw.frame >= start) & (raw.frame < stop)), stop)
+        part = CameraPath(path.frame[start - FRAMES.start:stop - FRAMES.start],
+                          path.xy[start - FRAMES.start:stop - FRAMES.start]) if path else None
+        span, boxes = stream.add(raw.select((raw.frame >= start) & (raw.frame < stop)), stop, part)
         assert span.start == (covered[-1].stop if covered else FRAMES.start)
         assert len(boxes) == 0 or (boxes.frame.min() >= span.start and boxes.frame.max() < span.stop)
         covered.append(span)

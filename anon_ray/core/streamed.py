@@ -15,8 +15,8 @@ import numpy as np
 
 from anon_ray.config import TrackConfig
 from anon_ray.core import refine
-from anon_ray.track.bytetrack import ByteTracker, class_rows, step_frames
-from anon_ray.types import Detections
+from anon_ray.track.bytetrack import ByteTracker, class_rows, in_scene, step_frames
+from anon_ray.types import CameraPath, Detections
 
 # Each class's tracker numbers its tracks from its own base, so ids never collide across classes
 # although the trackers run side by side (the whole-segment tracker numbers them one class after
@@ -34,21 +34,26 @@ class StreamedBoxes:
         self.reach = max(cfg.max_gap + 1, cfg.pad)
         self.trackers: dict[int, ByteTracker] = {}
         self.window = Detections.empty()
+        self.path = CameraPath.empty()
         self.done = frames.start
 
-    def add(self, raw: Detections, seen_to: int) -> tuple[range, Detections]:
+    def add(self, raw: Detections, seen_to: int, path: CameraPath | None = None) -> tuple[range, Detections]:
         """`raw`: every detection of the frames from the previous `seen_to` up to this one
-        (exclusive). Returns the frames that are now final and their mask boxes."""
+        (exclusive), and the camera's `path` over those frames (positions continuing the earlier
+        calls'). Returns the frames that are now final and their mask boxes."""
+        self.path = CameraPath.concat([self.path, path or CameraPath.empty()])
         ids = np.full(len(raw), -1, np.int64)
+        scene = in_scene(raw, self.path)
         for cls, rows in class_rows(raw):
             tracker = self.trackers.setdefault(cls, ByteTracker(self.cfg, first_id=cls * _CLASS_ID_BASE))
-            step_frames(tracker, raw, rows, ids)
+            step_frames(tracker, scene, rows, ids)
         self.window = Detections.concat([self.window, raw.with_track(ids)])
         final = self.frames.stop if seen_to >= self.frames.stop else seen_to - self.reach
         if final <= self.done:
             return range(self.done, self.done), Detections.empty()
         span = range(self.done, final)
-        boxes = refine.mask_boxes(self.window, self.cfg, span, self.frame_size)
+        boxes = refine.mask_boxes(self.window, self.cfg, span, self.frame_size, self.path)
         self.window = self.window.select(self.window.frame >= final - self.reach)
+        self.path = self.path.since(final - self.reach)
         self.done = final
         return span, boxes

@@ -28,11 +28,13 @@ from anon_ray.run import heap
 from anon_ray.run.errors import AssetError, Timeout
 from anon_ray.run.prefetch import prefetch
 from anon_ray.track import bytetrack
+from anon_ray.track.camera import CameraMeter
 from anon_ray.types import (
     FACE,
     PLATE,
     Asset,
     AssetResult,
+    CameraPath,
     Detections,
     PacketIndex,
     SegmentPlan,
@@ -110,11 +112,14 @@ class Worker:
     def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
                       deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Detections:
         """Detect on the displayed orientation (upright faces), return boxes in stored pixels."""
-        return Detections.concat([d for _, d in self.detect_batches(frames, rot, size_wh, deadline, photo)])
+        return Detections.concat([d for _, d, _ in self.detect_batches(frames, rot, size_wh, deadline, photo)])
 
     def detect_batches(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
-                       deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Iterator[tuple[int, Detections]]:
-        """Per batch: the index after its last frame, and its detections (see detect_stream)."""
+                       deadline: Deadline = NO_DEADLINE, photo: bool = False
+                       ) -> Iterator[tuple[int, Detections, CameraPath]]:
+        """Per batch: the index after its last frame, its detections (see detect_stream) and the
+        camera's path over its frames (stored pixels; empty for photos or with track.camera off)."""
+        camera = CameraMeter(self.cfg.track.camera_width) if self.cfg.track.camera and not photo else None
         for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
             deadline.check()
             shown = [rotation.to_display(rgb, rot) for _, rgb in batch]
@@ -125,7 +130,8 @@ class Worker:
             if rot:
                 dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
                                   dets.score, dets.cls, dets.track)
-            yield first + len(batch), dets
+            path = camera.measure(first, [rgb for _, rgb in batch]) if camera else CameraPath.empty()
+            yield first + len(batch), dets, path
 
     def image(self, asset: Asset, src: str, dst: str, target: str, deadline: Deadline = NO_DEADLINE) -> AssetResult:
         """Mask the photo at local `src` into local `target`, published later as `dst`."""
@@ -144,21 +150,23 @@ class Worker:
     def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
         return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
 
-    def _refine(self, raw: Detections, seg: SegmentPlan, info: VideoInfo) -> Detections:
+    def _refine(self, raw: Detections, path: CameraPath, seg: SegmentPlan, info: VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
-        return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx), self.cfg.track, ctx,
-                                 (info.width, info.height))
+        return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx, path), self.cfg.track, ctx,
+                                 (info.width, info.height), path)
 
     def _final_frames(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                      deadline: Deadline, raw: list[Detections]) -> Iterator[tuple[int, Detections]]:
+                      deadline: Deadline, raw: list[Detections], paths: list[CameraPath]
+                      ) -> Iterator[tuple[int, Detections]]:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
-        every batch's raw detections are appended to `raw`."""
+        every batch's raw detections and camera path are appended to `raw` and `paths`."""
         ctx = range(seg.ctx_start, seg.ctx_end)
         stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height))
         decoded = prefetch(self._decode_context(src, seg, index))
-        for seen_to, dets in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline):
+        for seen_to, dets, path in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline):
             raw.append(dets)
-            span, boxes = stream.add(dets, seen_to)
+            paths.append(path)
+            span, boxes = stream.add(dets, seen_to, path)
             per_frame = _group_by_frame(boxes)
             for i in span:
                 yield i, per_frame.get(i, Detections.empty())
@@ -181,17 +189,19 @@ class Worker:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if part_path is None:
-            raw_all = self.detect_stream(prefetch(self._decode_context(src, seg, index)), info.rotation,
-                                         (info.width, info.height), deadline)
+            batches = list(self.detect_batches(prefetch(self._decode_context(src, seg, index)), info.rotation,
+                                               (info.width, info.height), deadline))
+            tracks = self._refine(Detections.concat([b[1] for b in batches]),
+                                  CameraPath.concat([b[2] for b in batches]), seg, info)
             timings["total"] = time.perf_counter() - t0
-            return SegmentResult(plan=seg, part_path="", tracks=self._refine(raw_all, seg, info),
-                                 frames_written=0, seconds=timings)
+            return SegmentResult(plan=seg, part_path="", tracks=tracks, frames_written=0, seconds=timings)
         raw: list[Detections] = []
+        paths: list[CameraPath] = []
         used: dict[int, Detections] = {}
         written = 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
         # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
-        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw), depth=seg.ctx_end - seg.ctx_start + 1)
+        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths), depth=seg.ctx_end - seg.ctx_start + 1)
         try:
             with VideoWriter(tmp, info, self.cfg.video) as writer:
                 for i, pts, rgb in prefetch(decode(src, seg.seek_pts, index, seg.start, seg.end)):
@@ -210,7 +220,7 @@ class Worker:
             for _ in final:  # the context frames after the owned ones
                 pass
             timings["detect"] = time.perf_counter() - t0  # tracking and refinement included
-            boxes = self._refine(Detections.concat(raw), seg, info)
+            boxes = self._refine(Detections.concat(raw), CameraPath.concat(paths), seg, info)
             if written != seg.end - seg.start:
                 raise AssetError(f"segment {seg.index}: decoded {written} of {seg.end - seg.start} frames")
             _check_streamed(used, boxes, seg)

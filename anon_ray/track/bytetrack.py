@@ -16,8 +16,9 @@ import numpy as np
 
 from anon_ray.config import TrackConfig
 from anon_ray.track import kalman
+from anon_ray.track.camera import stabilized
 from anon_ray.track.matching import assign, iou_matrix
-from anon_ray.types import Detections
+from anon_ray.types import CameraPath, Detections
 
 
 class ByteTracker:
@@ -86,22 +87,31 @@ class ByteTracker:
         return new
 
 
-def track(dets: Detections, cfg: TrackConfig, frames: range) -> Detections:
+def track(dets: Detections, cfg: TrackConfig, frames: range, path: CameraPath | None = None) -> Detections:
     """The same detections (same row order) with `track` filled: ids >= 0 unique within this call.
 
     Every detection must lie in `frames`. Faces and plates are tracked separately, so a track
     never changes class. Rows are processed in a canonical order (frame, score descending, box),
-    so the result does not depend on the order of the input rows.
+    so the result does not depend on the order of the input rows. With the camera's `path`, boxes
+    are matched in scene coordinates, so a pan does not break tracks (the ids are the output).
     """
     if len(dets) and (dets.frame.min() < frames.start or dets.frame.max() >= frames.stop):
         raise ValueError(f"detections outside {frames}: frames {dets.frame.min()}..{dets.frame.max()}")
     ids = np.full(len(dets), -1, np.int64)
     next_id = 0
+    scene = in_scene(dets, path)
     for cls, rows in class_rows(dets):
         tracker = ByteTracker(cfg, first_id=next_id)
-        step_frames(tracker, dets, rows, ids)
+        step_frames(tracker, scene, rows, ids)
         next_id = tracker.next_id
     return dets.with_track(ids)
+
+
+def in_scene(dets: Detections, path: CameraPath | None) -> Detections:
+    """`dets` with the camera's motion taken off their boxes (unchanged without a path)."""
+    if path is None or not len(path.frame):
+        return dets
+    return Detections(dets.frame, stabilized(dets.xyxy, dets.frame, path), dets.score, dets.cls, dets.track)
 
 
 def class_rows(dets: Detections) -> list[tuple[int, np.ndarray]]:
