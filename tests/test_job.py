@@ -152,6 +152,21 @@ def test_video_faces_masked(video_run):
     assert psnr(before[40][2][corner], after[40][2][corner]) > 30
 
 
+def test_cli_dry_run_writes_nothing_and_starts_no_ray(tmp_path):
+    """Both happened before: the output's _anon_ray/ folder appeared and Ray started (its session
+    folder under RAY_TMPDIR), 16 s for listing one photo."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
+    out, ray_tmp = tmp_path / "out", tmp_path / "ray"
+    proc = subprocess.run([sys.executable, "-m", "anon_ray", f"input={src}", f"output={out}", "dry_run=true"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_TMPDIR": str(ray_tmp)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "would process: a.jpg (image)" in proc.stderr
+    assert not out.exists() and not ray_tmp.exists()
+
+
 def test_cli_runs_on_ray_and_reports_failures(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

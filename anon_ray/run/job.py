@@ -125,6 +125,13 @@ def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None
     return table.append_column("run_id", pa.array([run_id] * n)).append_column("relpath", pa.array([relpath] * n))
 
 
+def _list_only(cfg: AppConfig, assets: Iterator[tuple[Asset, str]], run_id: str) -> Iterator[AssetResult]:
+    """A dry run's engine: pulls the listing (which prints what would run) and runs nothing."""
+    for _ in assets:
+        pass
+    yield from ()
+
+
 def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopRequest | None = None) -> Summary:
     """List, skip what is done, run the rest on `engine`, write the manifest; never raises per asset.
 
@@ -133,6 +140,8 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     every asset that finished are in the manifest either way: the writer is always closed.
     """
     out = out or sys.stderr  # looked up per call, so a redirected stderr is honoured
+    if cfg.dry_run:
+        engine = _list_only  # a dry run writes nothing and starts nothing (no Ray either)
     run_id = manifest.new_run_id()
     models = model_hashes(cfg)
     chash = manifest.config_hash(cfg, models)
@@ -145,7 +154,8 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     started = time.time()
 
     def finish(res: AssetResult) -> None:
-        writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
+        if not cfg.dry_run:
+            writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
         name = inventory.display_path(res.asset.relpath)
         log.debug("%s: %s, %d faces, %d plates, %d frames, %d segments, %.2f s", name,
                   res.failure.error_class if res.failure else "ok", res.faces, res.plates, res.frames,
@@ -194,7 +204,8 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):
                 summary.skipped += 1
-                writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
+                if not cfg.dry_run:
+                    writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
                 continue
             if cfg.dry_run:
                 print(f"would process: {inventory.display_path(asset.relpath)} ({asset.kind})", file=out)
