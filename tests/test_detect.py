@@ -266,6 +266,24 @@ def test_face_on_a_tile_border_is_found_once_and_whole():
     assert len(hits) == 1 and iou(hits[0], face) > 0.6
 
 
+@pytest.mark.parametrize("name", ["oi_004aebeb3dea697a.jpg", "oi_236b04e25b415b59.jpg"])
+def test_a_close_up_plate_across_a_tile_edge_is_masked_whole(eval_data, name):
+    """Close-ups from plates_openimages whose plate crosses x = 640, the first photo tile's right
+    edge: the tile's box of the cut plate stops a few px short of that edge and must not win the
+    merge over the whole-frame pass's box of the whole plate."""
+    from anon_ray.core.mask import mask_region
+    from anon_ray.tools.metrics import coverage
+
+    root = eval_data / "plates_openimages"
+    rows = {r["file"]: r for r in map(json.loads, (root / "annotations.jsonl").read_text().splitlines())}
+    rgb = cv2.cvtColor(cv2.imread(str(root / name)), cv2.COLOR_BGR2RGB)
+    label = np.array(rows[name]["boxes"], np.float64).reshape(-1, 4)
+    assert label[0, 0] < 640 < label[0, 2]
+    cfg = composed("config")
+    found = Detector(replace(cfg.detect, face=replace(cfg.detect.face, enabled=False)), cfg.models).detect([rgb], photo=True)
+    assert coverage(label, mask_region(rgb.shape[:2], found, cfg.mask))[0] >= 0.9
+
+
 def test_large_tile_budget_skips_the_pass_on_big_frames(astronaut):
     frame, _ = paste_small_astronaut(0.075, (650, 300))
     budget = TilingConfig(enabled=True, scale=2.0, tile=1280, max_tiles=1)
