@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from anon_ray.config import ImageConfig, TrackConfig
 from anon_ray.core.refine import mask_boxes
@@ -48,6 +49,16 @@ def test_a_still_camera_and_a_cut_give_a_still_path():
     unrelated = np.ascontiguousarray(np.rot90(PHOTO)[:240, :320])
     path = CameraMeter(width=160).measure(0, [*noisy, unrelated])
     assert not np.any(path.xy)  # sensor noise, then a cut: nothing moved
+
+
+def test_tiny_frames_give_a_still_path_and_skipped_frames_are_refused():
+    """A picture too small to correlate (6 px tall) holds still rather than failing the asset;
+    frames out of order are the caller's mistake."""
+    meter = CameraMeter(width=TrackConfig().camera_width)
+    tiny = [np.ascontiguousarray(PHOTO[y:y + 6, 100:116]) for y in (100, 103, 106)]
+    assert not np.any(meter.measure(0, tiny).xy)
+    with pytest.raises(ValueError, match="does not follow"):
+        meter.measure(5, tiny[:1])
 
 
 def test_a_pan_keeps_one_track_and_the_boxes_follow_the_scene():

@@ -42,8 +42,10 @@ class CameraMeter:
         for k, rgb in enumerate(frames):
             index = first_index + k
             small = self._small(rgb)
-            if self._prev is not None and self._prev.shape == small.shape and self._index == index - 1 \
-                    and min(small.shape) >= MIN_SIDE:
+            if self._prev is not None and self._index != index - 1:
+                raise ValueError(f"frame {index} does not follow frame {self._index}")
+            # A first frame, a change of size (a new picture) or one too small to correlate: still.
+            if self._prev is not None and self._prev.shape == small.shape and min(small.shape) >= MIN_SIDE:
                 (dx, dy), response = cv2.phaseCorrelate(self._prev, small, self._window)
                 shift = np.array([dx, dy]) * [rgb.shape[1] / small.shape[1], rgb.shape[0] / small.shape[0]]
                 shift[np.abs(shift) < MIN_SHIFT_PX] = 0.0
@@ -51,8 +53,6 @@ class CameraMeter:
                     # One addition per frame, in frame order: the streamed and the whole-segment
                     # refinement read the same floats.
                     self._xy = self._xy + shift
-            elif self._prev is not None:
-                raise ValueError(f"frame {index} does not follow frame {self._index} of the same size")
             xy[k] = self._xy
             self._prev, self._index = small, index
         return CameraPath(np.arange(first_index, first_index + len(frames), dtype=np.int64), xy)
