@@ -51,15 +51,16 @@ class ModelsConfig:
 class TilingConfig:
     """A zoomed-in pass over overlapping tiles, for objects too small for the whole-frame pass.
 
-    The frame is scaled by `scale`, cut into square tiles of `tile` pixels that overlap by
-    `overlap` of a side, and each tile goes through the detector on its own; boxes come back into
-    frame pixels and are merged with the whole-frame pass by cross-tile NMS. A frame that fits in
-    one tile costs one extra pass; one that needs more than `max_tiles` tiles (0 = no limit) gets
-    none, which bounds the cost on large frames (video) while small photos are always enlarged.
+    For each of `scales`, the frame is scaled by it, cut into square tiles of `tile` pixels that
+    overlap by `overlap` of a side, and each tile goes through the detector on its own; boxes come
+    back into frame pixels and are merged with the whole-frame pass by cross-tile NMS. A frame that
+    fits in one tile costs one extra pass per scale; a scale whose pass needs more than `max_tiles`
+    tiles (0 = no limit) is skipped, which bounds the cost on large frames (video) while small
+    photos are always enlarged.
     """
 
     enabled: bool = False
-    scale: float = 2.0
+    scales: list[float] = field(default_factory=lambda: [2.0])
     tile: int = 640
     overlap: float = 0.25
     max_tiles: int = 0
@@ -86,7 +87,7 @@ class FaceConfig:
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos and frames up to 512 px on their long side also get a pass enlarged 2x (one network
     # input of at most 1024 px); larger frames, video at 640x360 and up included, keep one pass.
-    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scale=2.0, tile=1024, max_tiles=1))
+    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[2.0], tile=1024, max_tiles=1))
 
 
 @dataclass
@@ -94,15 +95,21 @@ class PlateConfig:
     enabled: bool = True
     model: str = "fastanpr"
     threshold: float = 0.1
+    # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075
+    # leaks 0.078 of plates >= 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001.
+    photo_threshold: float = 0.075
     nms_iou: float = 0.45
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
-    # Photos (not video frames) also get native-resolution 640 px tiles, so a plate in a large
-    # photo is not shrunk to the network's 640 px (a 12-megapixel photo: 48 tiles, ~6 s on two
-    # cores; max_tiles bounds it).
-    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scale=1.0, tile=640, video=False))
+    # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
+    # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size
+    # the model finds (plates_openimages, with photo_threshold and plate_margin below: leak >= 16
+    # px 0.121 -> 0.076, all sizes 0.196 -> 0.114). Cost: 17 plate passes for a 1024x768 photo (5
+    # with 1x only), photos ~3x slower; a 12-megapixel photo 48 + 221 tiles; max_tiles bounds
+    # each scale's pass.
+    tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[1.0, 2.0], tile=640, video=False))
 
 
 @dataclass
@@ -126,7 +133,9 @@ class MaskConfig:
     # to cover 90% of it (README, "How the defaults were chosen").
     face_margin_top: float | None = 0.25
     face_margin_bottom: float | None = 0.3
-    plate_margin: float = 0.1
+    # 0.15: the plate model's boxes fall a few px short of a plate's ends (plates_openimages
+    # under-covered >= 16 px 0.025 at 0.1, 0.019 at 0.15; over-masking +0.015).
+    plate_margin: float = 0.15
     feather: float = 0.1  # share of the mask's short side that fades into the background
     blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
     fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])

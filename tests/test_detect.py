@@ -233,13 +233,13 @@ def face_detector(**kw) -> Detector:
 def test_tiling_finds_a_face_the_whole_frame_pass_misses():
     frame, face = paste_small_astronaut(0.075, (650, 300))  # a face ~7 x 9 px in a 720p frame
     assert not any(iou(box, face) > 0.3 for box in face_detector().detect([frame]).xyxy)
-    found = face_detector(tiling=TilingConfig(enabled=True, scale=2.0, tile=640)).detect([frame])
+    found = face_detector(tiling=TilingConfig(enabled=True, scales=[2.0], tile=640)).detect([frame])
     assert sum(iou(box, face) > 0.5 for box in found.xyxy) == 1
 
 
 def test_photo_only_tiling_leaves_video_frames_to_the_whole_frame_pass():
     frame, face = paste_small_astronaut(0.075, (650, 300))
-    detector = face_detector(tiling=TilingConfig(enabled=True, scale=2.0, tile=640, video=False))
+    detector = face_detector(tiling=TilingConfig(enabled=True, scales=[2.0], tile=640, video=False))
     np.testing.assert_array_equal(detector.detect([frame]).xyxy, face_detector().detect([frame]).xyxy)
     assert sum(iou(box, face) > 0.5 for box in detector.detect([frame], photo=True).xyxy) == 1
 
@@ -261,7 +261,7 @@ def test_face_on_a_tile_border_is_found_once_and_whole():
     # the right edge of the first tile; it lies whole in the second.
     frame, face = paste_small_astronaut(0.16, (290, 300))
     assert face[0] < 320 < face[2]
-    found = face_detector(tiling=TilingConfig(enabled=True, scale=2.0, tile=640)).detect([frame])
+    found = face_detector(tiling=TilingConfig(enabled=True, scales=[2.0], tile=640)).detect([frame])
     hits = [box for box in found.xyxy if iou(box, face) > 0.1]
     assert len(hits) == 1 and iou(hits[0], face) > 0.6
 
@@ -284,9 +284,31 @@ def test_a_close_up_plate_across_a_tile_edge_is_masked_whole(eval_data, name):
     assert coverage(label, mask_region(rgb.shape[:2], found, cfg.mask))[0] >= 0.9
 
 
+def test_plate_tiles_at_2x_find_plates_the_native_tiles_miss(eval_data):
+    """Two plates of 18 and 26 px in a 1024 px Open Images street photo: the whole-frame pass and
+    the native-resolution tiles find neither; the default 2x tiles find both."""
+    from anon_ray.core.mask import mask_region
+    from anon_ray.tools.metrics import coverage
+
+    root, name = eval_data / "plates_openimages", "oi_918237cdfde950e4.jpg"
+    rows = {r["file"]: r for r in map(json.loads, (root / "annotations.jsonl").read_text().splitlines())}
+    rgb = cv2.cvtColor(cv2.imread(str(root / name)), cv2.COLOR_BGR2RGB)
+    label = np.array(rows[name]["boxes"], np.float64).reshape(-1, 4)
+    cfg = composed("config")
+    assert cfg.detect.plate.tiling.scales == [1.0, 2.0]
+
+    def covered(scales: list[float]) -> np.ndarray:
+        plate = replace(cfg.detect.plate, tiling=replace(cfg.detect.plate.tiling, scales=scales))
+        detect = replace(cfg.detect, face=replace(cfg.detect.face, enabled=False), plate=plate)
+        return coverage(label, mask_region(rgb.shape[:2], Detector(detect, cfg.models).detect([rgb], photo=True), cfg.mask))
+
+    assert (covered([1.0]) < 0.5).all()
+    assert (covered([1.0, 2.0]) >= 0.9).all()
+
+
 def test_large_tile_budget_skips_the_pass_on_big_frames(astronaut):
     frame, _ = paste_small_astronaut(0.075, (650, 300))
-    budget = TilingConfig(enabled=True, scale=2.0, tile=1280, max_tiles=1)
+    budget = TilingConfig(enabled=True, scales=[2.0], tile=1280, max_tiles=1)
     plain = face_detector().detect([frame, astronaut])
     tiled = face_detector(tiling=budget).detect([frame, astronaut])
     # The 720p frame needs more than one tile at 2x: unchanged. The 512 px photo is enlarged once.
@@ -321,7 +343,7 @@ def test_merge_suppresses_across_passes_per_frame_and_class():
 
 
 def test_tiled_and_flipped_passes_fail_closed(astronaut, monkeypatch):
-    detector = face_detector(flip=True, tiling=TilingConfig(enabled=True, scale=3.0, tile=640))
+    detector = face_detector(flip=True, tiling=TilingConfig(enabled=True, scales=[3.0], tile=640))
     inner = detector.detectors[0].detector
     real = inner.detect
 

@@ -28,14 +28,15 @@ class Detector:
         self.detectors: list[MultiPass] = []
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
-            # One session at the lower of the photo and video cut-offs; video frames are cut at
-            # theirs after it (a box under a cut-off never suppresses one above it in NMS).
+            # One session per class at the lower of the photo and video cut-offs; video frames
+            # are cut at theirs after it (a box under a cut-off never suppresses one above it in NMS).
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
             self.detectors.append(MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou))
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
-            plate = PlateDetector(info.path, cfg.plate, cfg.session)
+            low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
+            plate = PlateDetector(info.path, low, cfg.session)
             self.detectors.append(MultiPass(plate, cfg.plate.tiling, cfg.plate.flip, cfg.plate.nms_iou))
 
     @property
@@ -47,7 +48,13 @@ class Detector:
         self.detect([np.zeros((height, width, 3), np.uint8)])
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
-        """`photo`: the frames are photos, not video frames (TilingConfig.video, FaceConfig.photo_threshold)."""
+        """`photo`: the frames are photos, not video frames (TilingConfig.video, *.photo_threshold)."""
         found = Detections.concat([d.detect(frames, first_index, photo) for d in self.detectors])
-        cut = self.cfg.face.photo_threshold if photo else self.cfg.face.threshold
-        return found.select((found.cls != FACE) | (found.score >= cut))
+        return found.select(found.score >= cutoffs(self.cfg, found.cls, photo))
+
+
+def cutoffs(cfg: DetectConfig, cls: np.ndarray, photo: bool) -> np.ndarray:
+    """float32 (n,): the configured score cut-off of boxes of classes `cls`, on photos or video frames."""
+    face, plate = cfg.face, cfg.plate
+    cut = (face.photo_threshold, plate.photo_threshold) if photo else (face.threshold, plate.threshold)
+    return np.where(cls == FACE, cut[0], cut[1]).astype(np.float32)

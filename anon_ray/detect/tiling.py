@@ -70,20 +70,26 @@ def cut_by_tile(xyxy: np.ndarray, windows: np.ndarray, height: int, width: int) 
 
 def tiled(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_index: int,
           cfg: TilingConfig) -> Detections:
-    """Boxes from the zoomed tile pass, in frame pixels; nothing where it would add no zoom.
+    """Boxes from the zoomed tile passes (one per scale), in frame pixels."""
+    return Detections.concat([tiled_at(detector, frames, first_index, cfg, scale) for scale in cfg.scales])
+
+
+def tiled_at(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_index: int,
+             cfg: TilingConfig, scale: float) -> Detections:
+    """Boxes from the tile pass at `scale`, in frame pixels; nothing where it would add no zoom.
 
     A frame that fits in one tile at `scale` is run once, enlarged; one whose tile pass would see
     it no larger than the whole-frame pass already does, or that needs more than `max_tiles`
     tiles, is skipped.
     """
-    side = max(1, int(cfg.tile / cfg.scale))
+    side = max(1, int(cfg.tile / scale))
     parts = []
     for k, frame in enumerate(frames):
         height, width = frame.shape[:2]
         windows = tile_windows(height, width, side, cfg.overlap)
         if cfg.max_tiles and len(windows) > cfg.max_tiles:
             continue
-        zoom = cfg.scale if len(windows) > 1 else min(cfg.scale, cfg.tile / max(height, width))
+        zoom = scale if len(windows) > 1 else min(scale, cfg.tile / max(height, width))
         if zoom <= detector.zoom(height, width) * 1.01:
             continue
         crops = [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]

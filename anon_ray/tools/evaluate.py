@@ -28,7 +28,7 @@ import numpy as np
 
 from anon_ray.config import EvalConfig
 from anon_ray.core import consistency, mask
-from anon_ray.detect import Detector
+from anon_ray.detect import Detector, cutoffs
 from anon_ray.io.inventory import VIDEO_EXTS, local_asset
 from anon_ray.media.image import read_image
 from anon_ray.media.probe import probe
@@ -172,7 +172,8 @@ def _low_threshold(cfg: EvalConfig) -> EvalConfig:
     low = min(CURVE_THRESHOLDS)
     face = replace(cfg.detect.face, threshold=min(low, cfg.detect.face.threshold),
                    photo_threshold=min(low, cfg.detect.face.photo_threshold))
-    plate = replace(cfg.detect.plate, threshold=min(low, cfg.detect.plate.threshold))
+    plate = replace(cfg.detect.plate, threshold=min(low, cfg.detect.plate.threshold),
+                    photo_threshold=min(low, cfg.detect.plate.photo_threshold))
     return replace(cfg, detect=replace(cfg.detect, face=face, plate=plate))
 
 
@@ -181,10 +182,6 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
     detector = Detector((_low_threshold(cfg) if cfg.curve else cfg).detect, cfg.models)
     agg = metrics.Aggregate()
     cache: list[tuple[np.ndarray, tuple[tuple[int, int], Detections]]] = []
-
-    def configured(found: Detections) -> np.ndarray:
-        """The job's cut-off of each box of a photo."""
-        return np.where(found.cls == PLATE, cfg.detect.plate.threshold, cfg.detect.face.photo_threshold)
 
     started = time.perf_counter()
     n = 0
@@ -200,7 +197,7 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
             continue
         rgb = read_image(item.file, cfg.image).rgb
         found = detector.detect([rgb], photo=True)
-        dets = found.select(found.score >= configured(found))
+        dets = found.select(found.score >= cutoffs(cfg.detect, found.cls, photo=True))
         region = _mask(rgb.shape[:2], dets, cfg)
         tags = {**item.tags, "edge": edge_boxes(item.gt, rgb.shape[:2])}
         agg.add(metrics.score_image(item.gt, region, dets.xyxy[dets.cls == cls], tags))
@@ -228,7 +225,7 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
             def build(c, threshold: float) -> np.ndarray:
                 shape, found = c
                 # The swept threshold applies to the labelled class; the other keeps its configured one.
-                keep = np.where(found.cls == cls, found.score >= threshold, found.score >= configured(found))
+                keep = np.where(found.cls == cls, found.score >= threshold, found.score >= cutoffs(cfg.detect, found.cls, photo=True))
                 return _mask(shape, found.select(keep), swept)
 
             rows += [{"margin": side, "margin_top": top, "margin_bottom": bottom, **r}
