@@ -149,8 +149,13 @@ def _run(dcfg: DictConfig) -> None:
     stop = job.StopRequest(grace_s=stop_grace_s())
     with graceful_stop(stop):
         summary = job.run(cfg, functools.partial(distributed.run_assets, stop=stop), stop=stop)
-    print(f"anon-ray: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped, "
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(summary.not_processed.items()))
+    print(f"anon-ray: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped (done before), "
+          f"{sum(summary.not_processed.values())} not processed{f' ({reasons})' if reasons else ''}, "
           f"{summary.frames} frames in {summary.seconds:.1f}s", file=sys.stderr)
+    if summary.unsupported and summary.fail_on_unsupported:
+        print(f"anon-ray: {summary.unsupported} files of media were not masked (rows with status 'skipped' "
+              f"in the manifest say why); exit status 1 (fail_on_unsupported=false: 0)", file=sys.stderr)
     for relpath, error_class, error in summary.failures:
         print(f"  failed: {relpath}: {error_class}: {error}", file=sys.stderr)
     if summary.stopped_by:

@@ -211,6 +211,10 @@ class AppConfig:
     output: str = ""
     dry_run: bool = False
     force: bool = False
+    # A file of a media format the job does not process, or a link leading out of the input,
+    # fails the run (exit status 1) though its row says "skipped": the archive is not all masked.
+    # Files that are no media (sidecars, notes) never do.
+    fail_on_unsupported: bool = True
     asset_timeout_s: float = 3600.0
     detect: DetectConfig = field(default_factory=DetectConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

@@ -108,13 +108,17 @@ class CameraPath:
 
 @dataclass(frozen=True)
 class Asset:
-    """One input file. `version` is the ETag, or size+mtime for local files."""
+    """One input file. `version` is the ETag, or size+mtime for local files. `skip`, when set,
+    says why it is listed but not processed (inventory.UNSUPPORTED_FORMAT, ...), `skip_detail`
+    in words (a format's name, never the file's content)."""
 
     uri: str
     relpath: str
     size: int
     version: str
-    kind: str  # "image" | "video" | "unknown"
+    kind: str  # "image" | "video" | "unknown" | "unsupported"
+    skip: str = ""
+    skip_detail: str = ""
 
 
 @dataclass(frozen=True)

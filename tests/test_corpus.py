@@ -45,7 +45,7 @@ from anon_ray.run.local import run_local
 pytestmark = pytest.mark.timeout(180)
 
 N, W, H, FPS = 32, 128, 96, 25
-PROCESSED, ERROR, EXCLUDED = "processed", "error row", "excluded"
+PROCESSED, ERROR, SKIPPED, EXCLUDED = "processed", "error row", "skipped with a reason", "excluded"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # Display matrices as phones write them: clockwise display rotation -> matrix.
 MATRICES = {90: (0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30),
@@ -205,9 +205,19 @@ def _symlink(target: str) -> Callable[[Path], None]:
 
 
 def _symlink_loop(p: Path) -> None:
-    other = p.with_name(p.stem + "-b" + p.suffix + ".lnk")  # not a media name: not listed itself
+    other = p.with_name(p.stem + "-b" + p.suffix)
     p.symlink_to(other.name)
     other.symlink_to(p.name)
+
+
+def _link_outside(folder: bool) -> Callable[[Path], None]:
+    """A link to a photo (or a folder holding one) beside the input folder, not in it."""
+    def make(p: Path) -> None:
+        target = p.parent.parent / f"{p.parent.name}-outside"
+        target.mkdir(exist_ok=True)
+        image("JPEG", quality=90)(target / "secret.jpg")
+        p.symlink_to(target if folder else target / "secret.jpg")
+    return make
 
 
 def _unreadable(p: Path) -> None:
@@ -223,8 +233,8 @@ class Case:
     kind: str  # row of the outcome table
     name: str  # file name in the input folder
     make: Callable[[Path], None]
-    expect: str  # PROCESSED | ERROR | EXCLUDED (not listed: no row, by design)
-    error: str = ""  # regex the error message must match (ERROR)
+    expect: str  # PROCESSED | ERROR | SKIPPED | EXCLUDED (not listed: no row, by design)
+    error: str = ""  # regex the error message must match (ERROR), or "error_class: error" (SKIPPED)
     skip: str = ""  # a reason this environment cannot build the case
 
 
@@ -260,6 +270,11 @@ CASES = [
     Case("mpeg4 (Part 2) in avi", "mpeg4.avi", clip(codec="mpeg4"), PROCESSED),
     Case("mjpeg in avi (old cameras)", "mjpeg.avi", clip(codec="mjpeg", pix_fmt="yuvj420p"), PROCESSED),
     Case("h264 in mpeg-ts", "clip.ts", clip(fmt="mpegts"), PROCESSED),
+    Case("hidden file", ".hidden.mp4", clip(), PROCESSED),
+    Case("MPEG-2 in MPEG-PS (.mpg)", "clip.mpg", clip(fmt="mpeg", codec="mpeg2video"), SKIPPED,
+         "unsupported_format: MPEG program stream"),
+    Case("WMV (ASF)", "clip.wmv", clip(fmt="asf", codec="wmv2"), SKIPPED, "unsupported_format: ASF"),
+    Case("FLV", "clip.flv", clip(fmt="flv", codec="flv"), SKIPPED, "unsupported_format: Flash video"),
     Case("vp9 in webm (H.264 output cannot go in WebM)", "vp9.webm", clip(codec="libvpx-vp9"), ERROR,
          "webm.*(does not support|cannot)"),
     # ---- wrong extensions
@@ -275,8 +290,13 @@ CASES = [
     Case("JPEG with EXIF GPS and camera model", "gps.jpg", _gps_jpeg, PROCESSED),
     Case("truncated JPEG", "cut.jpg", lambda p: p.write_bytes(_save(_photo(640, 480), "JPEG")[:3000]), ERROR,
          "truncated|corrupt"),
-    Case("animated GIF", "anim.gif", _animated("GIF"), ERROR, "GIF"),
-    Case("static GIF", "still.gif", image("GIF"), ERROR, "GIF"),
+    Case("animated GIF", "anim.gif", _animated("GIF"), SKIPPED, "unsupported_format: GIF image"),
+    Case("static GIF", "still.gif", image("GIF"), SKIPPED, "unsupported_format: GIF image"),
+    Case("HEIC photo", "photo.heic", _bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)),
+         SKIPPED, "unsupported_format: HEIF/HEIC image"),
+    Case("JPEG named .jfif", "photo.jfif", image("JPEG", quality=90), PROCESSED),
+    Case("JPEG under a name that is no media name", "photo.jpg_large", image("JPEG", quality=90), PROCESSED),
+    Case("text sidecar", "notes.txt", _bytes(b"shot list, reel 4"), SKIPPED, "not_media: content is not"),
     Case("animated WebP", "anim.webp", _animated("WEBP"), ERROR, "animated WebP"),
     Case("animated PNG (APNG)", "anim.png", _animated("PNG"), ERROR, "animated PNG"),
     # ---- rotation, timing
@@ -305,6 +325,11 @@ CASES = [
     Case("directory named like a video", "folder.mp4", lambda p: p.mkdir(), EXCLUDED),
     Case("directory symlink to its own parent", "up.mp4", _symlink("."), EXCLUDED),
     Case("symlink loop (a -> b -> a)", "loop.jpg", _symlink_loop, ERROR, UNUSABLE + "loop"),
+    Case("symlink loop, second link", "loop-b.jpg", lambda p: None, ERROR, UNUSABLE + "loop"),
+    Case("link to a photo outside the input", "outside.jpg", _link_outside(False), SKIPPED,
+         "link_outside_input: symbolic link to a file outside"),
+    Case("link to a folder outside the input", "elsewhere", _link_outside(True), SKIPPED,
+         "link_outside_input: symbolic link to a folder outside"),
     Case("dangling symlink", "dangling.jpg", _symlink("nowhere.jpg"), ERROR, UNUSABLE + "dangling"),
     Case("named pipe (FIFO) named like a photo", "pipe.jpg", lambda p: os.mkfifo(p), ERROR,
          UNUSABLE + "not a regular file"),
@@ -369,7 +394,7 @@ def outcome(run: CorpusRun, case: Case) -> str:
     row = run.rows.get(case.name)
     if row is None:
         return EXCLUDED
-    return PROCESSED if row["status"] == "ok" else ERROR
+    return {"ok": PROCESSED, "skipped": SKIPPED}.get(row["status"], ERROR)
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -386,8 +411,10 @@ def test_job_never_raises_and_leaves_nothing_partial(corpus):
     assert not _leftovers(corpus.out)
     listed = [c for c in active_cases() if c.expect != EXCLUDED]
     assert sorted(corpus.rows) == sorted(c.name for c in listed), "one manifest row per listed file"
-    assert corpus.summary.ok + corpus.summary.failed == len(listed)
+    assert corpus.summary.ok + corpus.summary.failed + sum(corpus.summary.not_processed.values()) == len(listed)
     assert corpus.summary.failed == sum(c.expect == ERROR for c in listed)
+    assert corpus.summary.not_processed == dict(Counter(c.error.split(":")[0] for c in listed if c.expect == SKIPPED))
+    assert corpus.summary.unsupported == sum(c.expect == SKIPPED and "not_media" not in c.error for c in listed)
 
 
 def _decoded_frames(path: Path) -> int:
@@ -433,12 +460,15 @@ def test_case_outcome(corpus, case):
         assert not os.path.lexists(dst), "a failed asset must leave no output"
         assert row["error_class"] and row["output_uri"] == ""
         assert re.search(case.error, row["error"], re.IGNORECASE), f"unclear message: {detail}"
+    elif case.expect == SKIPPED:
+        assert not os.path.lexists(dst) and row["output_uri"] == ""
+        assert detail.startswith(case.error), detail
     else:
         assert not os.path.lexists(dst) or dst.is_dir()
 
 
 def test_outcome_table(corpus, record_property):
-    table = [(c.kind, c.skip and "skipped" or outcome(corpus, c)) for c in CASES]
+    table = [(c.kind, c.skip and "not built here" or outcome(corpus, c)) for c in CASES]
     width = max(len(k) for k, _ in table)
     lines = [f"{kind:<{width}}  {got}" for kind, got in table]
     counts = Counter(got for _, got in table)
@@ -486,20 +516,33 @@ def test_unusable_reasons_name_the_problem(tmp_path):
         "empty.mp4": "empty file (0 bytes)",
         "empty.jpg": "empty file (0 bytes)",
         "loop.jpg": "symbolic link loop",
+        "loop-b.jpg": "symbolic link loop",
         "dangling.jpg": "dangling symbolic link",
         "pipe.jpg": "not a regular file: a named pipe (FIFO)",
     }
     (tmp_path / "notes.mp4").write_bytes(b"hello")
-    assert inventory.local_kind(str(tmp_path / "notes.mp4")) == "video"  # extension fallback
+    assert inventory.local_asset(str(tmp_path / "notes.mp4"), "notes.mp4").kind == "video"  # a video name: probed
     (tmp_path / "notes.jpg").write_bytes(b"hello")
     assert inventory.unusable_reason(str(tmp_path / "notes.jpg")).startswith("content is not")
 
 
+def test_formats_are_told_by_their_bytes_not_their_names():
+    jpeg, mp4 = b"\xff\xd8\xff\xe0" + bytes(16), b"\x00\x00\x00\x18ftypisom" + bytes(16)
+    assert inventory.sniff(jpeg, "a.mp4") == inventory.sniff(jpeg, "a.bin") == ("image", "")
+    assert inventory.sniff(mp4, "a.jpg") == ("video", "")
+    assert inventory.sniff(b"\x00\x00\x00\x1cftypavif" + bytes(16), "a.mp4") == ("unsupported", "AVIF image")
+    assert inventory.sniff(b"\x00\x00\x01\xba" + bytes(16), "a.dat") == ("unsupported", "MPEG program stream (MPG, VOB)")
+    assert inventory.sniff(b"hello", "a.mp4") == ("video", "")  # a video name: the probe judges it
+    assert inventory.sniff(b"hello", "a.txt") == inventory.sniff(b"", "a.mp4") == ("unknown", "")
+
+
 def test_fifo_is_never_opened_for_reading(tmp_path):
     os.mkfifo(tmp_path / "pipe.mp4")
+    os.mkfifo(tmp_path / "pipe.txt")
     started = time.monotonic()
-    assert [a.kind for a in inventory.list_local(str(tmp_path))] == ["unknown"]
-    assert inventory.local_kind(str(tmp_path / "pipe.mp4")) == "unknown"
+    assets = list(inventory.list_local(str(tmp_path)))
+    assert [(a.kind, a.skip) for a in assets] == [("unknown", ""), ("unknown", inventory.NOT_MEDIA)]
+    assert assets[1].skip_detail == "not a regular file: a named pipe (FIFO)"
     assert time.monotonic() - started < 5
 
 

@@ -105,8 +105,11 @@ def test_manifest_rows(photo_run):
     _, out, _, _ = photo_run
     table = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
     rows = {r["relpath"]: r for r in table}
-    assert set(rows) == {"astro.png", "sub/astro_gps.jpg", "odd.webp", "broken.jpg"}
+    assert set(rows) == {"astro.png", "sub/astro_gps.jpg", "odd.webp", "broken.jpg", "notes.txt"}
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["error_class"]
+    # A sidecar is accounted for, skipped as no media; it does not fail the run by itself.
+    assert (rows["notes.txt"]["status"], rows["notes.txt"]["error_class"]) == ("skipped", "not_media")
+    assert not rows["notes.txt"]["output_uri"]
     for name in ("astro.png", "sub/astro_gps.jpg", "odd.webp"):
         r = rows[name]
         assert r["status"] == "ok" and r["faces"] >= 1
@@ -180,3 +183,21 @@ def test_cli_runs_on_ray_and_reports_failures(tmp_path):
     assert (out / "a.jpg").is_file() and not (out / "corrupt.mp4").exists()
     leftovers = [p for p in out.rglob("*") if "tmp" in p.name or p.name.startswith(".")]
     assert not leftovers
+
+
+def test_skipped_media_fails_the_run_unless_told_otherwise(tmp_path):
+    """A HEIC photo is media the job does not mask: its row says so and the exit status is 1 by
+    default (the archive is not all masked); a text sidecar alone never fails a run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "IMG_0001.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    (src / "shot_list.txt").write_text("reel 4")
+    for strict in (True, False):
+        log = io.StringIO()
+        summary = job.run(_cfg(src, tmp_path / f"out{strict}", fail_on_unsupported=strict), run_local, out=log)
+        assert summary.not_processed == {"unsupported_format": 1, "not_media": 1} and summary.ok == 0
+        assert summary.exit_code == (1 if strict else 0)
+        assert "NOT PROCESSED IMG_0001.heic: unsupported_format: HEIF/HEIC image" in log.getvalue()
+    (src / "IMG_0001.heic").unlink()
+    assert job.run(_cfg(src, tmp_path / "out_txt"), run_local, out=io.StringIO()).exit_code == 0
+    assert AppConfig().fail_on_unsupported

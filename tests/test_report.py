@@ -45,6 +45,9 @@ MANIFEST = [
     _row(R1, "v3.mp4", "failed", error_class="MediaError", error="video ended at frame 3", seconds=1.0),
     _row(R1, "v4.mp4", "failed", error_class="AssetTimeout", error="asset timed out after 3600 s", seconds=3600.0),
     _row(R1, "v5.mp4", "failed", error_class="MediaError", error="decoding failed at frame 0", seconds=0.2),
+    # Listed but not processed: a photo format not read (flagged: media left unmasked) and a sidecar (not).
+    _row(R1, "IMG_7.heic", "skipped", error_class="unsupported_format", error="HEIF/HEIC image"),
+    _row(R1, "notes.txt", "skipped", error_class="not_media", error="content is not a supported image or video"),
 ]
 
 
@@ -92,8 +95,8 @@ def test_summary_numbers(archive: Path, capsys) -> None:
     runs = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip().startswith("2026")}
     # ok failed skipped faces plates frames seconds frames/s
     assert runs[R0] == ["2", "1", "0", "5", "1", "301", "30.5", "9.87"]
-    assert runs[R1] == ["1", "3", "2", "0", "0", "600", "20.0", "30.00"]
-    assert "assets by latest status: ok 1, failed 3, skipped 2" in text
+    assert runs[R1] == ["1", "3", "4", "0", "0", "600", "20.0", "30.00"]
+    assert "assets by latest status: ok 1, failed 3, skipped 4" in text
     # Current outputs: a.jpg and v1.mp4 from R0 (skipped since), v2.mp4 from R1.
     assert "masked in current outputs: 5 faces, 1 plates in 901 frames" in text
     assert "throughput: 901 frames in 50.5 asset-seconds = 17.84 frames/s" in text
@@ -111,6 +114,7 @@ def test_leak_flags_with_boxes(archive: Path, capsys) -> None:
         "  v3.mp4: failed (MediaError): no output",
         "  v4.mp4: failed (AssetTimeout): no output",
         "  v5.mp4: failed (MediaError): no output",
+        "  IMG_7.heic: not masked (unsupported_format: HEIF/HEIC image)",
         "  v2.mp4: no face or plate found in 600 frames",
         "  v1.mp4: track 1 (face) frames 100-199: masked on 50 of 100 (50%), longest gap 50 frames",
         "  v1.mp4: track 2 (plate) frames 0-299: masked on 280 of 300 (93%), longest gap 20 frames",

@@ -111,20 +111,24 @@ def _peaks(uri: str, cfg: StorageConfig, exclude: str) -> tuple[int, int, int]:
 
 def test_listing_streams_5000_keys(cfg, bucket):
     keys = [f"in/a/IMG_{i:05d}.jpg" for i in range(1000)] + [f"in/b/d{i % 40:02d}/IMG_{i:05d}.jpg" for i in range(4000)]
-    skipped = ["in/notes.txt", "in/.hidden.jpg", "in/.cache/x.jpg", "in/_anon_ray/x.jpg", "in/b/_anon_ray/y.mp4",
-               "other/z.jpg"] + [f"in/out/d{i:02d}/IMG_{i:05d}.jpg" for i in range(20)]
-    _put_many(cfg, bucket, keys + skipped + ["in/b/clip.MP4"])
+    # Every file is listed (hidden ones and sidecars get their rows too), but the audit dirs and the output.
+    unlisted = ["in/_anon_ray/x.jpg", "in/b/_anon_ray/y.mp4", "other/z.jpg"] + [
+        f"in/out/d{i:02d}/IMG_{i:05d}.jpg" for i in range(20)]
+    _put_many(cfg, bucket, keys + unlisted + ["in/notes.txt", "in/.hidden.jpg", "in/.cache/x.jpg", "in/b/clip.MP4"])
     uri, out = f"s3://{bucket}/in", f"s3://{bucket}/in/out/"
 
     t0 = time.perf_counter()
     assets = list(s3.list_s3(uri, cfg, exclude_prefix=out))
     seconds = time.perf_counter() - t0
-    expected = {k[len("in/"):] for k in keys} | {"b/clip.MP4"}
+    expected = {k[len("in/"):] for k in keys} | {"b/clip.MP4", "notes.txt", ".hidden.jpg", ".cache/x.jpg"}
     assert [a.relpath for a in assets] == sorted(expected)  # S3 order, each key once
     by_rel = {a.relpath: a for a in assets}
     etag = hashlib.md5(b"x").hexdigest()
     assert by_rel["a/IMG_00000.jpg"] == Asset(f"s3://{bucket}/in/a/IMG_00000.jpg", "a/IMG_00000.jpg", 1, etag, "image")
-    assert by_rel["b/clip.MP4"].kind == "video"
+    assert by_rel["b/clip.MP4"].kind == "video" and by_rel[".hidden.jpg"].kind == "image"
+    # Its first bytes ("x") are no media: listed, to be skipped with that reason.
+    assert (by_rel["notes.txt"].skip, by_rel["notes.txt"].skip_detail) == (
+        "not_media", "content is not a supported image or video")
     # Without the exclusion, or with an output that is not inside the input, it is listed like any input.
     assert sum(1 for _ in s3.list_s3(uri + "/", cfg)) == len(expected) + 20
     assert sum(1 for _ in s3.list_s3(uri, cfg, exclude_prefix=f"s3://{bucket}")) == len(expected) + 20

@@ -1,9 +1,15 @@
-"""List the input into assets, lazily, and decide what kind each one is from its bytes.
+"""List every file under the input, lazily, and decide what each one is from its bytes.
+
+Every file gets an asset, so that every file gets a manifest row: one the job can process (kind
+"image" or "video"), one that cannot be read or does not hold what its media name says (kind
+"unknown": the engine turns it into an error row; `unusable_reason` says why), or one it skips
+with a reason (`Asset.skip`): a format recognised but not processed, content that is not media,
+or a link leading outside the input. A data-protection officer must be able to tell an archive
+that is done from one that is silently incomplete.
 
 Only regular files are ever opened: a FIFO or device named `x.mp4` would block the reader
-forever (a hung job), so such entries and anything that cannot be stat-ed or read become assets
-of kind "unknown", which the engine turns into error rows; `unusable_reason` says why. Symlinks
-to files are followed, links to folders are not (a link to an ancestor would loop).
+forever (a hung job). Symlinks to files inside the input are followed, links to folders are not
+(a link to an ancestor would loop; a folder linked from inside is listed at its own path).
 
 File names are kept exactly as the OS gives them, undecodable bytes included (surrogate escapes,
 so the output mirrors the input name byte for byte); `display_path` is the form for manifests and
@@ -20,30 +26,66 @@ from collections.abc import Iterator
 
 from anon_ray.types import Asset
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp"}
+# Names of media formats the job does not process: content that is not recognised under such a
+# name is an error (a broken file), not "not media".
+UNSUPPORTED_EXTS = {".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".mpg", ".mpeg", ".vob", ".m2v",
+                    ".wmv", ".asf", ".flv", ".mxf", ".ogv", ".rm", ".rmvb", ".dng", ".cr2", ".cr3", ".nef", ".arw"}
 INTERNAL_DIR = "_anon_ray"
-_SNIFF_BYTES = 512
+SNIFF_BYTES = 512
+
+# Asset.skip classes: the manifest's error_class of a row with status "skipped".
+UNSUPPORTED_FORMAT, NOT_MEDIA, LINK_OUTSIDE_INPUT = "unsupported_format", "not_media", "link_outside_input"
+
+# ISO base media brands of still pictures: an `ftyp` box alone does not make a video.
+_FTYP_PICTURES = {b"heic": "HEIF/HEIC image", b"heix": "HEIF/HEIC image", b"heim": "HEIF/HEIC image",
+                  b"heis": "HEIF/HEIC image", b"hevc": "HEIF/HEIC image sequence", b"hevx": "HEIF/HEIC image sequence",
+                  b"mif1": "HEIF image", b"msf1": "HEIF image sequence", b"avif": "AVIF image",
+                  b"avis": "AVIF image sequence", b"crx ": "Canon CR3 raw photo"}
+# Leading bytes of media formats recognised but not processed: no reader or no writer for them yet.
+_UNSUPPORTED_MAGIC = (
+    (b"GIF87a", "GIF image"), (b"GIF89a", "GIF image"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000 image"), (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL image"), (b"\xff\x0a", "JPEG XL image"),
+    (b"\x00\x00\x01\xba", "MPEG program stream (MPG, VOB)"), (b"\x00\x00\x01\xb3", "MPEG-1/2 video elementary stream"),
+    (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF (WMV)"), (b"FLV\x01", "Flash video (FLV)"),
+    (b"\x06\x0e\x2b\x34\x02\x05\x01\x01", "MXF"), (b"OggS", "Ogg"), (b".RMF", "RealMedia"),
+)
 
 log = logging.getLogger("anon_ray")
 
 
-def sniff_kind(head: bytes, name: str) -> str:
-    """Kind from magic bytes first: a JPEG named .mp4 is an image. Extension only as a fallback."""
+def sniff(head: bytes, name: str) -> tuple[str, str]:
+    """(kind, format) from magic bytes first: a JPEG named .mp4 is an image. Kind "unsupported"
+    names its format; the extension decides only for content no magic matches ("video" for a
+    video name, which the probe then judges, else "unknown")."""
     if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"BM"):
-        return "image"
+        return "image", ""
     if head[:4] in (b"II*\x00", b"MM\x00*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image"  # unsupported by the reader, which says so in the asset's error row
-    if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
-        return "video"
+        return "image", ""
+    for magic, fmt in _UNSUPPORTED_MAGIC:
+        if head.startswith(magic):
+            return "unsupported", fmt
+    if head[4:8] == b"ftyp":
+        picture = _FTYP_PICTURES.get(head[8:12])
+        return ("unsupported", picture) if picture else ("video", "")
+    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return "video", ""
     if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
-        return "video"
-    if not head:
-        return "unknown"
-    ext = os.path.splitext(name)[1].lower()
-    return "video" if ext in VIDEO_EXTS else "unknown"
+        return "video", ""
+    if head and extension(name) in VIDEO_EXTS:
+        return "video", ""
+    return "unknown", ""
+
+
+def extension(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def media_name(name: str) -> bool:
+    """The name says image or video, supported or not."""
+    return extension(name) in IMAGE_EXTS | VIDEO_EXTS | UNSUPPORTED_EXTS
 
 
 def _read_head(path: str) -> bytes:
@@ -53,16 +95,9 @@ def _read_head(path: str) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        return os.read(fd, _SNIFF_BYTES)
+        return os.read(fd, SNIFF_BYTES)
     finally:
         os.close(fd)
-
-
-def local_kind(path: str) -> str:
-    try:
-        return sniff_kind(_read_head(path), path)
-    except OSError:
-        return "unknown"
 
 
 _FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -96,17 +131,37 @@ def display_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _is_candidate(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS | VIDEO_EXTS
+def skipped(asset: Asset, why: str, detail: str) -> Asset:
+    return Asset(asset.uri, asset.relpath, asset.size, asset.version, asset.kind, skip=why, skip_detail=detail)
 
 
-def local_asset(path: str, rel: str) -> Asset:
+def sorted_out(asset: Asset, fmt: str, not_media: str) -> Asset:
+    """`asset` with its skip set from its sniffed kind: an unsupported format is skipped, content
+    that is no media under a name that is no media name too (`not_media`: why, in words)."""
+    if asset.kind == "unsupported":
+        return skipped(asset, UNSUPPORTED_FORMAT, fmt)
+    if asset.kind == "unknown" and not media_name(asset.relpath):
+        return skipped(asset, NOT_MEDIA, not_media)
+    return asset
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def local_asset(path: str, rel: str, root: str = "") -> Asset:
+    """`root`: the real path of the input folder; a link whose target lies outside it is skipped."""
+    if root and os.path.islink(path) and not _inside(os.path.realpath(path), root):
+        what = "folder" if os.path.isdir(path) else "file"
+        return Asset(path, rel, 0, "", "unknown", skip=LINK_OUTSIDE_INPUT,
+                     skip_detail=f"symbolic link to a {what} outside the input folder")
     try:
         st = os.stat(path)
+        kind, fmt = sniff(_read_head(path), path) if stat.S_ISREG(st.st_mode) else ("unknown", "")
     except OSError:
-        return Asset(path, rel, 0, "", "unknown")
-    kind = local_kind(path) if stat.S_ISREG(st.st_mode) else "unknown"
-    return Asset(path, rel, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", kind)
+        st, kind, fmt = None, "unknown", ""
+    asset = Asset(path, rel, st.st_size if st else 0, f"{st.st_size}-{st.st_mtime_ns}" if st else "", kind)
+    return sorted_out(asset, fmt, unusable_reason(path) if kind == "unknown" else "")
 
 
 def _unlistable(exc: OSError) -> None:
@@ -116,12 +171,10 @@ def _unlistable(exc: OSError) -> None:
 
 
 def list_local(root: str, exclude: str = "") -> Iterator[Asset]:
-    """Walk `root` in sorted order, streaming; skip hidden files, our own output and its audit dir.
-
-    Files whose extension is not media are not assets (sidecars, notes); media names that turn
-    out unreadable or not regular files become failed assets downstream. A folder named like a
-    media file (`clips.mp4/`) is a folder: walked, not listed.
-    """
+    """Walk `root` in sorted order, streaming: every file, hidden ones included, but our own
+    output and its audit dir. A folder named like a media file (`clips.mp4/`) is a folder: walked,
+    not listed; a link to a folder outside the input is listed (skipped), one inside is not (its
+    files are listed at their own path)."""
     root = os.path.abspath(root)
     exclude = os.path.abspath(exclude) if exclude else ""
     if os.path.isfile(root):
@@ -129,12 +182,14 @@ def list_local(root: str, exclude: str = "") -> Iterator[Asset]:
         return
     if not os.path.isdir(root):
         raise FileNotFoundError(f"input not found: {display_path(root)}")
+    real_root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, onerror=_unlistable):
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+                 and not _inside(os.path.realpath(os.path.join(dirpath, d)), real_root)]
         dirnames[:] = sorted(
             d for d in dirnames
-            if d != INTERNAL_DIR and not d.startswith(".") and os.path.join(dirpath, d) != exclude
+            if d != INTERNAL_DIR and d not in links and os.path.join(dirpath, d) != exclude
         )
-        for name in sorted(filenames):
-            if _is_candidate(name):
-                path = os.path.join(dirpath, name)
-                yield local_asset(path, os.path.relpath(path, root))
+        for name in sorted(filenames + links):
+            path = os.path.join(dirpath, name)
+            yield local_asset(path, os.path.relpath(path, root), real_root)

@@ -24,7 +24,8 @@ from s3transfer.exceptions import S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
 from anon_ray.config import StorageConfig
-from anon_ray.io.inventory import IMAGE_EXTS, INTERNAL_DIR, VIDEO_EXTS
+from anon_ray.io import inventory
+from anon_ray.io.inventory import INTERNAL_DIR
 from anon_ray.io.uri import ObjectChangedError, folder, is_s3, parse_uri
 from anon_ray.types import Asset
 
@@ -88,28 +89,47 @@ def not_found(exc: ClientError) -> bool:
 # --- listing ----------------------------------------------------------------------------------
 
 def _kind(name: str) -> str:
-    ext = os.path.splitext(name)[1].lower()
-    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else ""
+    ext = inventory.extension(name)
+    return "image" if ext in inventory.IMAGE_EXTS else "video" if ext in inventory.VIDEO_EXTS else ""
 
 
 def _listed(rel: str) -> bool:
-    """Same rules as inventory.list_local: media extensions only, no hidden names, no audit dir.
+    """Same rules as inventory.list_local: every object, hidden names included, but the audit dir
+    (and folder markers, the zero-byte `name/` keys consoles create, which are no files).
 
-    '.' and '..' components are not hidden files: such keys are listed so that safe_join rejects
-    them into an error row instead of skipping them silently.
+    '.' and '..' components are listed so that safe_join rejects them into an error row instead
+    of skipping them silently.
     """
     *dirs, name = rel.split("/")
-    if not _kind(name) or name.startswith("."):
-        return False
-    return not any(d == INTERNAL_DIR or (d.startswith(".") and d not in (".", "..")) for d in dirs)
+    return bool(name) and INTERNAL_DIR not in dirs
 
 
-def _asset(bucket: str, key: str, rel: str, size: int, etag: str) -> Asset:
-    return Asset(f"s3://{bucket}/{key}", rel, int(size), etag.strip('"'), _kind(key))
+def _sniffed(client: BaseClient, bucket: str, key: str, size: int, etag: str) -> tuple[str, str]:
+    """(kind, format or why it is unknown) of an object whose name is no supported media name,
+    from its first bytes (one ranged GET): a photo named .jpeg_large or a clip named .bin is
+    still processed."""
+    if not size:
+        return "unknown", "empty object (0 bytes)"
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{inventory.SNIFF_BYTES - 1}",
+                                 IfMatch=etag)["Body"]
+        with body:
+            kind, fmt = inventory.sniff(body.read(), key)
+    except ClientError as exc:
+        return "unknown", f"cannot read its first bytes: {_code(exc)}"
+    return kind, fmt or ("content is not a supported image or video" if kind == "unknown" else "")
+
+
+def _asset(client: BaseClient, bucket: str, key: str, rel: str, size: int, etag: str) -> Asset:
+    etag = etag.strip('"')
+    kind, fmt = _kind(key), ""
+    if not kind:
+        kind, fmt = _sniffed(client, bucket, key, int(size), f'"{etag}"')
+    return inventory.sorted_out(Asset(f"s3://{bucket}/{key}", rel, int(size), etag, kind), fmt, fmt)
 
 
 def list_s3(uri: str, cfg: StorageConfig, exclude_prefix: str = "") -> Iterator[Asset]:
-    """Stream the media objects under `uri` page by page (never all keys at once).
+    """Stream the objects under `uri` page by page (never all keys at once).
 
     `exclude_prefix` (our output root) is skipped when it lies strictly inside the listed prefix,
     as list_local does; its keys are jumped over with StartAfter rather than paged through, so an
@@ -117,14 +137,14 @@ def list_s3(uri: str, cfg: StorageConfig, exclude_prefix: str = "") -> Iterator[
     """
     _, bucket, key = parse_uri(uri)
     client = s3_client(cfg)
-    if key and not key.endswith("/") and _kind(key):
+    if key and not key.endswith("/"):
         try:
             head = client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if not not_found(exc):
                 raise
         else:
-            yield _asset(bucket, key, os.path.basename(key), head["ContentLength"], head["ETag"])
+            yield _asset(client, bucket, key, os.path.basename(key), head["ContentLength"], head["ETag"])
             return
     prefix = folder(key)
     skip = ""
@@ -156,7 +176,7 @@ def list_s3(uri: str, cfg: StorageConfig, exclude_prefix: str = "") -> Iterator[
                 continue
             rel = k[len(prefix):]
             if _listed(rel):
-                yield _asset(bucket, k, rel, obj["Size"], obj["ETag"])
+                yield _asset(client, bucket, k, rel, obj["Size"], obj["ETag"])
         del contents
 
 

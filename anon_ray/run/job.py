@@ -79,7 +79,10 @@ class StopRequest:
 class Summary:
     ok: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # done by an earlier run with this config: output kept
+    # Listed but not processed, per reason (inventory.UNSUPPORTED_FORMAT, NOT_MEDIA, LINK_OUTSIDE_INPUT).
+    not_processed: dict[str, int] = field(default_factory=dict)
+    fail_on_unsupported: bool = True
     interrupted: int = 0  # in flight when the run was stopped: cancelled, no output (also not in `failed`)
     frames: int = 0
     seconds: float = 0.0
@@ -87,10 +90,15 @@ class Summary:
     stopped_by: int = 0  # the signal that stopped the run early; 0 = it ran to the end
 
     @property
+    def unsupported(self) -> int:
+        """Media left unmasked on purpose: formats not processed, links leading out of the input."""
+        return sum(n for why, n in self.not_processed.items() if why != inventory.NOT_MEDIA)
+
+    @property
     def exit_code(self) -> int:
         if self.stopped_by:
             return 128 + self.stopped_by
-        return 1 if self.failed else 0
+        return 1 if self.failed or (self.fail_on_unsupported and self.unsupported) else 0
 
 
 def model_hashes(cfg: AppConfig) -> dict[str, str]:
@@ -99,13 +107,14 @@ def model_hashes(cfg: AppConfig) -> dict[str, str]:
 
 
 def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
+    """`skipped`: done before; an asset listed but not processed says why in its `skip`."""
     a = res.asset
     text = inventory.display_path  # Parquet text must be UTF-8; undecodable name bytes show as \xNN
     return AssetRecord(
         run_id=run_id, uri=text(a.uri), relpath=text(a.relpath), kind=a.kind,
-        status="failed" if res.failure else "skipped" if skipped else "ok",
-        error_class=res.failure.error_class if res.failure else "",
-        error=text(res.failure.error) if res.failure else "",
+        status="failed" if res.failure else "skipped" if skipped or a.skip else "ok",
+        error_class=res.failure.error_class if res.failure else a.skip,
+        error=text(res.failure.error) if res.failure else a.skip_detail,
         faces=res.faces, plates=res.plates, frames=res.frames, segments=res.segments, seconds=round(res.seconds, 3),
         input_version=a.version, input_size=a.size, input_sha256=res.input_sha256,
         output_uri="" if res.failure else text(res.dst), output_size=res.output_size, output_sha256=res.output_sha256,
@@ -149,7 +158,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
     if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
-    summary = Summary()
+    summary = Summary(fail_on_unsupported=cfg.fail_on_unsupported)
     writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
     started = time.time()
 
@@ -171,7 +180,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             summary.ok += 1
             summary.frames += res.frames
         elapsed = time.time() - started
-        seen = summary.ok + summary.failed + summary.skipped + summary.interrupted
+        seen = summary.ok + summary.failed + summary.skipped + summary.interrupted + sum(summary.not_processed.values())
         # The listing streams, so the total is what has been listed so far (final once it ends).
         print(f"[{seen}/{listed} assets, {summary.failed} failed, {summary.skipped} skipped] {name}: "
               f"{summary.frames / max(elapsed, 1e-9):.1f} frames/s", file=out)
@@ -196,6 +205,13 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             if stopping():
                 return  # take no new work; what is in flight winds down in the engine
             listed += 1
+            if asset.skip:
+                summary.not_processed[asset.skip] = summary.not_processed.get(asset.skip, 0) + 1
+                name = inventory.display_path(asset.relpath)
+                print(f"NOT PROCESSED {name}: {asset.skip}: {asset.skip_detail}", file=out)
+                if not cfg.dry_run:
+                    writer.add(_record(run_id, AssetResult(asset, ""), chash, models_json))
+                continue
             try:
                 dst = storage.safe_join(cfg.output, asset.relpath)
             except storage.UnsafePathError as exc:

@@ -86,11 +86,13 @@ def latest(table: pa.Table) -> pa.Table:
 
 
 def current(manifest: pa.Table) -> pa.Table:
-    """Each asset's latest processed row: the one that made (or, failed, removed) its output.
+    """Each asset's latest processed row: the one that made (or, failed, removed) its output, or
+    said why it was not processed (a skipped row with its reason as error class).
 
-    A skipped row only confirms an earlier result and carries no counts, so it is passed over.
+    A skipped row without a reason only confirms an earlier result and carries no counts, so it
+    is passed over.
     """
-    return latest(manifest.filter(pc.field("status") != "skipped"))
+    return latest(manifest.filter((pc.field("status") != "skipped") | (pc.field("error_class") != "")))
 
 
 def _status_counts(table: pa.Table) -> dict[str, int]:
@@ -164,6 +166,9 @@ def track_flags(tracks: pa.Table) -> list[Flag]:
 def asset_flags(now: pa.Table) -> list[Flag]:
     flags = [Flag(r["relpath"], f"failed ({r['error_class']}): no output")
              for r in now.filter(pc.field("status") == "failed").select(["relpath", "error_class"]).to_pylist()]
+    left = now.filter((pc.field("status") == "skipped") & (pc.field("error_class") != "not_media"))
+    flags += [Flag(r["relpath"], f"not masked ({r['error_class']}: {r['error']})")
+              for r in left.select(["relpath", "error_class", "error"]).to_pylist()]
     blind = now.filter((pc.field("status") == "ok") & (pc.field("kind") == "video")
                        & (pc.field("faces") + pc.field("plates") == 0) & (pc.field("frames") >= MANY_FRAMES))
     flags += [Flag(r["relpath"], f"no face or plate found in {r['frames']} frames")
@@ -174,7 +179,8 @@ def asset_flags(now: pa.Table) -> list[Flag]:
 def summarize(output: str, manifest: pa.Table, tracks: pa.Table) -> Report:
     now = current(manifest)
     ok = now.filter(pc.field("status") == "ok")
-    slowest = now.sort_by([("seconds", "descending"), ("relpath", "ascending")]).slice(0, TOP)
+    worked = now.filter(pc.field("status") != "skipped")
+    slowest = worked.sort_by([("seconds", "descending"), ("relpath", "ascending")]).slice(0, TOP)
     return Report(
         output=output, runs=runs(manifest), status=_status_counts(latest(manifest)),
         faces=_sum(ok, "faces"), plates=_sum(ok, "plates"), frames=_sum(ok, "frames"), seconds=_sum(ok, "seconds"),
