@@ -27,6 +27,11 @@ class MaskShape(StrEnum):
     box = "box"
 
 
+class AudioPolicy(StrEnum):
+    keep = "keep"  # the source's audio packets, byte for byte
+    drop = "drop"  # no audio stream in the output: voices are personal data too
+
+
 @dataclass
 class SessionConfig:
     """ONNX Runtime session: providers tried in order, those not installed are skipped."""
@@ -163,10 +168,16 @@ class SegmentConfig:
 
 @dataclass
 class VideoConfig:
-    codec: str = "libx264"
+    codec: str = "libx264"  # MP4, MOV, MKV, AVI and MPEG-TS outputs
     crf: int = 18
     preset: str = "veryfast"
+    # WebM holds only VP8/VP9/AV1: a WebM input is written as WebM with this encoder, so a mixed
+    # archive needs one run (its CRF scale is VP9's, 0-63; "good" quality, cpu-used 5: ~1.5x
+    # x264 veryfast's encode time at 720p).
+    webm_codec: str = "libvpx-vp9"
+    webm_crf: int = 24
     threads: int = 0
+    audio: AudioPolicy = AudioPolicy.keep
 
 
 @dataclass

@@ -218,6 +218,7 @@ class VideoPlan:
     info: VideoInfo
     index: PacketIndex
     segments: tuple[SegmentPlan, ...]
+    codec: str = ""  # the encoder its container takes (encode.output_codec); "" = VideoConfig.codec
 
 
 MAX_MESSAGE = 300  # error text is kept, cut short; it never carries pixels or file contents

@@ -91,6 +91,18 @@ def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int =
             mux_stereo_tone(out, a, samples)
 
 
+def _webm_with_opus(p: Path) -> None:
+    with av.open(str(p), "w", format="webm") as out:
+        v, a = out.add_stream("libvpx-vp9", rate=FPS), out.add_stream("libopus", rate=48000)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        for i in range(N):
+            frame = av.VideoFrame.from_ndarray(_frame(i), format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+        mux_stereo_tone(out, a, 48000 * N // FPS)
+
+
 def clip(**kw) -> Callable[[Path], None]:
     return lambda p: _clip(p, **kw)
 
@@ -275,8 +287,8 @@ CASES = [
          "unsupported_format: MPEG program stream"),
     Case("WMV (ASF)", "clip.wmv", clip(fmt="asf", codec="wmv2"), SKIPPED, "unsupported_format: ASF"),
     Case("FLV", "clip.flv", clip(fmt="flv", codec="flv"), SKIPPED, "unsupported_format: Flash video"),
-    Case("vp9 in webm (H.264 output cannot go in WebM)", "vp9.webm", clip(codec="libvpx-vp9"), ERROR,
-         "webm.*(does not support|cannot)"),
+    Case("vp9 in webm (written as VP9 WebM)", "vp9.webm", clip(codec="libvpx-vp9"), PROCESSED),
+    Case("vp9 in webm with an Opus track", "opus.webm", _webm_with_opus, PROCESSED),
     # ---- wrong extensions
     Case("JPEG named .mp4", "photo.mp4", image("JPEG", quality=90), PROCESSED),
     Case("MP4 named .jpg", "clip.jpg", _renamed(clip(), ".mp4"), PROCESSED),
@@ -430,6 +442,13 @@ def _check_video(src: Path, dst: Path, row: dict) -> None:
     assert dst_info.rotation == src_info.rotation
     assert dst_info.audio_streams == src_info.audio_streams
     assert (dst_info.width, dst_info.height) == (src_info.width, src_info.height)
+    assert dst_info.container == src_info.container
+    if src.suffix == ".webm":  # WebM holds no H.264: its own encoder, and its audio copied
+        with av.open(str(dst)) as c:
+            assert c.streams.video[0].codec_context.name == "vp9"
+            with av.open(str(src)) as source:
+                assert [s.codec_context.name for s in c.streams.audio] == [s.codec_context.name
+                                                                           for s in source.streams.audio]
 
 
 def _check_image(src: Path, dst: Path) -> None:

@@ -424,7 +424,9 @@ def test_object_store_500s_and_slow_responses(s3_env, tmp_path):
         assert proxy.count("PUT", "out/_anon_ray/tmp/", 500) == 1
         keys = {o["Key"] for o in direct.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])}
         assert {k for k in keys if "_anon_ray" not in k} == {"out/a_flaky.jpg", "out/c_slow.jpg", "out/d_clip.mp4"}
-        assert keys - {"out/a_flaky.jpg", "out/c_slow.jpg", "out/d_clip.mp4"} == \
+        runs = {k for k in keys if k.startswith("out/_anon_ray/runs/") and k.endswith(".json")}
+        assert len(runs) == 1, keys  # the run's resolved config
+        assert keys - {"out/a_flaky.jpg", "out/c_slow.jpg", "out/d_clip.mp4"} - runs == \
             {"out/_anon_ray/manifest.parquet", "out/_anon_ray/tracks.parquet"}, keys  # no parts, no chunks
         assert not direct.list_multipart_uploads(Bucket=bucket).get("Uploads")
         rows = {r["relpath"]: r for r in pq.read_table(io.BytesIO(direct.get_object(

@@ -142,6 +142,21 @@ def test_video_streams_kept(video_run):
     assert _audio_packets(src) == _audio_packets(dst)
 
 
+def test_audio_dropped_when_asked(video_run, tmp_path):
+    """video.audio=drop: the same masked frames, no audio stream (the source has one)."""
+    from anon_ray.config import AudioPolicy, VideoConfig
+
+    src, kept, _ = video_run
+    cfg = _cfg(src.parent, tmp_path / "out", video=VideoConfig(audio=AudioPolicy.drop))
+    summary = job.run(cfg, run_local, out=io.StringIO())
+    assert summary.ok == 1 and _audio_packets(src)
+    dropped = tmp_path / "out" / src.name
+    with av.open(str(dropped)) as c:
+        assert not c.streams.audio and len(c.streams.video) == 1
+    assert len(packets.scan_packets(str(dropped))) == len(packets.scan_packets(str(kept)))
+    assert AppConfig().video.audio == AudioPolicy.keep
+
+
 def test_video_faces_masked(video_run):
     src, dst, _ = video_run
     detector = rescan_detector()
@@ -201,3 +216,24 @@ def test_skipped_media_fails_the_run_unless_told_otherwise(tmp_path):
     (src / "IMG_0001.heic").unlink()
     assert job.run(_cfg(src, tmp_path / "out_txt"), run_local, out=io.StringIO()).exit_code == 0
     assert AppConfig().fail_on_unsupported
+
+
+def test_each_run_saves_its_resolved_config_beside_the_manifest(photo_run, tmp_path):
+    """The manifest's rows hold the config's hash; runs/<run_id>.json holds the whole config, and
+    hashing it gives the rows' hash back. A URL's user:password never reaches it."""
+    import json
+
+    from anon_ray.io import manifest
+
+    _, out, _, _ = photo_run
+    rows = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    [path] = (out / "_anon_ray" / "runs").glob("*.json")
+    doc = json.loads(path.read_text())
+    assert path.stem == doc["run_id"] == rows[0]["run_id"]
+    assert manifest.hash_config(doc["config"], doc["models"]) == doc["config_hash"] == rows[0]["config_hash"]
+    assert doc["config"]["mask"]["plate_margin"] == AppConfig().mask.plate_margin
+    cfg = _cfg(tmp_path, tmp_path / "o")
+    cfg = replace(cfg, storage=replace(cfg.storage, endpoint_url="http://ops:hunter22@minio:9000"))
+    manifest.write_run_config(cfg, "r1", "h", {})
+    saved = (tmp_path / "o" / "_anon_ray" / "runs" / "r1.json").read_text()
+    assert "hunter22" not in saved and '"endpoint_url": "http://***@minio:9000"' in saved

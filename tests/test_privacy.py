@@ -197,6 +197,10 @@ def test_no_secrets_or_personal_data_in_manifest_and_tracks(privacy_run):
         text = "\n".join(_strings(pq.read_table(path))).encode()
         for value in forbidden:
             assert value not in raw and value not in text, f"{value!r} in {path.name}"
+    # The run's resolved config, saved beside the manifest, holds none of them either.
+    [config] = (audit / "runs").glob("*.json")
+    for value in forbidden:
+        assert value not in config.read_bytes(), f"{value!r} in {config.name}"
     tracks = pq.read_table(audit / "tracks.parquet")
     assert tracks.num_rows and all(tracks.column(c).null_count == tracks.num_rows for c in ("x1", "y1", "x2", "y2"))
 

@@ -211,6 +211,21 @@ def test_results_stream_before_listing_ends(cluster, tmp_path):
     assert not leftovers(out)
 
 
+def test_progress_within_a_video_is_logged_per_segment(cluster, tmp_path, caplog):
+    """A long recording is one asset: the driver says how many of its frames are done as each
+    segment comes back, ending at all of them."""
+    clip = SAMPLES / "astronaut_pan.mp4"
+    cfg = with_cluster(clip_config(str(tmp_path / "out"), 1.0), workers=2)
+    with caplog.at_level("INFO", logger="anon_ray"):
+        [res] = distributed.run_assets(cfg, [(video_asset(clip), str(tmp_path / "out" / clip.name))], "progress")
+    assert res.failure is None and res.segments >= 3
+    done = [tuple(map(int, m.groups())) for r in caplog.records
+            if (m := re.fullmatch(r"astronaut_pan.mp4: (\d+) of (\d+) frames done \((\d+) of (\d+) segments\)",
+                                  r.getMessage()))]
+    assert [d[2] for d in done] == list(range(1, res.segments + 1)), done
+    assert [d[0] for d in done] == sorted(d[0] for d in done) and done[-1][0] == done[-1][1] == res.frames
+
+
 def parts_of(out: Path) -> Path:
     """Where a run's segment parts are written (lifecycle.part_root)."""
     return out / INTERNAL_DIR / "tmp"

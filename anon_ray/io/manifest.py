@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from anon_ray import __version__
 from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.io import storage
 from anon_ray.io.files import remove_quietly
@@ -82,11 +84,41 @@ def new_run_id() -> str:
 
 def config_hash(cfg: AppConfig, model_hashes: dict[str, str]) -> str:
     """Hash of everything that changes output pixels; where or how the job runs does not count."""
-    relevant = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("detect", "mask", "track", "video", "image")}
+    return hash_config(dataclasses.asdict(cfg), model_hashes)
+
+
+def hash_config(config: dict, model_hashes: dict[str, str]) -> str:
+    """config_hash of a config as a plain dict (AppConfig's, or a run's saved JSON)."""
+    relevant = {k: dict(config[k]) for k in ("detect", "mask", "track", "video", "image")}
     relevant["detect"].pop("session")
     relevant["models"] = model_hashes
     blob = json.dumps(relevant, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _without_userinfo(value: str) -> str:
+    """A URL with its user:password part masked (an endpoint can carry one); anything else as is."""
+    parts = urllib.parse.urlsplit(value) if "://" in value else None
+    if parts is None or "@" not in parts.netloc:
+        return value
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def run_config_uri(output: str, run_id: str) -> str:
+    return storage.join(_dir(output), "runs", f"{run_id}.json")
+
+
+def write_run_config(cfg: AppConfig, run_id: str, chash: str, model_hashes: dict[str, str]) -> None:
+    """`_anon_ray/runs/<run_id>.json`: the run's whole resolved config beside the manifest, whose
+    rows hold only its hash (`hash_config` of its "config" gives that hash back). URLs lose any
+    user:password part; credentials never come from the config (standard AWS chain)."""
+    config = dataclasses.asdict(cfg)
+    config["input"], config["output"] = _without_userinfo(cfg.input), _without_userinfo(cfg.output)
+    config["storage"]["endpoint_url"] = _without_userinfo(cfg.storage.endpoint_url)
+    doc = {"run_id": run_id, "config_hash": chash, "models": model_hashes, "tool_version": __version__,
+           "config": config}
+    blob = json.dumps(doc, indent=2, sort_keys=True).encode()
+    storage.write_bytes_atomic(run_config_uri(cfg.output, run_id), blob, cfg.storage)
 
 
 def _dir(output: str) -> str:

@@ -214,7 +214,7 @@ def _verify(path: str, src_index: PacketIndex, muxed: dict[int, _StreamDigest], 
 
 
 def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoInfo,
-         src_tb: Fraction) -> tuple[int, dict[int, _StreamDigest], int]:
+         src_tb: Fraction, copied: tuple[str, ...]) -> tuple[int, dict[int, _StreamDigest], int]:
     """Write the output; return its frame count, digests of the copied streams, dropped streams."""
     with open_input(src) as source, open_input(parts[0]) as first_part:
         src_video = main_video_stream(source)
@@ -227,7 +227,7 @@ def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoIn
             out_video.codec_context.framerate = Fraction(*info.fps)
             out_video.set_display_matrix(info.display_matrix)
             pairs = {s.index: _add_template(out, s, s.language, s.disposition)
-                     for s in source.streams if s.type in COPIED_TYPES}
+                     for s in source.streams if s.type in copied}
             muxed = {o.index: _StreamDigest(o.type) for o in pairs.values()}
             frames = 0
             video = _video_packets(parts, offsets, src_tb, out_video, muxer)
@@ -240,7 +240,7 @@ def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoIn
         return frames, muxed, len(source.streams) - 1 - len(pairs)
 
 
-def finalize(parts: list[str], src: str, dst: str, info: VideoInfo) -> FinalizeStats:
+def finalize(parts: list[str], src: str, dst: str, info: VideoInfo, keep_audio: bool = True) -> FinalizeStats:
     """Join the encoded parts by stream copy, add the source's audio and subtitles, verify, rename.
 
     No identifying metadata is carried over: container tags (title, location/GPS, make/model,
@@ -249,7 +249,7 @@ def finalize(parts: list[str], src: str, dst: str, info: VideoInfo) -> FinalizeS
     playback needs stays: display matrix, colour description, dispositions, languages. `dst`
     is written only after re-reading the result proves frames, timestamps, copied packets and
     rotation match; otherwise nothing is left behind and MediaError is raised. Parts should be
-    `.mp4` files from `VideoWriter`, in frame order.
+    `.mp4` files from `VideoWriter`, in frame order. `keep_audio` False leaves the audio out.
     """
     if not parts:
         raise MediaError("no parts to finalize")
@@ -258,7 +258,8 @@ def finalize(parts: list[str], src: str, dst: str, info: VideoInfo) -> FinalizeS
     tmp = temp_path_beside(dst)
     try:
         offsets = _part_offsets(parts, src_index)
-        frames, muxed, dropped = _mux(parts, offsets, src, tmp, info, src_tb)
+        copied = COPIED_TYPES if keep_audio else tuple(t for t in COPIED_TYPES if t != "audio")
+        frames, muxed, dropped = _mux(parts, offsets, src, tmp, info, src_tb, copied)
         _verify(tmp, src_index, muxed, info)
         commit_file(tmp, dst)
     except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV refusing a stream for this container

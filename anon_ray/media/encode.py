@@ -51,6 +51,18 @@ def output_muxer(path: str, info: VideoInfo) -> str:
     return names.get(os.path.splitext(path)[1].lower(), default)
 
 
+def output_codec(path: str, info: VideoInfo, cfg: VideoConfig) -> str:
+    """The encoder for `info`'s video written under `path`: WebM's own, else the configured one."""
+    return cfg.webm_codec if output_muxer(path, info) == "webm" else cfg.codec
+
+
+def _encoder_options(codec: str, cfg: VideoConfig) -> dict[str, str]:
+    if codec.startswith("libvpx"):
+        # b=0: constant quality from crf alone, as x264's crf is.
+        return {"crf": str(cfg.webm_crf), "b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"}
+    return {"crf": str(cfg.crf), "preset": cfg.preset}
+
+
 def check_writable(path: str, info: VideoInfo, codec: str) -> None:
     """Refuse, before any decoding, a video whose container cannot hold `codec` (H.264 in WebM)."""
     muxer = output_muxer(path, info)
@@ -87,21 +99,22 @@ class VideoWriter:
     exception, or calling `abort()`, removes everything written.
     """
 
-    def __init__(self, path: str, info: VideoInfo, cfg: VideoConfig):
+    def __init__(self, path: str, info: VideoInfo, cfg: VideoConfig, codec: str = ""):
+        """`codec`: the encoder (output_codec's choice); "" = cfg.codec."""
+        codec = codec or cfg.codec
         self.path = path
         self.frames = 0
         self._size = (info.height, info.width)
         self._time_base = Fraction(*info.time_base)
         self._last_pts: int | None = None
-        self._pix_fmt, self._range = _output_pix_fmt(info, cfg.codec)
+        self._pix_fmt, self._range = _output_pix_fmt(info, codec)
         self._matrix = _SWS_MATRIX.get(info.colorspace)
         self._tmp = temp_path_beside(path)
         try:
             # The muxer follows the name here: callers pick the container of parts and copies.
             ext = os.path.splitext(path)[1].lower().lstrip(".")
             self._container = av.open(self._tmp, mode="w", container_options=container_options(ext, info.time_base))
-            stream = self._container.add_stream(
-                cfg.codec, rate=Fraction(*info.fps), options={"crf": str(cfg.crf), "preset": cfg.preset})
+            stream = self._container.add_stream(codec, rate=Fraction(*info.fps), options=_encoder_options(codec, cfg))
             stream.width, stream.height, stream.pix_fmt = info.width, info.height, self._pix_fmt
             stream.time_base = self._time_base
             stream.codec_context.time_base = self._time_base
@@ -116,7 +129,7 @@ class VideoWriter:
             self._stream = stream
         except (av.FFmpegError, ValueError) as exc:
             self.abort()
-            raise MediaError(f"cannot open a {cfg.codec} writer for {path}: {exc}") from exc
+            raise MediaError(f"cannot open a {codec} writer for {path}: {exc}") from exc
 
     def __enter__(self) -> "VideoWriter":
         return self

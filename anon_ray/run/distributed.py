@@ -36,7 +36,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anon_ray.config import AppConfig
-from anon_ray.io import staging, storage
+from anon_ray.io import inventory, staging, storage
 from anon_ray.run import affinity, parts
 from anon_ray.run.errors import Timeout
 from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
@@ -357,6 +357,10 @@ class _Scheduler:
                 self.queue.append(("segment", (state.asset, seg, state.vplan_ref, part), call.key))
         else:
             state.results[value.plan.index] = value
+            # Progress within a video, not only per asset: a 24 h recording is one asset.
+            log.info("%s: %d of %d frames done (%d of %d segments)", inventory.display_path(call.key),
+                     sum(r.frames_written for r in state.results.values()), state.vplan.info.n_frames,
+                     len(state.results), len(state.vplan.segments))
             if len(state.results) == len(state.vplan.segments):
                 results = [state.results[i] for i in sorted(state.results)]
                 task = _finalize.options(scheduling_strategy=_near(state.plan_node))

@@ -158,6 +158,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
     if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
+        manifest.write_run_config(cfg, run_id, chash, models)
     summary = Summary(fail_on_unsupported=cfg.fail_on_unsupported)
     writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
     started = time.time()

@@ -14,13 +14,13 @@ import dataclasses
 import os
 import time
 
-from anon_ray.config import AppConfig, StorageConfig
+from anon_ray.config import AppConfig, AudioPolicy, StorageConfig
 from anon_ray.core import plan as planner
 from anon_ray.core import stitch
 from anon_ray.io import staging, storage
 from anon_ray.io.files import sha256_file
 from anon_ray.media import concat, packets
-from anon_ray.media.encode import check_writable
+from anon_ray.media.encode import check_writable, output_codec
 from anon_ray.media.probe import probe
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
@@ -57,13 +57,15 @@ def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPl
     allows (raises; `plan` is the step that does not)."""
     index = packets.scan_packets(src)
     info = probe(src, index)
-    check_writable(name, info, cfg.video.codec)  # fail before detection, not after it
+    codec = output_codec(name, info, cfg.video)
+    check_writable(name, info, codec)  # fail before detection, not after it
     fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
     segs = planner.plan_segments(name, index, fps, cfg.segment, workers=workers)
     if not segs:
         raise AssetError("video has no frames")
     # Positions served only to cut byte ranges; every segment call carries the plan, so they stay here.
-    return VideoPlan(info=info, index=dataclasses.replace(index, pos=None, size=None), segments=tuple(segs))
+    return VideoPlan(info=info, index=dataclasses.replace(index, pos=None, size=None), segments=tuple(segs),
+                     codec=codec)
 
 
 def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
@@ -86,7 +88,8 @@ def segment(worker: Worker, asset: Asset, seg: SegmentPlan, vplan: VideoPlan, pa
             else:
                 with staging.output_target(part, cfg) as local_part:
                     os.makedirs(os.path.dirname(local_part), exist_ok=True)
-                    result = worker.segment(src.source, seg, vplan.info, vplan.index, local_part, deadline)
+                    result = worker.segment(src.source, seg, vplan.info, vplan.index, local_part, deadline,
+                                            codec=vplan.codec)
                 result = dataclasses.replace(result, part_path=part)
             return dataclasses.replace(result, input_bytes=src.fetched)
     except Exception as exc:  # noqa: BLE001
@@ -114,7 +117,7 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
         local = [staging.fetch(r.part_path, "", cfg.storage) for r in results]
         with staging.output_target(dst, cfg.storage) as target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-            concat.finalize(local, src, target, vplan.info)
+            concat.finalize(local, src, target, vplan.info, keep_audio=cfg.video.audio == AudioPolicy.keep)
             out_sha256, out_size = sha256_file(target), os.path.getsize(target)
         return AssetResult(asset, dst, frames=sum(r.frames_written for r in results), input_sha256=digest,
                            output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,

@@ -172,7 +172,7 @@ class Worker:
                 yield i, per_frame.get(i, Detections.empty())
 
     def segment(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                part_path: str | None, deadline: Deadline = NO_DEADLINE) -> SegmentResult:
+                part_path: str | None, deadline: Deadline = NO_DEADLINE, codec: str = "") -> SegmentResult:
         """Detect and track over the context range, and mask and encode the owned frames meanwhile.
 
         With `part_path` None nothing is encoded: only the boxes to mask over the context range
@@ -184,7 +184,7 @@ class Worker:
         segment length (I3); decoding is cheap next to detection. Before the part is published,
         the boxes used on every owned frame are checked against a whole-segment refinement (the
         track table returned), so streaming can never mask less than it. Past `deadline` it raises
-        Timeout, leaving no part.
+        Timeout, leaving no part. `codec`: the part's encoder (VideoPlan.codec); "" = video.codec.
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -203,7 +203,7 @@ class Worker:
         # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
         final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths), depth=seg.ctx_end - seg.ctx_start + 1)
         try:
-            with VideoWriter(tmp, info, self.cfg.video) as writer:
+            with VideoWriter(tmp, info, self.cfg.video, codec) as writer:
                 for i, pts, rgb in prefetch(decode(src, seg.seek_pts, index, seg.start, seg.end)):
                     deadline.check()
                     if i != seg.start + written:
