@@ -142,13 +142,13 @@ def graceful_stop(stop) -> Iterator[None]:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _run(dcfg: DictConfig) -> None:
-    from anon_ray.run import distributed, job
+    from anon_ray.run import engine, job
 
     global _exit_code
     cfg = _to_plain(dcfg)
     stop = job.StopRequest(grace_s=stop_grace_s())
     with graceful_stop(stop):
-        summary = job.run(cfg, functools.partial(distributed.run_assets, stop=stop), stop=stop)
+        summary = job.run(cfg, functools.partial(engine.run_assets, stop=stop), stop=stop)
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(summary.not_processed.items()))
     print(f"anon-ray: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped (done before), "
           f"{sum(summary.not_processed.values())} not processed{f' ({reasons})' if reasons else ''}, "
