@@ -18,6 +18,7 @@ logs, whose text must be valid UTF-8.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -131,17 +132,13 @@ def display_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def skipped(asset: Asset, why: str, detail: str) -> Asset:
-    return Asset(asset.uri, asset.relpath, asset.size, asset.version, asset.kind, skip=why, skip_detail=detail)
-
-
 def sorted_out(asset: Asset, fmt: str, not_media: str) -> Asset:
     """`asset` with its skip set from its sniffed kind: an unsupported format is skipped, content
     that is no media under a name that is no media name too (`not_media`: why, in words)."""
     if asset.kind == "unsupported":
-        return skipped(asset, UNSUPPORTED_FORMAT, fmt)
+        return dataclasses.replace(asset, skip=UNSUPPORTED_FORMAT, skip_detail=fmt)
     if asset.kind == "unknown" and not media_name(asset.relpath):
-        return skipped(asset, NOT_MEDIA, not_media)
+        return dataclasses.replace(asset, skip=NOT_MEDIA, skip_detail=not_media)
     return asset
 
 
@@ -157,10 +154,13 @@ def local_asset(path: str, rel: str, root: str = "") -> Asset:
                      skip_detail=f"symbolic link to a {what} outside the input folder")
     try:
         st = os.stat(path)
-        kind, fmt = sniff(_read_head(path), path) if stat.S_ISREG(st.st_mode) else ("unknown", "")
     except OSError:
-        st, kind, fmt = None, "unknown", ""
-    asset = Asset(path, rel, st.st_size if st else 0, f"{st.st_size}-{st.st_mtime_ns}" if st else "", kind)
+        return sorted_out(Asset(path, rel, 0, "", "unknown"), "", unusable_reason(path))
+    try:
+        kind, fmt = sniff(_read_head(path), path) if stat.S_ISREG(st.st_mode) else ("unknown", "")
+    except OSError:  # a file that cannot be read keeps its size and version, as one that can
+        kind, fmt = "unknown", ""
+    asset = Asset(path, rel, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", kind)
     return sorted_out(asset, fmt, unusable_reason(path) if kind == "unknown" else "")
 
 

@@ -41,6 +41,13 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     return None
 
 
+def header_seconds(path: str) -> float | None:
+    """The duration the container's header states, without reading its packets; None if it
+    states none."""
+    with open_input(path) as container:
+        return container.duration / av.time_base if container.duration else None
+
+
 def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
     """Describe the main video stream; pass the `scan_packets` result to avoid a second scan."""
     index = scan_packets(path) if index is None else index

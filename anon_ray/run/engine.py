@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from anon_ray.config import AppConfig
 from anon_ray.media.packets import scan_packets
+from anon_ray.media.probe import header_seconds
 from anon_ray.run.job import StopRequest
 from anon_ray.run.local import run_local
 from anon_ray.types import Asset, AssetResult
@@ -30,10 +31,14 @@ def in_process(cfg: AppConfig, listed: list[tuple[Asset, str]]) -> bool:
     if asset.kind == "image":
         return True
     try:
-        index = scan_packets(asset.uri)
+        # The header's duration: a packet scan would read a long recording through, only for
+        # the pool's plan to scan it again.
+        seconds = header_seconds(asset.uri)
+        if seconds is None:
+            index = scan_packets(asset.uri)
+            seconds = len(index) and float(index.pts[-1] - index.pts[0]) * index.time_base_num / index.time_base_den
     except Exception:  # noqa: BLE001 - the engine that runs it reports the error
         return True
-    seconds = len(index) and float(index.pts[-1] - index.pts[0]) * index.time_base_num / index.time_base_den
     return seconds <= cfg.segment.seconds
 
 
