@@ -120,3 +120,16 @@ def test_detections_outside_frames_rejected():
     with pytest.raises(ValueError):
         track(dets([5], [[0, 0, 10, 10]]), CFG, range(5))
     assert len(track(Detections.empty(), CFG, range(5))) == 0
+
+
+def test_untracked_detections_before_a_segments_first_owned_frame_are_padded_across_the_cut():
+    """A low-score box that a run begun earlier gave to an older track (and padded past the cut)
+    is untracked in the segment that starts at the cut's context: it is padded forward there."""
+    stray = track(dets([45, 52], [[600, 600, 640, 650], [300, 300, 340, 350]], 0.1), CFG, range(30, 90))
+    assert (stray.track == -1).all()
+    segment = mask_boxes(stray, CFG, range(30, 90), (1000, 1000), owned_from=60)
+    on = segment.select(segment.frame >= 60)
+    np.testing.assert_array_equal(on.frame, np.arange(60, 63))  # 52's pads; 45's end at 55
+    assert (on.xyxy[:, 0] < 300).all() and (on.xyxy[:, 2] > 340).all() and (on.score == 0).all()
+    whole = mask_boxes(stray, CFG, range(30, 90), (1000, 1000))
+    assert len(whole) == 2  # inside one segment, an untracked box is masked as it is

@@ -13,7 +13,14 @@ When the camera moves (the `path` of track/camera.py), each such box is drawn tw
 interpolated) in the picture, for a face that moves with the camera, and in the scene, for one
 that stays where it is while the camera pans past it. Recall first: both are masked.
 
-Untracked detections (track -1) are masked as they are. Synthetic boxes (interpolated or padded)
+A segment's tracker starts at its context, so near a cut it can link detections otherwise than a
+run that began earlier did: a low-score box that an older track (its velocity fitted on frames the
+segment never saw) took, and padded past the cut, stays untracked in the segment. So each
+detection in the `pad` frames before a segment's first owned frame is padded forward as if its
+track ended there: the segment masks at least the pads the earlier run drew (invariant I2), at
+the cost of a few extra boxes in the `pad` frames after a cut.
+
+Otherwise untracked detections (track -1) are masked as they are. Synthetic boxes (interpolated or padded)
 carry their track's id and class and score 0, which tells them apart from detections. Margin
 dilation is the masker's job, not done here.
 """
@@ -29,11 +36,12 @@ PAD_GROWTH = 0.05  # relative growth of w and h per padded frame (50% at the def
 
 
 def mask_boxes(tracked: Detections, cfg: TrackConfig, frames: range, frame_size: tuple[int, int],
-               path: CameraPath | None = None) -> Detections:
+               path: CameraPath | None = None, owned_from: int = 0) -> Detections:
     """Every box to mask on frames in `frames`, clipped to the frame (w, h), sorted by frame.
 
     Each detection is kept (clipped); synthetic boxes that fall outside the frame are dropped.
-    `path` must cover `frames` (and the detections' frames) when given.
+    `path` must cover `frames` (and the detections' frames) when given. `owned_from`: the
+    segment's first owned frame; the detections in the `pad` frames before it are padded forward.
     """
     t = tracked.select(tracked.track >= 0)
     t = t.select(np.lexsort((t.frame, t.track)))
@@ -44,10 +52,13 @@ def mask_boxes(tracked: Detections, cfg: TrackConfig, frames: range, frame_size:
     run_start = np.r_[0, breaks + 1] if len(t) else breaks
     run_end = np.r_[breaks, len(t) - 1] if len(t) else breaks
     pairs = np.flatnonzero(linked & (missing > 0))
-    parts = [_interpolate(t, pairs, missing), _pad(t, run_start, -1, cfg.pad), _pad(t, run_end, +1, cfg.pad)]
+    lead = tracked.select(tracked.track < 0)
+    before = np.flatnonzero((lead.frame >= owned_from - cfg.pad) & (lead.frame < owned_from))
+    parts = [_interpolate(t, pairs, missing), _pad(t, run_start, -1, cfg.pad), _pad(t, run_end, +1, cfg.pad),
+             _pad(lead, before, +1, cfg.pad)]
     if path is not None and np.any(path.xy):
         parts += [_interpolate(t, pairs, missing, path), _pad(t, run_start, -1, cfg.pad, path),
-                  _pad(t, run_end, +1, cfg.pad, path)]
+                  _pad(t, run_end, +1, cfg.pad, path), _pad(lead, before, +1, cfg.pad, path)]
     synthetic = Detections.concat(parts)
     out = Detections.concat([tracked, synthetic])
     w, h = frame_size

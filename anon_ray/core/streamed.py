@@ -27,8 +27,9 @@ _CLASS_ID_BASE = 1 << 40
 class StreamedBoxes:
     """Feed detections in frame order with `add`; it returns the frames that became final."""
 
-    def __init__(self, cfg: TrackConfig, frames: range, frame_size: tuple[int, int]) -> None:
+    def __init__(self, cfg: TrackConfig, frames: range, frame_size: tuple[int, int], owned_from: int = 0) -> None:
         self.cfg = cfg
+        self.owned_from = owned_from  # refine.mask_boxes's
         self.frames = frames
         self.frame_size = frame_size
         self.reach = max(cfg.max_gap + 1, cfg.pad)
@@ -52,7 +53,7 @@ class StreamedBoxes:
         if final <= self.done:
             return range(self.done, self.done), Detections.empty()
         span = range(self.done, final)
-        boxes = refine.mask_boxes(self.window, self.cfg, span, self.frame_size, self.path)
+        boxes = refine.mask_boxes(self.window, self.cfg, span, self.frame_size, self.path, self.owned_from)
         self.window = self.window.select(self.window.frame >= final - self.reach)
         self.path = self.path.since(final - self.reach)
         self.done = final

@@ -153,7 +153,7 @@ class Worker:
     def _refine(self, raw: Detections, path: CameraPath, seg: SegmentPlan, info: VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
         return refine.mask_boxes(bytetrack.track(raw, self.cfg.track, ctx, path), self.cfg.track, ctx,
-                                 (info.width, info.height), path)
+                                 (info.width, info.height), path, seg.start)
 
     def _final_frames(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
                       deadline: Deadline, raw: list[Detections], paths: list[CameraPath]
@@ -161,7 +161,7 @@ class Worker:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
         every batch's raw detections and camera path are appended to `raw` and `paths`."""
         ctx = range(seg.ctx_start, seg.ctx_end)
-        stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height))
+        stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height), seg.start)
         decoded = prefetch(self._decode_context(src, seg, index))
         for seen_to, dets, path in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline):
             raw.append(dets)
