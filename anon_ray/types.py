@@ -219,6 +219,7 @@ class VideoPlan:
     index: PacketIndex
     segments: tuple[SegmentPlan, ...]
     codec: str = ""  # the encoder its container takes (encode.output_codec); "" = VideoConfig.codec
+    changes: tuple[str, ...] = ()  # how the output will differ beyond the masks (encode.output_changes)
 
 
 MAX_MESSAGE = 300  # error text is kept, cut short; it never carries pixels or file contents
@@ -255,6 +256,7 @@ class AssetResult:
     tracks: Detections | None = None  # the boxes masked, with global track ids
     segment_nodes: tuple[str, ...] = ()  # per segment, in order: SegmentResult.node
     segment_input_bytes: tuple[int, ...] = ()  # per segment, in order: SegmentResult.input_bytes
+    changes: tuple[str, ...] = ()  # how the output differs beyond the masks (VideoPlan.changes for videos)
 
 
 @dataclass(frozen=True)
@@ -285,3 +287,7 @@ class AssetRecord:
     finished_at: str = ""
     segment_nodes: str = ""  # JSON list: the opaque id of the node that ran each segment
     segment_input_bytes: str = ""  # JSON list: bytes each segment fetched from object storage
+    # JSON list: how the output differs from the input beyond the masks (a pixel format the
+    # encoder cannot write, a size padded to whole chroma samples, 16-bit photo samples written as
+    # 8-bit); "" when it differs in nothing.
+    output_changes: str = ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 import struct
@@ -66,7 +67,7 @@ def _frame(i: int) -> np.ndarray:
 def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int = N, fmt: str | None = None,
           container_options: dict | None = None, options: dict | None = None, pts: list[int] | None = None,
           time_base: Fraction | None = None, rotation: int = 0, audio: bool = False, video_stream: bool = True,
-          latin1_title: str = "") -> None:
+          latin1_title: str = "", size: tuple[int, int] = (W, H)) -> None:
     with av.open(str(path), "w", format=fmt, container_options=container_options or {},
                  metadata_encoding="latin-1") as out:
         if latin1_title:
@@ -74,13 +75,13 @@ def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int =
         v = out.add_stream(codec, rate=FPS, options=options or {}) if video_stream else None
         a = out.add_stream("aac", rate=48000) if audio else None
         if v is not None:
-            v.width, v.height, v.pix_fmt = W, H, pix_fmt
+            (v.width, v.height), v.pix_fmt = size, pix_fmt
             if time_base is not None:
                 v.time_base = v.codec_context.time_base = time_base
             if rotation:
                 v.set_display_matrix(MATRICES[rotation])
             for i in range(n):
-                frame = av.VideoFrame.from_ndarray(_frame(i), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(_frame(i)[:size[1], :size[0]].copy(), format="rgb24")
                 frame.pts = i if pts is None else pts[i]
                 if time_base is not None:
                     frame.time_base = time_base
@@ -281,6 +282,9 @@ CASES = [
     Case("mpeg4 (Part 2) in mp4", "mpeg4.mp4", clip(codec="mpeg4"), PROCESSED),
     Case("mpeg4 (Part 2) in avi", "mpeg4.avi", clip(codec="mpeg4"), PROCESSED),
     Case("mjpeg in avi (old cameras)", "mjpeg.avi", clip(codec="mjpeg", pix_fmt="yuvj420p"), PROCESSED),
+    Case("h264 with B-frames in avi", "bframes.avi", clip(fmt="avi", options={"bf": "2"}), PROCESSED),
+    Case("avi with a dropped-frame (empty) chunk", "gap.avi",
+         clip(fmt="avi", codec="mpeg4", pts=[i + (i >= 5) for i in range(N)]), ERROR, "dropped-frame"),
     Case("h264 in mpeg-ts", "clip.ts", clip(fmt="mpegts"), PROCESSED),
     Case("hidden file", ".hidden.mp4", clip(), PROCESSED),
     Case("MPEG-2 in MPEG-PS (.mpg)", "clip.mpg", clip(fmt="mpeg", codec="mpeg2video"), SKIPPED,
@@ -332,6 +336,8 @@ CASES = [
     # ---- pixel formats, scan types
     Case("10-bit 4:2:0 (yuv420p10le)", "p10.mp4", clip(pix_fmt="yuv420p10le"), PROCESSED),
     Case("4:4:4 (yuv444p)", "p444.mp4", clip(pix_fmt="yuv444p"), PROCESSED),
+    Case("odd size 4:2:0 (FFV1 127x95, written as H.264 128x96)", "odd.mkv", clip(codec="ffv1", size=(W - 1, H - 1)),
+         PROCESSED),
     Case("interlaced (x264 tff)", "interlaced.mp4", clip(options={"x264-params": "tff=1"}), PROCESSED),
     # ---- file-system oddities
     Case("directory named like a video", "folder.mp4", lambda p: p.mkdir(), EXCLUDED),
@@ -434,14 +440,32 @@ def _decoded_frames(path: Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
+def _shown_seconds(path: Path) -> list[float]:
+    with av.open(str(path), metadata_errors="replace") as c:
+        tb = c.streams.video[0].time_base
+        return [float(f.pts * tb) for f in c.decode(video=0)]
+
+
 def _check_video(src: Path, dst: Path, row: dict) -> None:
     frames = _decoded_frames(src)
     assert _decoded_frames(dst) == frames == row["frames"] == len(scan_packets(str(dst)))
+    # Shown in the order decoded, the first when the source's first is (FFmpeg reads H.264 in AVI
+    # a slot late, MPEG-4 and MJPEG not: there only an H.264 source compares).
+    shown, index = _shown_seconds(dst), scan_packets(str(src))
+    assert shown == sorted(shown)
+    if src.suffix != ".avi" or probe(str(src)).codec == "h264":
+        assert abs(shown[0] - float(index.pts[0]) * index.time_base_num / index.time_base_den) < 0.5 / FPS
     assert row["segments"] > 1 or frames < 20, "short segments are meant to cut every clip"
     src_info, dst_info = probe(str(src)), probe(str(dst))
     assert dst_info.rotation == src_info.rotation
     assert dst_info.audio_streams == src_info.audio_streams
-    assert (dst_info.width, dst_info.height) == (src_info.width, src_info.height)
+    # H.264 takes only whole chroma samples: an odd-sized 4:2:0 source is padded, and says so.
+    odd = src_info.pix_fmt.startswith("yuv420") and (src_info.width % 2 or src_info.height % 2) \
+        and dst_info.codec == "h264"
+    padded = [c for c in json.loads(row["output_changes"] or "[]") if "padded" in c]
+    assert bool(padded) == bool(odd), row["output_changes"]
+    assert (dst_info.width, dst_info.height) == (src_info.width + odd * (src_info.width % 2),
+                                                 src_info.height + odd * (src_info.height % 2))
     assert dst_info.container == src_info.container
     if src.suffix == ".webm":  # WebM holds no H.264: its own encoder, and its audio copied
         with av.open(str(dst)) as c:
@@ -475,6 +499,8 @@ def test_case_outcome(corpus, case):
             _check_video(corpus.src / case.name, dst, row)
         else:
             _check_image(corpus.src / case.name, dst)
+            deep = case.name == "deep.png"  # the only 16-bit photo: written as 8-bit, and says so
+            assert ("16-bit" in row["output_changes"]) == deep, row["output_changes"]
     elif case.expect == ERROR:
         assert not os.path.lexists(dst), "a failed asset must leave no output"
         assert row["error_class"] and row["output_uri"] == ""

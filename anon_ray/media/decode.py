@@ -65,6 +65,12 @@ def _decode_from(src: Source, seek_pts: int | None, index: PacketIndex, first: i
     with open_input(src) as container:
         stream = main_video_stream(container)
         stream.thread_type = "AUTO"
+        # AVI stores frames in decode order with no presentation times: a decoded B-frame carries
+        # its packet's decode slot. The decoder still outputs frames in display order, so there the
+        # n-th frame after a keyframe takes the n-th slot; every keyframe must land on its own
+        # slot, which catches a frame the decoder dropped.
+        by_order = container.format.name == "avi"
+        slot: int | None = None
         expected = first
         try:
             if seek_pts is not None:
@@ -74,6 +80,12 @@ def _decode_from(src: Source, seek_pts: int | None, index: PacketIndex, first: i
                 i = index.index_of(pts) if pts is not None else len(index)
                 if i >= len(index) or index.pts[i] != pts:
                     raise MediaError(f"decoded a frame with pts {pts} that the packet scan does not know")
+                if by_order:
+                    if slot is not None and not frame.key_frame:
+                        i, pts = slot + 1, int(index.pts[min(slot + 1, len(index) - 1)])
+                    elif slot is not None and i != slot + 1:
+                        raise MediaError(f"AVI keyframe at frame {i} decoded in slot {slot + 1}")
+                    slot = i
                 if i < first:
                     continue
                 if i >= stop:

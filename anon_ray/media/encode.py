@@ -41,6 +41,10 @@ _UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
 # AVColorSpace -> the swscale matrix name PyAV's reformat expects.
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+# H.264 and HEVC encoders take only whole chroma samples: 4:2:0 needs an even width and height,
+# 4:2:2 an even width (libx264 fails with "Generic error in an external library" otherwise).
+# VP9 and MPEG-4 Part 2 take odd sizes as they are.
+_WHOLE_CHROMA_ENCODERS = ("libx264", "libx265", "h264_", "hevc_")
 
 
 def output_muxer(path: str, info: VideoInfo) -> str:
@@ -56,11 +60,16 @@ def output_codec(path: str, info: VideoInfo, cfg: VideoConfig) -> str:
     return cfg.webm_codec if output_muxer(path, info) == "webm" else cfg.codec
 
 
-def _encoder_options(codec: str, cfg: VideoConfig) -> dict[str, str]:
+def _encoder_options(codec: str, cfg: VideoConfig, muxer: str = "") -> dict[str, str]:
     if codec.startswith("libvpx"):
         # b=0: constant quality from crf alone, as x264's crf is.
         return {"crf": str(cfg.webm_crf), "b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"}
-    return {"crf": str(cfg.crf), "preset": cfg.preset}
+    options = {"crf": str(cfg.crf), "preset": cfg.preset}
+    if muxer == "avi":
+        # AVI has no presentation times: with B-frames players show frames in decode order (and
+        # FFmpeg's muxer delays the first one), so AVI outputs are coded without them.
+        options["bf"] = "0"
+    return options
 
 
 def check_writable(path: str, info: VideoInfo, codec: str) -> None:
@@ -92,6 +101,28 @@ def _output_pix_fmt(info: VideoInfo, codec: str) -> tuple[str, int]:
     return pix_fmt, color_range if color_range in (_RANGE_MPEG, _RANGE_JPEG) else _RANGE_MPEG
 
 
+def coded_size(info: VideoInfo, codec: str) -> tuple[int, int]:
+    """(width, height) the encoder writes: the source's, one pixel larger where its chroma
+    subsampling needs an even size (the frame's last column or row repeated)."""
+    pix_fmt, _ = _output_pix_fmt(info, codec)
+    if not codec.startswith(_WHOLE_CHROMA_ENCODERS):
+        return info.width, info.height
+    even_w, even_h = "420" in pix_fmt or "422" in pix_fmt, "420" in pix_fmt
+    return info.width + (even_w and info.width % 2), info.height + (even_h and info.height % 2)
+
+
+def output_changes(info: VideoInfo, codec: str) -> tuple[str, ...]:
+    """What the output will differ in from the source beyond the masks, for the manifest."""
+    changes = []
+    pix_fmt, _ = _output_pix_fmt(info, codec)
+    if pix_fmt != _J_FORMATS.get(info.pix_fmt, info.pix_fmt):
+        changes.append(f"pixel format {info.pix_fmt} written as {pix_fmt}")
+    size = coded_size(info, codec)
+    if size != (info.width, info.height):
+        changes.append(f"size {info.width}x{info.height} padded to {size[0]}x{size[1]} (edge repeated)")
+    return tuple(changes)
+
+
 class VideoWriter:
     """Encode RGB frames with given pts into a new file (`.mp4` parts keep any time base exactly).
 
@@ -105,6 +136,8 @@ class VideoWriter:
         self.path = path
         self.frames = 0
         self._size = (info.height, info.width)
+        width, height = coded_size(info, codec)
+        self._pad = ((0, height - info.height), (0, width - info.width), (0, 0))
         self._time_base = Fraction(*info.time_base)
         self._last_pts: int | None = None
         self._pix_fmt, self._range = _output_pix_fmt(info, codec)
@@ -114,8 +147,11 @@ class VideoWriter:
             # The muxer follows the name here: callers pick the container of parts and copies.
             ext = os.path.splitext(path)[1].lower().lstrip(".")
             self._container = av.open(self._tmp, mode="w", container_options=container_options(ext, info.time_base))
-            stream = self._container.add_stream(codec, rate=Fraction(*info.fps), options=_encoder_options(codec, cfg))
-            stream.width, stream.height, stream.pix_fmt = info.width, info.height, self._pix_fmt
+            # Parts are MP4 whatever the output: code them for the container they end up in.
+            final = _MUXERS.get(info.container, ({}, ""))[1]
+            stream = self._container.add_stream(codec, rate=Fraction(*info.fps),
+                                                options=_encoder_options(codec, cfg, final))
+            stream.width, stream.height, stream.pix_fmt = width, height, self._pix_fmt
             stream.time_base = self._time_base
             stream.codec_context.time_base = self._time_base
             stream.codec_context.thread_count = cfg.threads
@@ -146,6 +182,8 @@ class VideoWriter:
             raise MediaError(f"frame {rgb.dtype} {rgb.shape} does not match the stream {self._size}")
         if self._last_pts is not None and pts <= self._last_pts:
             raise MediaError(f"pts {pts} after {self._last_pts}: timestamps must increase")
+        if any(after for _, after in self._pad):
+            rgb = np.pad(rgb, self._pad, mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format=self._pix_fmt, dst_colorspace=self._matrix, dst_color_range=self._range,
                                interpolation=_FROM_RGB)

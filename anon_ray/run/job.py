@@ -122,6 +122,7 @@ def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         segment_nodes=json.dumps(list(res.segment_nodes)) if res.segment_nodes else "",
         segment_input_bytes=json.dumps(list(res.segment_input_bytes)) if res.segment_input_bytes else "",
+        output_changes=json.dumps(list(res.changes)) if res.changes and not res.failure else "",
     )
 
 

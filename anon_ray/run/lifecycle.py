@@ -20,7 +20,7 @@ from anon_ray.core import stitch
 from anon_ray.io import staging, storage
 from anon_ray.io.files import sha256_file
 from anon_ray.media import concat, packets
-from anon_ray.media.encode import check_writable, output_codec
+from anon_ray.media.encode import check_writable, output_changes, output_codec
 from anon_ray.media.probe import probe
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
@@ -59,13 +59,14 @@ def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPl
     info = probe(src, index)
     codec = output_codec(name, info, cfg.video)
     check_writable(name, info, codec)  # fail before detection, not after it
+    concat.check_verifiable(info, index)
     fps = info.fps[0] / info.fps[1] if info.fps[1] else 0.0
     segs = planner.plan_segments(name, index, fps, cfg.segment, workers=workers)
     if not segs:
         raise AssetError("video has no frames")
     # Positions served only to cut byte ranges; every segment call carries the plan, so they stay here.
     return VideoPlan(info=info, index=dataclasses.replace(index, pos=None, size=None), segments=tuple(segs),
-                     codec=codec)
+                     codec=codec, changes=output_changes(info, codec))
 
 
 def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
@@ -122,7 +123,8 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
         return AssetResult(asset, dst, frames=sum(r.frames_written for r in results), input_sha256=digest,
                            output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,
                            segment_nodes=tuple(r.node for r in results) if any(r.node for r in results) else (),
-                           segment_input_bytes=tuple(r.input_bytes for r in results), **counts)
+                           segment_input_bytes=tuple(r.input_bytes for r in results), changes=vplan.changes,
+                           **counts)
     except Exception as exc:  # noqa: BLE001
         return failed(asset, dst, exc, started, cfg.storage) if dst else \
             AssetResult(asset, "", failure=Failure.of(exc), seconds=time.time() - started)

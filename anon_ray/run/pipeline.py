@@ -144,8 +144,9 @@ class Worker:
                                                           bit_depth=loaded.bit_depth), self.cfg.image)
         atomic_write_bytes(target, data)
         faces, plates = count_objects(dets)
+        changes = ("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else ()
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
-                           output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets)
+                           output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes)
 
     def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
         return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
