@@ -59,7 +59,7 @@ def _modules_matching(pattern: str) -> list[str]:
 
 
 def test_layering():
-    assert _modules_matching(r"^\s*(import ray\b|from ray\b)") == ["run/distributed.py"]
+    assert _modules_matching(r"^\s*(import ray\b|from ray\b)") == ["run/distributed.py", "run/ray_metrics.py"]
     assert _modules_matching(r"^\s*(import hydra\b|from hydra\b)") == ["cli.py"]
     assert all(m.startswith("io/") for m in _modules_matching(r"\bis_s3\b")), _modules_matching(r"\bis_s3\b")
     assert all(m.startswith("io/") for m in _modules_matching(r"^\s*(import boto3|from botocore|from boto3)"))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import psutil
+import pyarrow.parquet as pq
 import pytest
 import ray
 from conftest import REPO, SAMPLES
@@ -96,13 +97,14 @@ def test_job_submit_to_running_cluster(tmp_path):
     # Own temp dir: `ray start` records its address there, so no other ray.init() on this machine
     # finds and joins this cluster. Own token: nothing read from or written to ~/.ray.
     ray_tmp = Path(os.path.join("/tmp", f"anonray-{secrets.token_hex(4)}"))  # short: unix socket paths
-    dash = free_port()
+    dash, metrics = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update(PATH=f"{VENV_BIN}:{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     head = subprocess.Popen(
         [VENV_BIN / "ray", "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--metrics-export-port={metrics}",
          f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -116,9 +118,30 @@ def test_job_submit_to_running_cluster(tmp_path):
         assert (out / "astronaut.jpg").is_file() and (out / "intel_people-detection.mp4").is_file()
         assert (out / "_anon_ray" / "manifest.parquet").is_file()
         assert not leftovers(out)
+        # What Prometheus scrapes from the node once the job has ended (a nightly run's figures): the
+        # driver reports every 10 s, and what it had not reported yet is sent as it shuts down.
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+        totals = scraped_totals(scraped)
+        video = next(r for r in pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+                     if r["kind"] == "video")
+        assert totals == {("ray_anon_ray_assets_total", "image", "ok"): 1,
+                          ("ray_anon_ray_assets_total", "video", "ok"): 1,
+                          ("ray_anon_ray_segments_total", "", ""): video["segments"],
+                          ("ray_anon_ray_frames_total", "", ""): video["frames"]}, scraped
     finally:
         stop_cluster(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def scraped_totals(text: str) -> dict[tuple[str, str, str], float]:
+    """Our counters in a Prometheus scrape: (series, kind tag, status tag) -> value, summed over
+    the processes that reported them."""
+    totals: dict[tuple[str, str, str], float] = {}
+    for m in re.finditer(r"^(ray_anon_ray_\w+_total)\{([^}]*)\} (\S+)$", text, re.M):
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', m[2]))
+        key = (m[1], tags.get("kind", ""), tags.get("status", ""))
+        totals[key] = totals.get(key, 0.0) + float(m[3])
+    return totals
 
 
 def wait_for_dashboard(port: int, head: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -1,4 +1,5 @@
-"""The only module that imports Ray: actor pool, resources, retries, streaming over assets.
+"""The Ray engine: actor pool, resources, retries, streaming over assets (with ray_metrics.py,
+the only modules that import Ray; the driver's counters of a run are there).
 
 One actor class owns the ONNX sessions (created once per actor). Videos are planned by small
 tasks, their segments spread over the pool, and each asset is finalized by a task as soon as its
@@ -11,14 +12,14 @@ its calls reports a failure, or it stays open longer than `asset_timeout_s` (err
 'Timeout'; 0 = no limit). A failed asset's remaining calls are cancelled, and it is closed
 (manifest row, output and parts removed) only once none of them can still write anything.
 
-An asset's clock runs from when it is opened, as its manifest `seconds` does, so it includes
-waiting for workers behind the other open assets (at most max_in_flight - 1 of them).
+An asset's clock runs from when it is opened, as its manifest `seconds` does: it includes waiting
+for workers behind the other open assets (at most max_in_flight - 1 of them).
 
-Stopping (a job.StopRequest, set by the CLI on SIGTERM/SIGINT): no new asset is opened; the open
-ones may finish during the request's grace period. Then, or at once on a second signal, every
-open asset is failed as job.INTERRUPTED, its task calls cancelled by force and the pool's actors
-killed; each asset closes as a failed one does (output, temporary files and parts removed) once
-its calls have reported back. Results that were already complete are taken first, not thrown away.
+Stopping (a job.StopRequest, set by the CLI on SIGTERM/SIGINT): no new asset is opened; the open ones
+may finish during the request's grace period. Then, or at once on a second signal, every open asset is
+failed as job.INTERRUPTED, its task calls cancelled by force and the pool's actors killed; each asset
+closes as a failed one does (output, temporary files and parts removed) once its calls have reported
+back. Results that were already complete are taken first, not thrown away.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from anon_ray.config import AppConfig
 from anon_ray.io import inventory, staging, storage
-from anon_ray.run import affinity, parts
+from anon_ray.run import affinity, parts, ray_metrics
 from anon_ray.run.errors import Timeout
 from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
 from anon_ray.run.job import INTERRUPTED, StopRequest
@@ -46,11 +47,11 @@ from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResu
 log = logging.getLogger("anon_ray")
 
 ACTOR_QUEUE_DEPTH = 2  # calls queued per actor so it never idles between two segments
-# ray.cancel does not stop an actor call: Ray has delivered it to the actor at submission, and
-# once running it only sets a flag that the pipeline does not poll. A plan or finalize task stuck
-# in native code ignores the KeyboardInterrupt of a soft cancel too. A failed asset's call still
-# running this long after its cancel is stopped by force: the task's worker, or the actor
-# (restarted with a fresh model load; calls of other assets queued on it are retried).
+# ray.cancel does not stop an actor call: Ray has delivered it to the actor at submission, and once
+# running it only sets a flag that the pipeline does not poll. A plan or finalize task stuck in native
+# code ignores the KeyboardInterrupt of a soft cancel too. A failed asset's call still running this long
+# after its cancel is stopped by force: the task's worker, or the actor (restarted with a fresh model
+# load; calls of other assets queued on it are retried).
 KILL_GRACE_S = 30.0
 POLL_S = 0.5  # while a stop may be requested, the driver looks for it at least this often
 # After a stop cancels everything, calls of killed workers report back within seconds; past this,
@@ -214,6 +215,7 @@ class _Scheduler:
         self.queue: deque = deque()  # (method name, args, asset key) waiting for an actor slot
         self.refs: dict = {}  # ObjectRef -> _Call, in submission order (an actor runs its calls in order)
         self.open: dict[str, _Open] = {}
+        self.metrics = ray_metrics.RunMetrics()
 
     def run(self, source: Iterator[tuple[Asset, str]], stop: StopRequest | None = None) -> Iterator[AssetResult]:
         exhausted = False
@@ -288,8 +290,7 @@ class _Scheduler:
         for key, state in self.open.items():
             log.warning("%s: closed without its calls reporting back after the stop", key)
             state.calls = 0
-        for ref in list(self.refs):
-            del self.refs[ref]
+        self.refs.clear()
         yield from self._close_failed()
 
     def _start(self, asset: Asset, dst: str) -> None:
@@ -357,6 +358,7 @@ class _Scheduler:
                 self.queue.append(("segment", (state.asset, seg, state.vplan_ref, part), call.key))
         else:
             state.results[value.plan.index] = value
+            self.metrics.segment(value)
             # Progress within a video, not only per asset: a 24 h recording is one asset.
             log.info("%s: %d of %d frames done (%d of %d segments)", inventory.display_path(call.key),
                      sum(r.frames_written for r in state.results.values()), state.vplan.info.n_frames,
@@ -429,15 +431,14 @@ class _Scheduler:
         state = self.open.pop(key)
         if state.part_dir:
             staging.remove_tree(state.part_dir, self.cfg.storage)
+        self.metrics.asset(result, len(self.open))
         return result
 
 
 def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str,
                stop: StopRequest | None = None) -> Iterator[AssetResult]:
     """Engine for job.run: stream assets through the pool, yield each result when it is final.
-
-    With `stop`, the run winds down once it is requested (see the module's docstring).
-    """
+    With `stop`, the run winds down once it is requested (see the module's docstring)."""
     connect(cfg)
     pool = make_pool(cfg, stop)
     with parts.part_root(cfg, run_id) as work_root:
