@@ -220,6 +220,7 @@ class VideoPlan:
     segments: tuple[SegmentPlan, ...]
     codec: str = ""  # the encoder its container takes (encode.output_codec); "" = VideoConfig.codec
     changes: tuple[str, ...] = ()  # how the output will differ beyond the masks (encode.output_changes)
+    seconds: float = 0.0  # planning took (the input's download included)
 
 
 MAX_MESSAGE = 300  # error text is kept, cut short; it never carries pixels or file contents
@@ -257,6 +258,7 @@ class AssetResult:
     segment_nodes: tuple[str, ...] = ()  # per segment, in order: SegmentResult.node
     segment_input_bytes: tuple[int, ...] = ()  # per segment, in order: SegmentResult.input_bytes
     changes: tuple[str, ...] = ()  # how the output differs beyond the masks (VideoPlan.changes for videos)
+    stage_seconds: dict = field(default_factory=dict)  # run/stages.py: busy seconds per stage, wall, cpu
 
 
 @dataclass(frozen=True)
@@ -291,3 +293,6 @@ class AssetRecord:
     # encoder cannot write, a size padded to whole chroma samples, 16-bit photo samples written as
     # 8-bit); "" when it differs in nothing.
     output_changes: str = ""
+    # JSON object: busy seconds per stage (run/stages.py: plan, decode, detect, track, mask, encode,
+    # finalize, ...), summed over the asset's segments, with their wall-clock and CPU seconds.
+    stage_seconds: str = ""

@@ -1,5 +1,6 @@
-"""anon-ray-bench's memory phase, run briefly through its command line as the README gives it, so
-the phase cannot silently break again (it once read a sample from a folder that had moved)."""
+"""anon-ray-bench run briefly through its command line as the README gives it, so its phases cannot
+silently break again (the memory phase once read a sample from a folder that had moved), and the
+stage seconds its profile is made of."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, SAMPLES
+
+from anon_ray.tools.deface_ref import manifest_stages
 
 
 def test_memory_phase_runs_from_the_command_line():
@@ -26,3 +29,29 @@ def test_memory_phase_runs_from_the_command_line():
     assert 300 < worker < 4000, result
     assert 50 < finalize < worker, result
     assert result["memory_fps"] == 5
+
+
+def test_profile_of_the_in_process_job(tmp_path):
+    """Where a clip's time goes: every stage of the path has seconds, the shares add up to one."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from anon_ray.cli import bench_main; bench_main()",
+         f"input={SAMPLES / 'astronaut_pan.mp4'}", "frames=30", "reference=false", "detect=faces_only"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    profile = json.loads(proc.stdout.strip().splitlines()[-1])["profile_in_process"]
+    shares = profile["shares"]
+    assert {"plan", "decode", "detect", "camera", "track", "decode_again", "mask", "encode", "finalize"} <= set(shares)
+    assert abs(sum(shares.values()) - 1) < 0.01 and shares["detect"] == max(shares.values()), profile
+    assert 0 < profile["workers_busy"] <= 1 and 0 < profile["cores_busy"] <= 1, profile
+
+
+def test_stage_seconds_reach_the_manifest(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "anon_ray", f"input={SAMPLES / 'astronaut.jpg'}", f"output={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = manifest_stages(str(out))
+    assert {"read", "detect", "mask", "write", "wall", "cpu"} == set(stages), stages
+    assert stages["detect"] > stages["mask"] and stages["wall"] >= stages["detect"], stages

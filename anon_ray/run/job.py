@@ -123,6 +123,7 @@ def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped
         segment_nodes=json.dumps(list(res.segment_nodes)) if res.segment_nodes else "",
         segment_input_bytes=json.dumps(list(res.segment_input_bytes)) if res.segment_input_bytes else "",
         output_changes=json.dumps(list(res.changes)) if res.changes and not res.failure else "",
+        stage_seconds=json.dumps({k: round(v, 3) for k, v in res.stage_seconds.items()}) if res.stage_seconds else "",
     )
 
 

@@ -22,6 +22,7 @@ from anon_ray.io.files import sha256_file
 from anon_ray.media import concat, packets
 from anon_ray.media.encode import check_writable, output_changes, output_codec
 from anon_ray.media.probe import probe
+from anon_ray.run import stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
 from anon_ray.run.pipeline import NO_DEADLINE, Deadline, Worker, count_objects
@@ -72,7 +73,9 @@ def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPl
 def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
     """`workers`: how many segment workers the engine runs at once (1 for the in-process engine)."""
     try:
-        return plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg, workers)
+        t0 = time.perf_counter()
+        vplan = plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg, workers)
+        return dataclasses.replace(vplan, seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001
         return Failure.of(exc)
 
@@ -113,6 +116,7 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
         counts = dict(faces=faces, plates=plates, segments=len(results), tracks=tracks)
         if dst is None:
             return AssetResult(asset, "", frames=vplan.info.n_frames, seconds=time.time() - started, **counts)
+        t0 = time.perf_counter()
         src = staging.local_input(asset, cfg.storage)
         digest = sha256_file(src)
         local = [staging.fetch(r.part_path, "", cfg.storage) for r in results]
@@ -120,11 +124,13 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             concat.finalize(local, src, target, vplan.info, keep_audio=cfg.video.audio == AudioPolicy.keep)
             out_sha256, out_size = sha256_file(target), os.path.getsize(target)
+        spent = stages.summed([*(r.seconds for r in results), {"plan": vplan.seconds},
+                               {"finalize": time.perf_counter() - t0}])
         return AssetResult(asset, dst, frames=sum(r.frames_written for r in results), input_sha256=digest,
                            output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,
                            segment_nodes=tuple(r.node for r in results) if any(r.node for r in results) else (),
                            segment_input_bytes=tuple(r.input_bytes for r in results), changes=vplan.changes,
-                           **counts)
+                           stage_seconds=spent, **counts)
     except Exception as exc:  # noqa: BLE001
         return failed(asset, dst, exc, started, cfg.storage) if dst else \
             AssetResult(asset, "", failure=Failure.of(exc), seconds=time.time() - started)

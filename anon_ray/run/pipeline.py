@@ -27,6 +27,7 @@ from anon_ray.media.packets import Source
 from anon_ray.run import heap
 from anon_ray.run.errors import AssetError, Timeout
 from anon_ray.run.prefetch import prefetch
+from anon_ray.run.stages import StageClock
 from anon_ray.track import bytetrack
 from anon_ray.track.camera import CameraMeter
 from anon_ray.types import (
@@ -110,15 +111,19 @@ class Worker:
         return self.detector.model_hashes
 
     def detect_stream(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
-                      deadline: Deadline = NO_DEADLINE, photo: bool = False) -> Detections:
+                      deadline: Deadline = NO_DEADLINE, photo: bool = False,
+                      clock: StageClock | None = None) -> Detections:
         """Detect on the displayed orientation (upright faces), return boxes in stored pixels."""
-        return Detections.concat([d for _, d, _ in self.detect_batches(frames, rot, size_wh, deadline, photo)])
+        batches = self.detect_batches(frames, rot, size_wh, deadline, photo, clock)
+        return Detections.concat([d for _, d, _ in batches])
 
     def detect_batches(self, frames: Iterable[tuple[int, np.ndarray]], rot: int, size_wh: tuple[int, int],
-                       deadline: Deadline = NO_DEADLINE, photo: bool = False
+                       deadline: Deadline = NO_DEADLINE, photo: bool = False, clock: StageClock | None = None
                        ) -> Iterator[tuple[int, Detections, CameraPath]]:
         """Per batch: the index after its last frame, its detections (see detect_stream) and the
-        camera's path over its frames (stored pixels; empty for photos or with track.camera off)."""
+        camera's path over its frames (stored pixels; empty for photos or with track.camera off).
+        `clock` gets the seconds of detection and of the camera's measure."""
+        clock = clock or StageClock()
         camera = CameraMeter(self.cfg.track.camera_width) if self.cfg.track.camera and not photo else None
         for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
             deadline.check()
@@ -126,30 +131,41 @@ class Worker:
             first = batch[0][0]
             if [i for i, _ in batch] != list(range(first, first + len(batch))):
                 raise AssetError("decoder skipped frames inside a batch")
-            dets = self.detector.detect(shown, first_index=first, photo=photo)
+            with clock("detect"):
+                dets = self.detector.detect(shown, first_index=first, photo=photo)
             if rot:
                 dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
                                   dets.score, dets.cls, dets.track)
-            path = camera.measure(first, [rgb for _, rgb in batch]) if camera else CameraPath.empty()
+            path = CameraPath.empty()
+            if camera:
+                with clock("camera"):
+                    path = camera.measure(first, [rgb for _, rgb in batch])
             yield first + len(batch), dets, path
 
     def image(self, asset: Asset, src: str, dst: str, target: str, deadline: Deadline = NO_DEADLINE) -> AssetResult:
         """Mask the photo at local `src` into local `target`, published later as `dst`."""
-        loaded = image_io.read_image(src, self.cfg.image)
+        clock = StageClock()
+        with clock("read"):
+            loaded = image_io.read_image(src, self.cfg.image)
         h, w = loaded.rgb.shape[:2]
-        dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True)
+        dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True, clock=clock)
         rgb = loaded.rgb.copy()
-        mask.apply(rgb, dets, self.cfg.mask)
-        data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
-                                                          bit_depth=loaded.bit_depth), self.cfg.image)
-        atomic_write_bytes(target, data)
+        with clock("mask"):
+            mask.apply(rgb, dets, self.cfg.mask)
+        with clock("write"):
+            data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
+                                                              bit_depth=loaded.bit_depth), self.cfg.image)
+            atomic_write_bytes(target, data)
         faces, plates = count_objects(dets)
         changes = ("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else ()
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
-                           output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes)
+                           output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes,
+                           stage_seconds=clock.totals())
 
-    def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex) -> Iterator[tuple[int, np.ndarray]]:
-        return ((i, rgb) for i, _, rgb in decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end))
+    def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex,
+                        clock: StageClock) -> Iterator[tuple[int, np.ndarray]]:
+        frames = decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end)
+        return ((i, rgb) for i, _, rgb in clock.timed("decode", frames))
 
     def _refine(self, raw: Detections, path: CameraPath, seg: SegmentPlan, info: VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
@@ -157,17 +173,19 @@ class Worker:
                                  (info.width, info.height), path, seg.start)
 
     def _final_frames(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                      deadline: Deadline, raw: list[Detections], paths: list[CameraPath]
+                      deadline: Deadline, raw: list[Detections], paths: list[CameraPath], clock: StageClock
                       ) -> Iterator[tuple[int, Detections]]:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
         every batch's raw detections and camera path are appended to `raw` and `paths`."""
         ctx = range(seg.ctx_start, seg.ctx_end)
         stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height), seg.start)
-        decoded = prefetch(self._decode_context(src, seg, index))
-        for seen_to, dets, path in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline):
+        decoded = prefetch(self._decode_context(src, seg, index, clock))
+        for seen_to, dets, path in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline,
+                                                       clock=clock):
             raw.append(dets)
             paths.append(path)
-            span, boxes = stream.add(dets, seen_to, path)
+            with clock("track"):
+                span, boxes = stream.add(dets, seen_to, path)
             per_frame = _group_by_frame(boxes)
             for i in span:
                 yield i, per_frame.get(i, Detections.empty())
@@ -186,26 +204,28 @@ class Worker:
         the boxes used on every owned frame are checked against a whole-segment refinement (the
         track table returned), so streaming can never mask less than it. Past `deadline` it raises
         Timeout, leaving no part. `codec`: the part's encoder (VideoPlan.codec); "" = video.codec.
+        The result's `seconds` are its stage clock's totals (stages.py).
         """
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        clock = StageClock()
         if part_path is None:
-            batches = list(self.detect_batches(prefetch(self._decode_context(src, seg, index)), info.rotation,
-                                               (info.width, info.height), deadline))
-            tracks = self._refine(Detections.concat([b[1] for b in batches]),
-                                  CameraPath.concat([b[2] for b in batches]), seg, info)
-            timings["total"] = time.perf_counter() - t0
-            return SegmentResult(plan=seg, part_path="", tracks=tracks, frames_written=0, seconds=timings)
+            batches = list(self.detect_batches(prefetch(self._decode_context(src, seg, index, clock)), info.rotation,
+                                               (info.width, info.height), deadline, clock=clock))
+            with clock("track"):
+                tracks = self._refine(Detections.concat([b[1] for b in batches]),
+                                      CameraPath.concat([b[2] for b in batches]), seg, info)
+            return SegmentResult(plan=seg, part_path="", tracks=tracks, frames_written=0, seconds=clock.totals())
         raw: list[Detections] = []
         paths: list[CameraPath] = []
         used: dict[int, Detections] = {}
         written = 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
         # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
-        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths), depth=seg.ctx_end - seg.ctx_start + 1)
+        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths, clock),
+                         depth=seg.ctx_end - seg.ctx_start + 1)
         try:
             with VideoWriter(tmp, info, self.cfg.video, codec) as writer:
-                for i, pts, rgb in prefetch(decode(src, seg.seek_pts, index, seg.start, seg.end)):
+                owned = clock.timed("decode_again", decode(src, seg.seek_pts, index, seg.start, seg.end))
+                for i, pts, rgb in prefetch(owned):
                     deadline.check()
                     if i != seg.start + written:
                         raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
@@ -215,13 +235,15 @@ class Worker:
                             break
                     else:
                         raise AssetError(f"segment {seg.index}: no boxes for frame {i}")
-                    mask.apply(rgb, used[i], self.cfg.mask)
-                    writer.write(rgb, pts)
+                    with clock("mask"):
+                        mask.apply(rgb, used[i], self.cfg.mask)
+                    with clock("encode"):
+                        writer.write(rgb, pts)
                     written += 1
             for _ in final:  # the context frames after the owned ones
                 pass
-            timings["detect"] = time.perf_counter() - t0  # tracking and refinement included
-            boxes = self._refine(Detections.concat(raw), CameraPath.concat(paths), seg, info)
+            with clock("track"):  # the detection thread has ended: the clock's "track" is free again
+                boxes = self._refine(Detections.concat(raw), CameraPath.concat(paths), seg, info)
             if written != seg.end - seg.start:
                 raise AssetError(f"segment {seg.index}: decoded {written} of {seg.end - seg.start} frames")
             _check_streamed(used, boxes, seg)
@@ -230,8 +252,8 @@ class Worker:
             final.close()
             if os.path.exists(tmp):
                 os.remove(tmp)
-        timings["total"] = time.perf_counter() - t0
-        return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written, seconds=timings)
+        return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written,
+                             seconds=clock.totals())
 
 
 def _check_streamed(used: dict[int, Detections], boxes: Detections, seg: SegmentPlan) -> None:

@@ -33,11 +33,11 @@ from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.probe import probe
-from anon_ray.run import lifecycle
+from anon_ray.run import engine, lifecycle
 from anon_ray.run.local import run_local
 from anon_ray.run.pipeline import Worker
 from anon_ray.tools import deface_ref
-from anon_ray.types import Asset, Failure
+from anon_ray.types import Failure
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"  # the package's demo media
 
@@ -100,15 +100,29 @@ def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:
     return n
 
 
-def job_phase(src: str, out_dir: str, cfg: BenchConfig) -> int:
-    """The whole single-process path (segments of cfg.segment, one after another), finalize included."""
+def job_phase(src: str, out_dir: str, cfg: BenchConfig, stages: dict) -> int:
+    """The whole single-process path (segments of cfg.segment, one after another), finalize
+    included; its stage seconds go to `stages`."""
     cfg = replace(cfg, output=out_dir)
-    st = os.stat(src)
-    asset = Asset(src, os.path.basename(src), st.st_size, "bench", "video")
-    (result,) = run_local(cfg, [(asset, os.path.join(out_dir, os.path.basename(src)))], "bench")
+    name = os.path.basename(src)
+    (result,) = run_local(cfg, [(local_asset(src, name), os.path.join(out_dir, name))], "bench")
     if result.failure:
         raise RuntimeError(f"benchmark job failed: {result.failure.error_class}: {result.failure.error}")
+    stages.update(result.stage_seconds)
     return result.frames
+
+
+def profile(stages: dict[str, float], process_s: float, workers: int) -> dict:
+    """Where a run's time went. `shares`: each stage's part of the stages' busy seconds (they
+    overlap: decoding runs ahead, detection beside masking and encoding; run/stages.py).
+    `workers_busy`: the workers' time (process seconds x workers) spent inside segments and
+    photos; the rest is start-up (Ray, model load), planning, finalizing, manifests and idle
+    workers. `cores_busy`: the workers' CPU seconds against all the machine's cores."""
+    busy = {k: v for k, v in stages.items() if k not in ("wall", "cpu")}
+    total = sum(busy.values()) or 1.0
+    return {"shares": {k: round(v / total, 3) for k, v in sorted(busy.items(), key=lambda kv: -kv[1])},
+            "workers_busy": round(stages.get("wall", 0.0) / (process_s * workers), 3),
+            "cores_busy": round(stages.get("cpu", 0.0) / (process_s * (os.cpu_count() or 1)), 3)}
 
 
 def reference_phase(src: str, tmp: str, cfg: BenchConfig, overrides: list[str]) -> dict:
@@ -244,12 +258,17 @@ def run(cfg: BenchConfig, job_overrides: list[str]) -> dict:
         floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n))
         det = timed(lambda: detect_phase(src, cfg, n))
         one_segment = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap))
-        job = timed(lambda: job_phase(src, os.path.join(tmp, "job"), one_segment))
+        stages: dict[str, float] = {}
+        job = timed(lambda: job_phase(src, os.path.join(tmp, "job"), one_segment, stages))
         out.update(fps=job["fps"], floor_fps=floor["fps"], ratio_to_floor=job["fps"] / floor["fps"],
                    detect_ms_per_frame=1000 * det["seconds"] / n, peak_rss_mb=job["peak_rss_mb"],
-                   floor_peak_rss_mb=floor["peak_rss_mb"])
+                   floor_peak_rss_mb=floor["peak_rss_mb"], profile_in_process=profile(stages, job["seconds"], 1))
         if cfg.reference:
             out.update(reference_phase(src, tmp, cfg, job_overrides))
+            alone = engine.in_process(cfg, [(local_asset(src, os.path.basename(src)), "")])
+            single = 1 if alone else cfg.cluster.workers
+            for race, workers in (("single", single), ("bulk", cfg.cluster.workers)):
+                out[race]["profile"] = profile(out[race].pop("anon_ray_stages"), out[race]["anon_ray_s"], workers)
         if cfg.workers_sweep:
             out.update(sweep_phase(src, tmp, cfg))
     return out

@@ -11,6 +11,7 @@ as anon-ray's (DESIGN.md section 5).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from anon_ray.config import StorageConfig
+from anon_ray.io.manifest import read_manifest
 from anon_ray.tools import metrics
 from anon_ray.tools.evaluate import load_items
 
@@ -70,6 +73,7 @@ def copies(src: str, folder: Path, n: int) -> list[str]:
 def race(src: str, tmp: Path, n_copies: int, runs: int, exe: str, overrides: list[str]) -> dict:
     """Whole-process seconds of anon-ray and of deface on `n_copies` copies of `src`, alternating."""
     seconds: dict[str, list[float]] = {"anon_ray": [], "deface": []}
+    profiles = []
     for run in range(runs):
         base = tmp / f"race-{n_copies}-{run}"
         anon_in, deface_in = base / "anon_in", base / "deface_in"
@@ -77,11 +81,23 @@ def race(src: str, tmp: Path, n_copies: int, runs: int, exe: str, overrides: lis
         inputs = copies(src, deface_in, n_copies)
         seconds["anon_ray"].append(timed_process(anon_ray_command(str(anon_in), str(base / "anon_out"), overrides),
                                                  cwd=str(REPO_ROOT)))
+        profiles.append(manifest_stages(str(base / "anon_out")))
         seconds["deface"].append(timed_process(deface_command(exe, inputs)))
         shutil.rmtree(base, ignore_errors=True)
     best = {k: min(v) for k, v in seconds.items()}
+    fastest = seconds["anon_ray"].index(best["anon_ray"])
     return {"files": n_copies, "runs": runs, "anon_ray_s": best["anon_ray"], "deface_s": best["deface"],
-            "ratio": best["deface"] / best["anon_ray"]}
+            "ratio": best["deface"] / best["anon_ray"], "anon_ray_stages": profiles[fastest]}
+
+
+def manifest_stages(output: str) -> dict[str, float]:
+    """Busy seconds per stage over a run's assets, from its manifest (AssetRecord.stage_seconds)."""
+    rows = read_manifest(output, StorageConfig(), ["stage_seconds"]).column("stage_seconds").to_pylist()
+    out: dict[str, float] = {}
+    for row in rows:
+        for stage, value in json.loads(row or "{}").items():
+            out[stage] = out.get(stage, 0.0) + value
+    return out
 
 
 def changed_region(before: np.ndarray, after: np.ndarray) -> np.ndarray:

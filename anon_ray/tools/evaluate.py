@@ -197,6 +197,7 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
             continue
         rgb = read_image(item.file, cfg.image).rgb
         found = detector.detect([rgb], photo=True)
+        # With `curve` the detector cut at the sweep's lowest threshold: the configured cut-offs here.
         dets = found.select(found.score >= cutoffs(cfg.detect, found.cls, photo=True))
         region = _mask(rgb.shape[:2], dets, cfg)
         tags = {**item.tags, "edge": edge_boxes(item.gt, rgb.shape[:2])}
@@ -225,7 +226,8 @@ def evaluate(cfg: EvalConfig, out=sys.stderr) -> dict:
             def build(c, threshold: float) -> np.ndarray:
                 shape, found = c
                 # The swept threshold applies to the labelled class; the other keeps its configured one.
-                keep = np.where(found.cls == cls, found.score >= threshold, found.score >= cutoffs(cfg.detect, found.cls, photo=True))
+                keep = np.where(found.cls == cls, found.score >= threshold,
+                                found.score >= cutoffs(cfg.detect, found.cls, photo=True))
                 return _mask(shape, found.select(keep), swept)
 
             rows += [{"margin": side, "margin_top": top, "margin_bottom": bottom, **r}
