@@ -32,6 +32,14 @@ class AudioPolicy(StrEnum):
     drop = "drop"  # no audio stream in the output: voices are personal data too
 
 
+class PixelPolicy(StrEnum):
+    # 8-bit 4:2:0, what browsers and hardware decoders play (H.264 High 10 and 4:2:2/4:4:4 play
+    # almost nowhere); HDR (PQ or HLG transfer) keeps 10 bits, which 8 would band. Changes are
+    # named in the manifest's output_changes.
+    playable = "playable"
+    source = "source"  # the nearest format the encoder writes: bit depth and chroma kept
+
+
 @dataclass
 class SessionConfig:
     """ONNX Runtime session: providers tried in order, those not installed are skipped."""
@@ -181,6 +189,7 @@ class VideoConfig:
     webm_crf: int = 24
     threads: int = 0
     audio: AudioPolicy = AudioPolicy.keep
+    pixels: PixelPolicy = PixelPolicy.playable
 
 
 @dataclass

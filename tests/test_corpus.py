@@ -463,6 +463,10 @@ def _check_video(src: Path, dst: Path, row: dict) -> None:
     odd = src_info.pix_fmt.startswith("yuv420") and (src_info.width % 2 or src_info.height % 2) \
         and dst_info.codec == "h264"
     padded = [c for c in json.loads(row["output_changes"] or "[]") if "padded" in c]
+    # 8-bit 4:2:0 whatever the source (pixels=playable): 10-bit and 4:4:4 say they were changed.
+    assert dst_info.pix_fmt in ("yuv420p", "yuvj420p")
+    changed = src_info.pix_fmt not in ("yuv420p", "yuvj420p")
+    assert changed == ("pixel format" in row["output_changes"]), (src_info.pix_fmt, row["output_changes"])
     assert bool(padded) == bool(odd), row["output_changes"]
     assert (dst_info.width, dst_info.height) == (src_info.width + odd * (src_info.width % 2),
                                                  src_info.height + odd * (src_info.height % 2))

@@ -17,11 +17,11 @@ import pytest
 from conftest import mux_stereo_tone
 from skimage.metrics import peak_signal_noise_ratio
 
-from anon_ray.config import VideoConfig
+from anon_ray.config import PixelPolicy, VideoConfig
 from anon_ray.io.files import TMP_MARKER
 from anon_ray.media import MediaError, concat, rotation
 from anon_ray.media.decode import decode
-from anon_ray.media.encode import VideoWriter, transcode_floor
+from anon_ray.media.encode import VideoWriter, output_changes, transcode_floor
 from anon_ray.media.packets import scan_packets
 from anon_ray.media.probe import probe
 
@@ -151,6 +151,18 @@ def test_scan_packets_matches_a_full_decode_on_eval_videos():
 
 
 # ------------------------------------------------------------------------------------ probe
+
+
+def test_pixel_policy_writes_what_players_play(clips):
+    """8-bit 4:2:0 by default, named as a change; HDR keeps 10 bits; `source` keeps the format."""
+    from dataclasses import replace
+
+    info = probe(clips["mp4"])
+    ten, hdr = replace(info, pix_fmt="yuv422p10le", color_trc=1), replace(info, pix_fmt="yuv420p10le", color_trc=16)
+    assert output_changes(info, "libx264", VideoConfig()) == ()
+    assert output_changes(ten, "libx264", VideoConfig()) == ("pixel format yuv422p10le written as yuv420p",)
+    assert output_changes(hdr, "libx264", VideoConfig()) == ()  # PQ in 8 bits would band
+    assert output_changes(ten, "libx264", VideoConfig(pixels=PixelPolicy.source)) == ()
 
 
 def test_probe_describes_the_stream(clips):

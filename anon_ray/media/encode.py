@@ -14,7 +14,7 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-from anon_ray.config import VideoConfig
+from anon_ray.config import PixelPolicy, VideoConfig
 from anon_ray.io.files import commit_file, remove_quietly, temp_path_beside
 from anon_ray.media import MediaError
 from anon_ray.media.decode import decode
@@ -37,6 +37,7 @@ _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
 _J_FORMATS = {"yuvj420p": "yuv420p", "yuvj422p": "yuv422p", "yuvj444p": "yuv444p"}
 _RANGE_MPEG, _RANGE_JPEG = 1, 2
+_HDR_TRANSFERS = (16, 18)  # AVCOL_TRC_SMPTE2084 (PQ), AVCOL_TRC_ARIB_STD_B67 (HLG)
 _UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
 # AVColorSpace -> the swscale matrix name PyAV's reformat expects.
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
@@ -90,34 +91,36 @@ def container_options(muxer: str, time_base: tuple[int, int]) -> dict[str, str]:
     return {}
 
 
-def _output_pix_fmt(info: VideoInfo, codec: str) -> tuple[str, int]:
-    """The encoder pixel format nearest the source's, and the colour range to encode with."""
+def _output_pix_fmt(info: VideoInfo, codec: str, policy: PixelPolicy) -> tuple[str, int]:
+    """The encoder pixel format for the source's under `policy`, and the colour range to encode with."""
     supported = {f.name for f in av.Codec(codec, "w").video_formats or ()}
     pix_fmt, color_range = info.pix_fmt, info.color_range
     if pix_fmt in _J_FORMATS:
         pix_fmt, color_range = _J_FORMATS[pix_fmt], _RANGE_JPEG
+    if policy == PixelPolicy.playable:
+        pix_fmt = "yuv420p10le" if info.color_trc in _HDR_TRANSFERS and "10" in pix_fmt else "yuv420p"
     if pix_fmt not in _OUTPUT_PIX_FMTS or pix_fmt not in supported:
         pix_fmt = "yuv420p"
     return pix_fmt, color_range if color_range in (_RANGE_MPEG, _RANGE_JPEG) else _RANGE_MPEG
 
 
-def coded_size(info: VideoInfo, codec: str) -> tuple[int, int]:
+def coded_size(info: VideoInfo, codec: str, cfg: VideoConfig) -> tuple[int, int]:
     """(width, height) the encoder writes: the source's, one pixel larger where its chroma
     subsampling needs an even size (the frame's last column or row repeated)."""
-    pix_fmt, _ = _output_pix_fmt(info, codec)
+    pix_fmt, _ = _output_pix_fmt(info, codec, cfg.pixels)
     if not codec.startswith(_WHOLE_CHROMA_ENCODERS):
         return info.width, info.height
     even_w, even_h = "420" in pix_fmt or "422" in pix_fmt, "420" in pix_fmt
     return info.width + (even_w and info.width % 2), info.height + (even_h and info.height % 2)
 
 
-def output_changes(info: VideoInfo, codec: str) -> tuple[str, ...]:
+def output_changes(info: VideoInfo, codec: str, cfg: VideoConfig) -> tuple[str, ...]:
     """What the output will differ in from the source beyond the masks, for the manifest."""
     changes = []
-    pix_fmt, _ = _output_pix_fmt(info, codec)
+    pix_fmt, _ = _output_pix_fmt(info, codec, cfg.pixels)
     if pix_fmt != _J_FORMATS.get(info.pix_fmt, info.pix_fmt):
         changes.append(f"pixel format {info.pix_fmt} written as {pix_fmt}")
-    size = coded_size(info, codec)
+    size = coded_size(info, codec, cfg)
     if size != (info.width, info.height):
         changes.append(f"size {info.width}x{info.height} padded to {size[0]}x{size[1]} (edge repeated)")
     return tuple(changes)
@@ -136,11 +139,11 @@ class VideoWriter:
         self.path = path
         self.frames = 0
         self._size = (info.height, info.width)
-        width, height = coded_size(info, codec)
+        width, height = coded_size(info, codec, cfg)
         self._pad = ((0, height - info.height), (0, width - info.width), (0, 0))
         self._time_base = Fraction(*info.time_base)
         self._last_pts: int | None = None
-        self._pix_fmt, self._range = _output_pix_fmt(info, codec)
+        self._pix_fmt, self._range = _output_pix_fmt(info, codec, cfg.pixels)
         self._matrix = _SWS_MATRIX.get(info.colorspace)
         self._tmp = temp_path_beside(path)
         try:

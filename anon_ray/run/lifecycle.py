@@ -67,7 +67,7 @@ def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPl
         raise AssetError("video has no frames")
     # Positions served only to cut byte ranges; every segment call carries the plan, so they stay here.
     return VideoPlan(info=info, index=dataclasses.replace(index, pos=None, size=None), segments=tuple(segs),
-                     codec=codec, changes=output_changes(info, codec))
+                     codec=codec, changes=output_changes(info, codec, cfg.video))
 
 
 def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
