@@ -174,6 +174,9 @@ class PacketIndex:
     # demuxer does not say): only planning uses them, to give segments their byte ranges.
     pos: np.ndarray | None = None
     size: np.ndarray | None = None
+    # How long the last displayed frame shows (stream time base; 0 when the container does not
+    # say): a variable-rate clip's last frame must not take the encoder's average frame duration.
+    last_duration: int = 0
 
     def __len__(self) -> int:
         return len(self.pts)

@@ -321,6 +321,8 @@ CASES = [
     Case("rotated video 270 (display matrix)", "rot270.mp4", clip(rotation=270), PROCESSED),
     Case("variable frame rate", "vfr.mp4",
          clip(time_base=Fraction(1, 1000), pts=[40 * i + (i % 3) * 7 for i in range(N)]), PROCESSED),
+    Case("variable frame rate: 100 ms frames, then 33 ms", "vfr_slow_fast.mp4",
+         clip(pts=[i * 9 if i < 16 else 135 + (i - 15) * 3 for i in range(N)], time_base=Fraction(1, 90)), PROCESSED),
     Case("absurd time base 1/999999937", "timebase.mp4",
          clip(time_base=Fraction(1, 999_999_937), pts=[round(i * 999_999_937 / FPS) for i in range(N)]), PROCESSED),
     # FFmpeg reads a zero media timescale as 1/1 and its edit list then shows a single frame:
@@ -453,6 +455,11 @@ def _check_video(src: Path, dst: Path, row: dict) -> None:
     # a slot late, MPEG-4 and MJPEG not: there only an H.264 source compares).
     shown, index = _shown_seconds(dst), scan_packets(str(src))
     assert shown == sorted(shown)
+    # The last frame shows as long as the source's (a variable-rate clip's, not the average's).
+    out = scan_packets(str(dst))
+    if index.last_duration and out.last_duration:
+        last = [i.last_duration * i.time_base_num / i.time_base_den for i in (index, out)]
+        assert abs(last[0] - last[1]) <= 0.001, last
     if src.suffix != ".avi" or probe(str(src)).codec == "h264":
         assert abs(shown[0] - float(index.pts[0]) * index.time_base_num / index.time_base_den) < 0.5 / FPS
     assert row["segments"] > 1 or frames < 20, "short segments are meant to cut every clip"

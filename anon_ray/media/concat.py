@@ -96,7 +96,10 @@ def _annex_b(packets: Iterator[av.Packet], stream: av.stream.Stream, muxer: str)
 
 
 def _video_packets(parts: list[str], offsets: list[int], src_tb: Fraction,
-                   out_stream: av.stream.Stream, muxer: str) -> Iterator[av.Packet]:
+                   out_stream: av.stream.Stream, muxer: str, last: tuple[int, int]) -> Iterator[av.Packet]:
+    """The parts' packets, retimed to the source's frames. `last`: the source's last frame's pts
+    and duration (0: unknown), which that frame keeps; the encoder gave it the average rate's."""
+    last_pts, last_duration = last
     for part, offset in zip(parts, offsets):
         with open_input(part) as container:
             stream = main_video_stream(container)
@@ -112,6 +115,8 @@ def _video_packets(parts: list[str], offsets: list[int], src_tb: Fraction,
                 packet.time_base = src_tb
                 packet.pts = None if pts is None else pts + offset
                 packet.dts = None if dts is None else dts + offset
+                if last_duration and packet.pts == last_pts:
+                    duration = last_duration
                 if duration is not None:
                     packet.duration = duration
                 packet.stream = out_stream
@@ -231,9 +236,11 @@ def _verify(path: str, src_index: PacketIndex, muxed: dict[int, _StreamDigest], 
         raise MediaError(f"output rotation {rotation} differs from the source's {info.rotation}")
 
 
-def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoInfo,
-         src_tb: Fraction, copied: tuple[str, ...]) -> tuple[int, dict[int, _StreamDigest], int]:
+def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoInfo, src_index: PacketIndex,
+         copied: tuple[str, ...]) -> tuple[int, dict[int, _StreamDigest], int]:
     """Write the output; return its frame count, digests of the copied streams, dropped streams."""
+    src_tb = Fraction(src_index.time_base_num, src_index.time_base_den)
+    last = (int(src_index.pts[-1]), src_index.last_duration)
     with open_input(src) as source, open_input(parts[0]) as first_part:
         src_video = main_video_stream(source)
         muxer = output_muxer(tmp, info)
@@ -248,7 +255,7 @@ def _mux(parts: list[str], offsets: list[int], src: str, tmp: str, info: VideoIn
                      for s in source.streams if s.type in copied}
             muxed = {o.index: _StreamDigest(o.type) for o in pairs.values()}
             frames = 0
-            video = _video_packets(parts, offsets, src_tb, out_video, muxer)
+            video = _video_packets(parts, offsets, src_tb, out_video, muxer, last)
             for packet in heapq.merge(video, _copied_packets(source, pairs), key=_mux_time):
                 if packet.stream_index == out_video.index:
                     frames += 1
@@ -291,7 +298,7 @@ def finalize(parts: list[str], src: str, dst: str, info: VideoInfo, keep_audio: 
         if avi:
             late = _first_dts(parts[0], src_tb) + offsets[0] - _first_dts(src, src_tb)
             offsets = [o - late for o in offsets]
-        frames, muxed, dropped = _mux(parts, offsets, src, tmp, info, src_tb, copied)
+        frames, muxed, dropped = _mux(parts, offsets, src, tmp, info, src_index, copied)
         _verify(tmp, src_index, muxed, info, check_start=not avi)
         commit_file(tmp, dst)
     except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV refusing a stream for this container

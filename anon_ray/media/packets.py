@@ -50,6 +50,7 @@ def scan_packets(path: str) -> PacketIndex:
         key: list[bool] = []
         pos: list[int] = []
         size: list[int] = []
+        duration: list[int] = []
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # the demuxer's end-of-stream marker
@@ -61,6 +62,7 @@ def scan_packets(path: str) -> PacketIndex:
                 key.append(packet.is_keyframe)
                 pos.append(packet.pos if packet.pos is not None else -1)
                 size.append(packet.size)
+                duration.append(packet.duration or 0)
         except av.FFmpegError as exc:
             raise MediaError(f"demuxing {path} failed after {len(pts)} packets: {exc}") from exc
         time_base = stream.time_base
@@ -73,4 +75,5 @@ def scan_packets(path: str) -> PacketIndex:
         raise MediaError("video has duplicate frame timestamps")
     return PacketIndex(pts=pts_arr, key=np.asarray(key, bool)[order],
                        time_base_num=time_base.numerator, time_base_den=time_base.denominator,
-                       pos=np.asarray(pos, np.int64)[order], size=np.asarray(size, np.int64)[order])
+                       pos=np.asarray(pos, np.int64)[order], size=np.asarray(size, np.int64)[order],
+                       last_duration=int(duration[order[-1]]))
