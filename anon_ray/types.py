@@ -119,6 +119,7 @@ class Asset:
     kind: str  # "image" | "video" | "unknown" | "unsupported"
     skip: str = ""
     skip_detail: str = ""
+    output_suffix: str = ""  # added to relpath for the output's name (inventory.REMUX_SUFFIX)
 
 
 @dataclass(frozen=True)

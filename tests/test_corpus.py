@@ -287,10 +287,11 @@ CASES = [
          clip(fmt="avi", codec="mpeg4", pts=[i + (i >= 5) for i in range(N)]), ERROR, "dropped-frame"),
     Case("h264 in mpeg-ts", "clip.ts", clip(fmt="mpegts"), PROCESSED),
     Case("hidden file", ".hidden.mp4", clip(), PROCESSED),
-    Case("MPEG-2 in MPEG-PS (.mpg)", "clip.mpg", clip(fmt="mpeg", codec="mpeg2video"), SKIPPED,
-         "unsupported_format: MPEG program stream"),
-    Case("WMV (ASF)", "clip.wmv", clip(fmt="asf", codec="wmv2"), SKIPPED, "unsupported_format: ASF"),
-    Case("FLV", "clip.flv", clip(fmt="flv", codec="flv"), SKIPPED, "unsupported_format: Flash video"),
+    # Containers read but not written: masked into Matroska, named clip.mpg.mkv and so on.
+    Case("MPEG-2 in MPEG-PS (.mpg), written as .mpg.mkv", "clip.mpg", clip(fmt="mpeg", codec="mpeg2video"),
+         PROCESSED),
+    Case("WMV (ASF), written as .wmv.mkv", "clip.wmv", clip(fmt="asf", codec="wmv2"), PROCESSED),
+    Case("FLV, written as .flv.mkv", "clip.flv", clip(fmt="flv", codec="flv", audio=True), PROCESSED),
     Case("vp9 in webm (written as VP9 WebM)", "vp9.webm", clip(codec="libvpx-vp9"), PROCESSED),
     Case("vp9 in webm with an Opus track", "opus.webm", _webm_with_opus, PROCESSED),
     # ---- wrong extensions
@@ -477,7 +478,7 @@ def _check_video(src: Path, dst: Path, row: dict) -> None:
     assert bool(padded) == bool(odd), row["output_changes"]
     assert (dst_info.width, dst_info.height) == (src_info.width + odd * (src_info.width % 2),
                                                  src_info.height + odd * (src_info.height % 2))
-    assert dst_info.container == src_info.container
+    assert dst_info.container == (src_info.container if dst.suffix == src.suffix else "matroska,webm")
     if src.suffix == ".webm":  # WebM holds no H.264: its own encoder, and its audio copied
         with av.open(str(dst)) as c:
             assert c.streams.video[0].codec_context.name == "vp9"
@@ -503,8 +504,11 @@ def test_case_outcome(corpus, case):
     row = corpus.rows.get(case.name)
     detail = f"{row['error_class']}: {row['error']}" if row and row["error"] else ""
     assert got == case.expect, f"{case.kind}: expected {case.expect}, got {got} {detail}"
-    dst = corpus.out / case.name
+    remuxed = case.name.endswith((".mpg", ".wmv", ".flv"))
+    dst = corpus.out / (case.name + (".mkv" if remuxed else ""))
     if case.expect == PROCESSED:
+        assert row["output_uri"] == str(dst)
+        assert ("written as Matroska" in row["output_changes"]) == remuxed, row["output_changes"]
         assert row["output_sha256"] and dst.is_file()
         if row["kind"] == "video":
             _check_video(corpus.src / case.name, dst, row)
@@ -587,7 +591,8 @@ def test_formats_are_told_by_their_bytes_not_their_names():
     assert inventory.sniff(jpeg, "a.mp4") == inventory.sniff(jpeg, "a.bin") == ("image", "")
     assert inventory.sniff(mp4, "a.jpg") == ("video", "")
     assert inventory.sniff(b"\x00\x00\x00\x1cftypavif" + bytes(16), "a.mp4") == ("unsupported", "AVIF image")
-    assert inventory.sniff(b"\x00\x00\x01\xba" + bytes(16), "a.dat") == ("unsupported", "MPEG program stream (MPG, VOB)")
+    assert inventory.sniff(b"\x00\x00\x01\xba" + bytes(16), "a.dat") == ("video", "MPEG program stream (MPG, VOB)")
+    assert inventory.sniff(b"\x06\x0e\x2b\x34\x02\x05\x01\x01" + bytes(16), "a.mp4") == ("unsupported", "MXF")
     assert inventory.sniff(b"hello", "a.mp4") == ("video", "")  # a video name: the probe judges it
     assert inventory.sniff(b"hello", "a.txt") == inventory.sniff(b"", "a.mp4") == ("unknown", "")
 

@@ -29,8 +29,8 @@ from anon_ray.types import Asset
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp"}
-# Names of media formats the job does not process: content that is not recognised under such a
-# name is an error (a broken file), not "not media".
+# Names of media formats told by their content (processed, remuxed or skipped): content that is
+# not recognised under such a name is an error (a broken file), not "not media".
 UNSUPPORTED_EXTS = {".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".mpg", ".mpeg", ".vob", ".m2v",
                     ".wmv", ".asf", ".flv", ".mxf", ".ogv", ".rm", ".rmvb", ".dng", ".cr2", ".cr3", ".nef", ".arw"}
 INTERNAL_DIR = "_anon_ray"
@@ -49,10 +49,17 @@ _UNSUPPORTED_MAGIC = (
     (b"GIF87a", "GIF image"), (b"GIF89a", "GIF image"),
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000 image"), (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL image"), (b"\xff\x0a", "JPEG XL image"),
-    (b"\x00\x00\x01\xba", "MPEG program stream (MPG, VOB)"), (b"\x00\x00\x01\xb3", "MPEG-1/2 video elementary stream"),
-    (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF (WMV)"), (b"FLV\x01", "Flash video (FLV)"),
+    (b"\x00\x00\x01\xb3", "MPEG-1/2 video elementary stream"),
     (b"\x06\x0e\x2b\x34\x02\x05\x01\x01", "MXF"), (b"OggS", "Ogg"), (b".RMF", "RealMedia"),
 )
+# Videos read and masked, but written as Matroska under the input's name + REMUX_SUFFIX: their own
+# containers have no writer here (MPEG-PS) or hold no H.264 (ASF, FLV's own codecs), and Matroska
+# holds their audio (MP2, AC-3, WMA, MP3) as it is. The manifest's output_changes says so.
+_REMUXED_MAGIC = (
+    (b"\x00\x00\x01\xba", "MPEG program stream (MPG, VOB)"),
+    (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF (WMV)"), (b"FLV\x01", "Flash video (FLV)"),
+)
+REMUX_SUFFIX = ".mkv"
 
 log = logging.getLogger("anon_ray")
 
@@ -68,6 +75,9 @@ def sniff(head: bytes, name: str) -> tuple[str, str]:
     for magic, fmt in _UNSUPPORTED_MAGIC:
         if head.startswith(magic):
             return "unsupported", fmt
+    for magic, fmt in _REMUXED_MAGIC:
+        if head.startswith(magic):
+            return "video", fmt
     if head[4:8] == b"ftyp":
         picture = _FTYP_PICTURES.get(head[8:12])
         return ("unsupported", picture) if picture else ("video", "")
@@ -134,7 +144,10 @@ def display_path(path: str) -> str:
 
 def sorted_out(asset: Asset, fmt: str, not_media: str) -> Asset:
     """`asset` with its skip set from its sniffed kind: an unsupported format is skipped, content
-    that is no media under a name that is no media name too (`not_media`: why, in words)."""
+    that is no media under a name that is no media name too (`not_media`: why, in words); a video
+    in a container written as Matroska gets REMUX_SUFFIX."""
+    if asset.kind == "video" and fmt in {f for _, f in _REMUXED_MAGIC}:
+        return dataclasses.replace(asset, output_suffix=REMUX_SUFFIX)
     if asset.kind == "unsupported":
         return dataclasses.replace(asset, skip=UNSUPPORTED_FORMAT, skip_detail=fmt)
     if asset.kind == "unknown" and not media_name(asset.relpath):

@@ -31,7 +31,12 @@ _MUXERS = {
     "matroska,webm": ({".webm": "webm"}, "matroska"),
     "avi": ({}, "avi"),
     "mpegts": ({}, "mpegts"),
+    # Read, but written as Matroska (inventory.REMUX_SUFFIX names the output so).
+    "mpeg": ({}, "matroska"),
+    "asf": ({}, "matroska"),
+    "flv": ({}, "matroska"),
 }
+_REMUXED = ("mpeg", "asf", "flv")
 # Formats libx264 encodes from RGB without surprises; anything else falls back to yuv420p.
 _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
@@ -120,6 +125,8 @@ def output_changes(info: VideoInfo, codec: str, cfg: VideoConfig) -> tuple[str, 
     pix_fmt, _ = _output_pix_fmt(info, codec, cfg.pixels)
     if pix_fmt != _J_FORMATS.get(info.pix_fmt, info.pix_fmt):
         changes.append(f"pixel format {info.pix_fmt} written as {pix_fmt}")
+    if info.container in _REMUXED:
+        changes.append(f"container {info.container} written as Matroska")
     size = coded_size(info, codec, cfg)
     if size != (info.width, info.height):
         changes.append(f"size {info.width}x{info.height} padded to {size[0]}x{size[1]} (edge repeated)")

@@ -216,7 +216,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                     writer.add(_record(run_id, AssetResult(asset, ""), chash, models_json))
                 continue
             try:
-                dst = storage.safe_join(cfg.output, asset.relpath)
+                dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
             except storage.UnsafePathError as exc:
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
                 continue
