@@ -118,6 +118,7 @@ class PlateConfig:
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
     scales: list[float] = field(default_factory=lambda: [1.0])
+    shrink_threshold: float = 0.0  # score cut-off of the boxes of scales below 1 (0: the class's own)
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
     # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size

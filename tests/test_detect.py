@@ -370,3 +370,18 @@ def test_photos_are_cut_at_the_photo_threshold_video_frames_at_theirs(astronaut,
     assert len(plain) > 10
     np.testing.assert_array_equal(low.xyxy, plain.xyxy)
     np.testing.assert_array_equal(low.score, plain.score)
+
+
+def test_shrunk_passes_have_a_cut_off_of_their_own(plates, monkeypatch):
+    """shrink_threshold cuts only the boxes of passes below the fit (close-ups: large false boxes)."""
+    frame = np.zeros((480, 640, 3), np.uint8)  # fits the 640 px input at ratio 1
+
+    def one_box_per_pass(_frame, ratio):  # apart from each other, so NMS keeps both
+        return np.array([[ratio * 400, 0, ratio * 400 + 20, 20]], np.float32), np.array([0.3], np.float32)
+
+    monkeypatch.setattr(plates, "_at_ratio", one_box_per_pass)
+    found = {}
+    for cut in (0.0, 0.2, 0.5):
+        monkeypatch.setattr(plates, "cfg", replace(PlateConfig(), scales=[1.0, 0.5], shrink_threshold=cut))
+        found[cut] = plates.detect([frame]).xyxy[:, 0].tolist()
+    assert sorted(found[0.0]) == sorted(found[0.2]) == [200.0, 400.0] and found[0.5] == [400.0]

@@ -48,6 +48,10 @@ class PlateDetector:
         fit = min(self.height / height, self.width / width)
         ratios = [fit * scale for scale in self.cfg.scales] if zoom is None else [min(zoom, fit)]
         found = [self._at_ratio(frame, ratio) for ratio in ratios]
+        # Passes that shrink the frame below the fit find close-ups, and their false boxes are as
+        # large: they may need a cut-off of their own.
+        found = [(xyxy[score >= self.cfg.shrink_threshold], score[score >= self.cfg.shrink_threshold])
+                 if ratio < fit else (xyxy, score) for ratio, (xyxy, score) in zip(ratios, found)]
         xyxy = np.concatenate([f[0] for f in found])
         score = np.concatenate([f[1] for f in found])
         keep = nms(xyxy, score, self.cfg.nms_iou)
