@@ -59,6 +59,7 @@ _REMUXED_MAGIC = (
     (b"\x00\x00\x01\xba", "MPEG program stream (MPG, VOB)"),
     (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF (WMV)"), (b"FLV\x01", "Flash video (FLV)"),
 )
+_REMUXED_FORMATS = frozenset(fmt for _, fmt in _REMUXED_MAGIC)
 REMUX_SUFFIX = ".mkv"
 
 log = logging.getLogger("anon_ray")
@@ -146,7 +147,7 @@ def sorted_out(asset: Asset, fmt: str, not_media: str) -> Asset:
     """`asset` with its skip set from its sniffed kind: an unsupported format is skipped, content
     that is no media under a name that is no media name too (`not_media`: why, in words); a video
     in a container written as Matroska gets REMUX_SUFFIX."""
-    if asset.kind == "video" and fmt in {f for _, f in _REMUXED_MAGIC}:
+    if asset.kind == "video" and fmt in _REMUXED_FORMATS:
         return dataclasses.replace(asset, output_suffix=REMUX_SUFFIX)
     if asset.kind == "unsupported":
         return dataclasses.replace(asset, skip=UNSUPPORTED_FORMAT, skip_detail=fmt)

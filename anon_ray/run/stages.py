@@ -13,12 +13,10 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-# Stage names, in pipeline order. decode: frames for detection; decode_again: the same frames
-# for encoding (decoded twice to bound memory, I3); camera: the pan measured for tracking; track:
-# tracking and refinement; plan: packet scan, probe, cuts; finalize: joining parts, muxing,
-# verifying, publishing. A photo: read, detect, mask, write.
-STAGES = ("plan", "read", "decode", "detect", "camera", "track", "decode_again", "mask", "encode", "write",
-          "finalize")
+# Stage names, in pipeline order: plan (packet scan, probe, cuts), decode (frames for detection),
+# detect, camera (the pan measured for tracking), track (tracking and refinement), decode_again
+# (the same frames for encoding: decoded twice to bound memory, I3), mask, encode, finalize
+# (joining parts, muxing, verifying, publishing). A photo: read, detect, mask, write.
 
 
 class StageClock:

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from anon_ray.config import StorageConfig
 from anon_ray.io.manifest import read_manifest
+from anon_ray.run import stages
 from anon_ray.tools import metrics
 from anon_ray.tools.evaluate import load_items
 
@@ -93,11 +94,7 @@ def race(src: str, tmp: Path, n_copies: int, runs: int, exe: str, overrides: lis
 def manifest_stages(output: str) -> dict[str, float]:
     """Busy seconds per stage over a run's assets, from its manifest (AssetRecord.stage_seconds)."""
     rows = read_manifest(output, StorageConfig(), ["stage_seconds"]).column("stage_seconds").to_pylist()
-    out: dict[str, float] = {}
-    for row in rows:
-        for stage, value in json.loads(row or "{}").items():
-            out[stage] = out.get(stage, 0.0) + value
-    return out
+    return stages.summed(json.loads(row or "{}") for row in rows)
 
 
 def changed_region(before: np.ndarray, after: np.ndarray) -> np.ndarray:
