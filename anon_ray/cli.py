@@ -1,6 +1,6 @@
 """The only module that imports Hydra: compose the config, then call plain Python.
 
-`anon-ray`, `anon-ray-eval` and `anon-ray-bench` share conf/ and its groups.
+`anon-ray`, `anon-ray-rerender`, `anon-ray-eval` and `anon-ray-bench` share conf/ and its groups.
 
 Logging goes to stderr at INFO; `hydra.verbose=true` turns on DEBUG for our code and Ray's
 (`hydra.verbose=[botocore]` and the like for a named library: the AWS SDK's DEBUG lines carry
@@ -169,6 +169,17 @@ def _run(dcfg: DictConfig) -> None:
     _exit_code = summary.exit_code
 
 
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _rerender(dcfg: DictConfig) -> None:
+    from anon_ray.run import rerender
+
+    global _exit_code
+    summary = rerender.rerender(_to_plain(dcfg))
+    print(f"anon-ray-rerender: {summary.ok} re-rendered or excluded, {summary.failed} failed, {summary.skipped} "
+          f"unchanged since their last re-render, {summary.frames} frames in {summary.seconds:.1f}s", file=sys.stderr)
+    _exit_code = summary.exit_code
+
+
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _eval(dcfg: DictConfig) -> None:
     from anon_ray.tools import evaluate
@@ -194,6 +205,12 @@ def _bench(dcfg: DictConfig) -> None:
 def run_main() -> None:
     _register()
     _run()
+    sys.exit(_exit_code)
+
+
+def rerender_main() -> None:
+    _register()
+    _rerender()
     sys.exit(_exit_code)
 
 

@@ -234,6 +234,14 @@ class AuditConfig:
 
 
 @dataclass
+class ReviewConfig:
+    # Keep every masked box of each asset in `_anon_ray/review/boxes/` (io/review.py), so a
+    # reviewer's corrections re-render it without detectors (anon-ray-rerender). Off: box
+    # positions locate personal data (I5).
+    boxes: bool = False
+
+
+@dataclass
 class AppConfig:
     input: str = ""
     output: str = ""
@@ -254,6 +262,7 @@ class AppConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
 
 @dataclass

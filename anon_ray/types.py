@@ -12,7 +12,8 @@ import numpy as np
 
 FACE = 0
 PLATE = 1
-CLASS_NAMES = ("face", "plate")
+REGION = 2  # a reviewer's box (core/overrides.py): masked as drawn, never a detector's
+CLASS_NAMES = ("face", "plate", "region")
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ class AssetResult:
     segment_input_bytes: tuple[int, ...] = ()  # per segment, in order: SegmentResult.input_bytes
     changes: tuple[str, ...] = ()  # how the output differs beyond the masks (VideoPlan.changes for videos)
     stage_seconds: dict = field(default_factory=dict)  # run/stages.py: busy seconds per stage, wall, cpu
+    overrides_sha256: str = ""  # rendered with a reviewer's overrides file of this hash (run/rerender.py)
 
 
 @dataclass(frozen=True)
@@ -300,3 +302,6 @@ class AssetRecord:
     # JSON object: busy seconds per stage (run/stages.py: plan, decode, detect, track, mask, encode,
     # finalize, ...), summed over the asset's segments, with their wall-clock and CPU seconds.
     stage_seconds: str = ""
+    # sha256 of the reviewer's overrides file the output was re-rendered with ("": as detected);
+    # a row with it is a corrected asset (anon-ray-rerender).
+    overrides_sha256: str = ""

@@ -85,7 +85,7 @@ def test_a_frame_masked_with_other_boxes_fails_the_segment():
     whole = mask_boxes(track(raw, cfg, FRAMES), cfg, FRAMES, SIZE)
     seg = SegmentPlan(asset="a", index=0, count=1, start=60, end=300, ctx_start=FRAMES.start, ctx_end=FRAMES.stop,
                       seek_pts=0, seek_frame=0)
-    per = pipeline._group_by_frame(whole)
+    per = pipeline.group_by_frame(whole)
     used = {i: per.get(i, Detections.empty()) for i in range(seg.start, seg.end)}
     pipeline._check_streamed(used, whole, seg)  # the same boxes: fine
     busy = max(used, key=lambda i: len(used[i]))

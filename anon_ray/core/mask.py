@@ -101,7 +101,7 @@ def _check(cfg: MaskConfig) -> None:
 
 
 def _shapes(dets: Detections, cfg: MaskConfig) -> list[str]:
-    return [cfg.plate_shape if c == PLATE else cfg.face_shape for c in dets.cls]
+    return [cfg.plate_shape if c == PLATE else cfg.face_shape if c == FACE else MaskShape.box for c in dets.cls]
 
 
 def _block_size(raw_short_side: float, blocks: int) -> int:

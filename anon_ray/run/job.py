@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from anon_ray import __version__
 from anon_ray.config import AppConfig
-from anon_ray.io import inventory, manifest, storage
+from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 
@@ -106,7 +106,7 @@ def model_hashes(cfg: AppConfig) -> dict[str, str]:
     return {name: resolve(name, cfg.models).sha256 for name in names}
 
 
-def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
+def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
     """`skipped`: done before; an asset listed but not processed says why in its `skip`."""
     a = res.asset
     text = inventory.display_path  # Parquet text must be UTF-8; undecodable name bytes show as \xNN
@@ -124,6 +124,7 @@ def _record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped
         segment_input_bytes=json.dumps(list(res.segment_input_bytes)) if res.segment_input_bytes else "",
         output_changes=json.dumps(list(res.changes)) if res.changes and not res.failure else "",
         stage_seconds=json.dumps({k: round(v, 3) for k, v in res.stage_seconds.items()}) if res.stage_seconds else "",
+        overrides_sha256="" if res.failure else res.overrides_sha256,
     )
 
 
@@ -166,8 +167,15 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     started = time.time()
 
     def finish(res: AssetResult) -> None:
+        if cfg.review.boxes and not res.failure and res.tracks is not None:
+            meta = {"run_id": run_id, "config_hash": chash, "input_version": res.asset.version, "frames": res.frames}
+            try:
+                review.write_boxes(review.boxes_uri(cfg.output, res.asset.relpath), res.tracks, meta, cfg.storage)
+            except Exception as exc:  # noqa: BLE001 - the output is right; only its re-render is lost
+                print(f"WARNING {inventory.display_path(res.asset.relpath)}: boxes file not written "
+                      f"({type(exc).__name__}): it cannot be re-rendered without detection", file=out)
         if not cfg.dry_run:
-            writer.add(_record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
+            writer.add(record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
         name = inventory.display_path(res.asset.relpath)
         log.debug("%s: %s, %d faces, %d plates, %d frames, %d segments, %.2f s", name,
                   res.failure.error_class if res.failure else "ok", res.faces, res.plates, res.frames,
@@ -213,7 +221,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 name = inventory.display_path(asset.relpath)
                 print(f"NOT PROCESSED {name}: {asset.skip}: {asset.skip_detail}", file=out)
                 if not cfg.dry_run:
-                    writer.add(_record(run_id, AssetResult(asset, ""), chash, models_json))
+                    writer.add(record(run_id, AssetResult(asset, ""), chash, models_json))
                 continue
             try:
                 dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
@@ -224,7 +232,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             if done_before and output_exists(asset, dst):
                 summary.skipped += 1
                 if not cfg.dry_run:
-                    writer.add(_record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
+                    writer.add(record(run_id, AssetResult(asset, dst), chash, models_json, skipped=True))
                 continue
             if cfg.dry_run:
                 print(f"would process: {inventory.display_path(asset.relpath)} ({asset.kind})", file=out)

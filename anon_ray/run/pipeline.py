@@ -79,7 +79,7 @@ def count_objects(dets: Detections) -> tuple[int, int]:
     return count(FACE), count(PLATE)
 
 
-def _group_by_frame(dets: Detections) -> dict[int, Detections]:
+def group_by_frame(dets: Detections) -> dict[int, Detections]:
     order = np.argsort(dets.frame, kind="stable")
     frames = dets.frame[order]
     starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]]) if len(frames) else np.zeros(0, int)
@@ -186,7 +186,7 @@ class Worker:
             paths.append(path)
             with clock("track"):
                 span, boxes = stream.add(dets, seen_to, path)
-            per_frame = _group_by_frame(boxes)
+            per_frame = group_by_frame(boxes)
             for i in span:
                 yield i, per_frame.get(i, Detections.empty())
 
@@ -258,7 +258,7 @@ class Worker:
 
 def _check_streamed(used: dict[int, Detections], boxes: Detections, seg: SegmentPlan) -> None:
     """Fail the segment unless every owned frame was masked with exactly the whole-segment boxes."""
-    whole = _group_by_frame(boxes.select((boxes.frame >= seg.start) & (boxes.frame < seg.end)))
+    whole = group_by_frame(boxes.select((boxes.frame >= seg.start) & (boxes.frame < seg.end)))
     for i in range(seg.start, seg.end):
         if _box_rows(used.get(i, Detections.empty())).tolist() != _box_rows(whole.get(i, Detections.empty())).tolist():
             raise AssetError(f"segment {seg.index}: streamed masks of frame {i} differ from the segment's tracks")

@@ -1,0 +1,98 @@
+"""Render an asset from boxes already decided: its stored boxes corrected by a reviewer's overrides.
+
+No detector is built or called here: the pixels come from the input, the boxes from the review
+area (io/review.py), and masking, encoding and finalizing are the job's own (mask.apply,
+VideoWriter, concat.finalize), so a re-render without overrides masks exactly what the job did.
+A video is rendered as one part in this process: decode, mask and encode only, no context frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+
+from anon_ray.config import AppConfig, AudioPolicy
+from anon_ray.core import mask
+from anon_ray.core import overrides as ov_
+from anon_ray.io import staging
+from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
+from anon_ray.media import concat, rotation
+from anon_ray.media import image as image_io
+from anon_ray.media.decode import decode
+from anon_ray.media.encode import VideoWriter
+from anon_ray.run import stages
+from anon_ray.run.errors import AssetError
+from anon_ray.run.lifecycle import failed, plan_video
+from anon_ray.run.pipeline import count_objects, group_by_frame
+from anon_ray.types import Asset, AssetResult, Detections
+
+
+def _photo(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
+    clock = stages.StageClock()
+    src = staging.local_input(asset, cfg.storage)
+    with clock("read"):
+        loaded = image_io.read_image(src, cfg.image)  # upright: shown and stored pixels agree
+    dets = ov_.apply(boxes, overrides, 1)
+    rgb = loaded.rgb.copy()
+    with clock("mask"):
+        mask.apply(rgb, dets.for_frame(0), cfg.mask)
+    with clock("write"):
+        data = image_io.encode_image(dataclasses.replace(loaded, rgb=rgb), cfg.image)
+        with staging.output_target(dst, cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            atomic_write_bytes(target, data)
+    faces, plates = count_objects(dets)
+    return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1, input_sha256=sha256_file(src),
+                       output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets,
+                       changes=("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else (),
+                       stage_seconds=clock.totals())
+
+
+def _video(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
+    clock = stages.StageClock()
+    src = staging.local_input(asset, cfg.storage)
+    with clock("plan"):
+        vplan = plan_video(src, asset.relpath, cfg)
+    info = vplan.info
+    shown_to_stored = lambda xyxy: rotation.boxes_to_stored(xyxy, info.rotation, info.width, info.height)  # noqa: E731
+    dets = ov_.apply(boxes, overrides.mapped(shown_to_stored) if info.rotation else overrides, info.n_frames)
+    per_frame = group_by_frame(dets)
+    empty = Detections.empty()
+    with tempfile.TemporaryDirectory(dir=staging.scratch_root(cfg.storage)) as tmp:
+        part = os.path.join(tmp, "part-00000.mp4")
+        written = 0
+        with VideoWriter(part, info, cfg.video, vplan.codec) as writer:
+            for i, pts, rgb in clock.timed("decode", decode(src, None, vplan.index, 0, info.n_frames)):
+                if i != written:
+                    raise AssetError(f"frame {written} missing from decode")
+                with clock("mask"):
+                    mask.apply(rgb, per_frame.get(i, empty), cfg.mask)
+                with clock("encode"):
+                    writer.write(rgb, pts)
+                written += 1
+        with clock("finalize"), staging.output_target(dst, cfg.storage) as target:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            concat.finalize([part], src, target, info, keep_audio=cfg.video.audio == AudioPolicy.keep)
+            out_sha256, out_size = sha256_file(target), os.path.getsize(target)
+    faces, plates = count_objects(dets)
+    return AssetResult(asset, dst, faces=faces, plates=plates, frames=written, segments=1,
+                       input_sha256=sha256_file(src), output_sha256=out_sha256, output_size=out_size,
+                       tracks=dets, changes=vplan.changes, stage_seconds=clock.totals())
+
+
+def render(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
+    """`asset` masked with `boxes` (stored pixels, as the job wrote them) corrected by `overrides`
+    (shown pixels) into `dst`; never raises: a failure is a result with no output left behind."""
+    started = time.time()
+    try:
+        if asset.kind == "image":
+            res = _photo(cfg, asset, dst, boxes, overrides)
+        elif asset.kind == "video":
+            res = _video(cfg, asset, dst, boxes, overrides)
+        else:
+            raise AssetError(f"cannot render an asset of kind {asset.kind!r}")
+        return dataclasses.replace(res, seconds=time.time() - started)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
+        return failed(asset, dst, exc, started, cfg.storage)

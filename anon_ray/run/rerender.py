@@ -1,0 +1,113 @@
+"""anon-ray-rerender: apply reviewers' overrides files to finished assets, without detectors.
+
+For every asset with an overrides file (io/review.py) the stored boxes of the job's last run are
+corrected (core/overrides.py) and the asset is rendered again from its input (run/render.py);
+its manifest row records the overrides file's sha256. An asset whose latest successful row
+already has that hash for the same input is skipped, so running it again writes nothing (I4).
+An asset cannot be re-rendered, and fails with a row saying why, when its boxes file is missing
+(the job ran without `review.boxes=true`), its input changed since, or the overrides name
+another run's boxes. An overrides file with `"exclude": true` removes the asset's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import TextIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from anon_ray.config import AppConfig
+from anon_ray.core import overrides as ov_
+from anon_ray.io import inventory, manifest, review, storage
+from anon_ray.run import job
+from anon_ray.run.errors import AssetError
+from anon_ray.run.render import render
+from anon_ray.types import Asset, AssetResult, Failure
+
+EXCLUDED = "excluded_by_review"  # error_class of a row whose asset an overrides file excludes
+
+
+def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
+    """relpath -> (input_version, overrides_sha256) of its latest row that rendered or excluded it."""
+    rows = manifest.read_manifest(cfg.output, cfg.storage,
+                                  columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
+    finished = pc.or_(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], EXCLUDED))
+    rows = rows.filter(pc.and_(finished, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
+    return {r: (v, o or "") for r, v, o in zip(*(rows[c].to_pylist() for c in
+                                                 ("relpath", "input_version", "overrides_sha256")))}
+
+
+def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
+    dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
+    started = time.time()
+    try:
+        overrides = ov_.parse(data)
+        try:
+            boxes, meta = review.read_boxes(review.boxes_uri(cfg.output, asset.relpath), cfg.storage)
+        except FileNotFoundError:
+            raise AssetError("no boxes file: run the job with review.boxes=true first") from None
+        if meta.get("input_version") != asset.version:
+            raise AssetError("the input changed since its boxes were made: run the job again")
+        if overrides.boxes_run and overrides.boxes_run != meta.get("run_id"):
+            raise AssetError(f"the overrides refer to run {overrides.boxes_run}'s boxes, the stored ones are "
+                             f"run {meta.get('run_id')}'s")
+    except (AssetError, ov_.OverridesError) as exc:
+        return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
+    if overrides.exclude:
+        storage.remove(dst, cfg.storage)
+        return AssetResult(asset_excluded(asset), "", overrides_sha256=digest, seconds=time.time() - started)
+    res = render(cfg, asset, dst, boxes, overrides)
+    return res if res.failure else dataclasses.replace(res, overrides_sha256=digest)
+
+
+def asset_excluded(asset: Asset) -> Asset:
+    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
+
+
+def rerender(cfg: AppConfig, out: TextIO | None = None) -> job.Summary:
+    out = out or sys.stderr
+    wanted = review.listed_overrides(cfg.output, cfg.storage)
+    summary = job.Summary(fail_on_unsupported=False)
+    if not wanted:
+        print(f"anon-ray-rerender: no overrides files under {cfg.output}", file=out)
+        return summary
+    done = _done(cfg, wanted)
+    run_id = manifest.new_run_id()
+    models = job.model_hashes(cfg)
+    chash, models_json = manifest.config_hash(cfg, models), json.dumps(models, sort_keys=True)
+    manifest.write_run_config(cfg, run_id, chash, models)
+    writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
+    started, left = time.time(), set(wanted)
+    try:
+        for asset in storage.list_assets(cfg.input, cfg.storage, exclude=cfg.output):
+            if asset.relpath not in left:
+                continue
+            left.discard(asset.relpath)
+            name = inventory.display_path(asset.relpath)
+            data = storage.read_bytes(review.overrides_uri(cfg.output, asset.relpath), cfg.storage)
+            digest = ov_.sha256(data)
+            if done.get(asset.relpath) == (asset.version, digest):
+                summary.skipped += 1
+                continue
+            res = _one(cfg, asset, data, digest)
+            writer.add(job.record(run_id, res, chash, models_json))
+            if res.failure:
+                summary.failed += 1
+                summary.failures.append((name, res.failure.error_class, res.failure.error))
+                print(f"FAILED {name}: {res.failure.error_class}: {res.failure.error}", file=out)
+            else:
+                summary.ok += 1
+                summary.frames += res.frames
+                print(f"{'EXCLUDED' if res.asset.skip else 'RE-RENDERED'} {name}", file=out)
+    finally:
+        writer.close()
+    for relpath in sorted(left):
+        summary.failed += 1
+        summary.failures.append((inventory.display_path(relpath), "NotFound", "no input of this name"))
+        print(f"FAILED {inventory.display_path(relpath)}: an overrides file but no input of this name", file=out)
+    summary.seconds = time.time() - started
+    return summary

@@ -1,0 +1,172 @@
+"""Corrections as data: overrides files parsed and applied, and assets re-rendered from stored
+boxes on real media without running a detector (core/overrides.py, run/render.py, run/rerender.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES
+
+from anon_ray import detect
+from anon_ray.config import AppConfig, DetectConfig, FaceConfig, PlateConfig, ReviewConfig
+from anon_ray.core import overrides
+from anon_ray.io import review
+from anon_ray.media import packets
+from anon_ray.media.decode import decode
+from anon_ray.run import job, rerender
+from anon_ray.run.local import run_local
+from anon_ray.types import FACE, PLATE, REGION, Detections
+
+
+def _doc(**kw) -> bytes:
+    return json.dumps({"version": 1, **kw}).encode()
+
+
+@pytest.mark.parametrize("doc, words", [
+    (b"{not json", "not JSON"),
+    (_doc(version=2), "version"),
+    (_doc(add=[{"box": [0, 0, 10, 10]}], supress=[]), "unknown keys"),
+    (_doc(add=[{"box": [0, 0, 10, 10], "frame": [1, 2]}]), "add[0]: unknown keys"),
+    (_doc(add=[{"box": [10, 0, 5, 10]}]), "x2 > x1"),
+    (_doc(add=[{"box": [0, 0, 10]}]), "[x1, y1, x2, y2]"),
+    (_doc(add=[{"box": [0, 0, 10, 10], "frames": [5, 2]}]), "first <= last"),
+    (_doc(add=[{"box": [0, 0, 10, 10], "track": 3}]), "both track and at"),
+    (_doc(add=[{"box": [0, 0, 10, 10], "cls": "person"}]), "cls must be"),
+    (_doc(suppress=[{"track": 1, "frame": 2}]), "suppress[0]"),
+    (_doc(suppress=[{"track": -1}]), "frame number"),
+    (_doc(exclude="yes"), "exclude"),
+])
+def test_overrides_files_that_break_the_schema_fail_whole(doc, words):
+    """A misspelt key or a bad value fails the file: a correction must never be dropped quietly."""
+    with pytest.raises(overrides.OverridesError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        overrides.parse(doc)
+
+
+def _stored() -> Detections:
+    """Track 0: a face moving 10 px right per frame over frames 0-9, 20x20 at (100 + 10f, 50);
+    track 1: a plate on frames 0-4; one untracked face on frame 3."""
+    f = np.arange(10)
+    face = np.c_[100 + 10 * f, np.full(10, 50), 120 + 10 * f, np.full(10, 70)]
+    plate = np.tile([300, 300, 360, 320], (5, 1))
+    return Detections.concat([Detections.build(f, face, np.full(10, 0.9), FACE, np.zeros(10)),
+                              Detections.build(np.arange(5), plate, np.full(5, 0.8), PLATE, np.ones(5)),
+                              Detections.build([3], [[10, 10, 30, 30]], 0.2, FACE, [-1])])
+
+
+def test_overrides_suppress_add_and_follow():
+    ov = overrides.parse(_doc(
+        suppress=[{"track": 1}, {"frame": 3, "box": [12, 11, 31, 29]}],
+        add=[{"box": [0, 0, 50, 20]},  # static: every frame
+             {"box": [500, 400, 540, 440], "frames": [2, 4], "cls": "face"},
+             # drawn on frame 5 just below the face (same size, one face-height lower): a name badge
+             {"box": [150, 70, 170, 90], "track": 0, "at": 5, "frames": [3, 20]}]))
+    out = overrides.apply(_stored(), ov, n_frames=12)
+    assert not np.any(out.track == 1) and not np.any((out.frame == 3) & (out.score == np.float32(0.2)))
+    assert np.count_nonzero(out.track == 0) == 10  # the face itself is kept
+    static = out.select(out.track == 2)
+    assert static.frame.tolist() == list(range(12)) and np.all(static.cls == REGION)
+    ranged = out.select(out.track == 3)
+    assert ranged.frame.tolist() == [2, 3, 4] and np.all(ranged.cls == FACE)
+    badge = out.select(out.track == 4)
+    assert badge.frame.tolist() == list(range(3, 10))  # where the followed track has boxes
+    assert np.allclose(badge.xyxy, np.c_[100 + 10 * badge.frame, np.full(7, 70), 120 + 10 * badge.frame,
+                                         np.full(7, 90)])
+    with pytest.raises(overrides.OverridesError, match="no box on frame 11"):
+        overrides.apply(_stored(), overrides.parse(_doc(add=[{"box": [0, 0, 5, 5], "track": 0, "at": 11}])), 12)
+
+
+def test_region_boxes_are_masked_as_drawn():
+    """A reviewer's region gets no face margin and no ellipse: its corners are masked too."""
+    from anon_ray.config import MaskConfig
+    from anon_ray.core import mask
+
+    region = mask.mask_region((100, 100), Detections.build([0], [[20, 20, 60, 40]], 1.0, REGION), MaskConfig())
+    assert region[20:40, 20:60].all() and not region[:15].any() and not region[:, :15].any()
+
+
+def _counting(monkeypatch) -> list[str]:
+    """Every Detector built or asked to detect, from now on."""
+    calls: list[str] = []
+    init, run = detect.Detector.__init__, detect.Detector.detect
+    monkeypatch.setattr(detect.Detector, "__init__", lambda s, *a, **k: (calls.append("init"), init(s, *a, **k))[1])
+    monkeypatch.setattr(detect.Detector, "detect", lambda s, *a, **k: (calls.append("detect"), run(s, *a, **k))[1])
+    return calls
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    index = packets.scan_packets(str(path))
+    return [rgb for _, _, rgb in decode(str(path), None, index, 0, len(index))]
+
+
+def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_path, monkeypatch):
+    """The job misses the astronaut's face (detection off), a reviewer adds it frame by frame, and
+    the re-render masks it from the stored boxes with no detector built or called."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
+    blind = DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(enabled=False))
+    cfg = replace(AppConfig(input=str(src), output=str(out)), detect=blind, review=ReviewConfig(boxes=True))
+    assert job.run(cfg, run_local, out=io.StringIO()).ok == 1
+    stored, meta = review.read_boxes(review.boxes_uri(str(out), "clip.mp4"), cfg.storage)
+    assert len(stored) == 0 and meta["input_version"] and meta["frames"] == 75
+    first = _frames(out / "clip.mp4")
+
+    finder = detect.Detector(AppConfig().detect, AppConfig().models)
+    source = _frames(src / "clip.mp4")
+    faces = [finder.detect([rgb]) for rgb in source]
+    boxes = {i: d.xyxy[np.argmax(d.score)] for i, d in enumerate(faces) if np.any(d.cls == FACE)}
+    assert len(boxes) >= 60
+    add = [{"box": [float(v) for v in b], "frames": [i, i], "cls": "face"} for i, b in boxes.items()]
+    ov_path = Path(review.overrides_uri(str(out), "clip.mp4"))
+    ov_path.parent.mkdir(parents=True)
+    ov_path.write_bytes(_doc(boxes_run=meta["run_id"], add=add))
+
+    calls = _counting(monkeypatch)
+    log = io.StringIO()
+    summary = rerender.rerender(cfg, log)
+    assert (summary.ok, summary.failed, calls) == (1, 0, []), log.getvalue()
+    second = _frames(out / "clip.mp4")
+    assert len(second) == len(first) == 75
+    for i, b in list(boxes.items())[::10]:
+        x1, y1, x2, y2 = (int(round(v)) for v in b)
+        face = (slice(y1 + 2, y2 - 2), slice(x1 + 2, x2 - 2))
+        before, after = first[i][face].astype(float), second[i][face].astype(float)
+        assert np.abs(before - after).mean() > 8  # masked now, and it was not before
+        assert np.abs(second[i][:20, :20].astype(float) - first[i][:20, :20]).mean() < 2  # background kept
+    rows = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    assert rows[-1]["overrides_sha256"] == overrides.sha256(ov_path.read_bytes()) and rows[-1]["status"] == "ok"
+    assert all(r["overrides_sha256"] == "" for r in rows[:-1])
+
+    assert rerender.rerender(cfg, io.StringIO()).skipped == 1  # nothing new to apply: nothing written
+    assert len(pq.read_table(out / "_anon_ray" / "manifest.parquet")) == len(rows)
+
+    ov_path.write_bytes(_doc(exclude=True))
+    assert rerender.rerender(cfg, io.StringIO()).ok == 1 and not (out / "clip.mp4").exists()
+    last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", rerender.EXCLUDED, "")
+
+
+def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):
+    """Empty overrides: the stored boxes masked again give the job's own frames, so a correction
+    changes only what it names."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
+    cfg = replace(AppConfig(input=str(src), output=str(out)), review=ReviewConfig(boxes=True))
+    assert job.run(cfg, run_local, out=io.StringIO()).ok == 1
+    stored, _ = review.read_boxes(review.boxes_uri(str(out), "clip.mp4"), cfg.storage)
+    assert np.any(stored.cls == FACE) and np.any(stored.track >= 0)
+    first = _frames(out / "clip.mp4")
+    ov_path = Path(review.overrides_uri(str(out), "clip.mp4"))
+    ov_path.parent.mkdir(parents=True)
+    ov_path.write_bytes(_doc())
+    assert rerender.rerender(cfg, io.StringIO()).ok == 1
+    again = _frames(out / "clip.mp4")
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
