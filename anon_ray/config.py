@@ -239,6 +239,13 @@ class ReviewConfig:
     # reviewer's corrections re-render it without detectors (anon-ray-rerender). Off: box
     # positions locate personal data (I5).
     boxes: bool = False
+    # The review queue's risk signals (core/risk.py): detections under this score, or shorter than
+    # this, are flagged; a track's ends within edge_share of the frame's short side count as at
+    # the border; sheet_frames frames per asset are named for its contact sheet.
+    low_score: float = 0.3
+    small_px: int = 24
+    edge_share: float = 0.04
+    sheet_frames: int = 12
 
 
 @dataclass

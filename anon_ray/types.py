@@ -265,6 +265,7 @@ class AssetResult:
     changes: tuple[str, ...] = ()  # how the output differs beyond the masks (VideoPlan.changes for videos)
     stage_seconds: dict = field(default_factory=dict)  # run/stages.py: busy seconds per stage, wall, cpu
     overrides_sha256: str = ""  # rendered with a reviewer's overrides file of this hash (run/rerender.py)
+    frame_size: tuple[int, int] = (0, 0)  # (w, h) of the stored frames `tracks` are in; (0, 0) unknown
 
 
 @dataclass(frozen=True)
@@ -305,3 +306,8 @@ class AssetRecord:
     # sha256 of the reviewer's overrides file the output was re-rendered with ("": as detected);
     # a row with it is a corrected asset (anon-ray-rerender).
     overrides_sha256: str = ""
+    # The review queue (core/risk.py): how much the masks deserve a look (0: nothing flagged),
+    # the signals' counts as a JSON object, and the frames to look at as a JSON list.
+    risk: float = 0.0
+    risk_reasons: str = ""
+    review_frames: str = ""

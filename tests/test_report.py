@@ -109,7 +109,7 @@ def test_summary_numbers(archive: Path, capsys) -> None:
 
 
 def test_leak_flags_with_boxes(archive: Path, capsys) -> None:
-    flags = _report(capsys, f"output={archive}").split("leak-risk flags:\n")[1].splitlines()
+    flags = _report(capsys, f"output={archive}").split("leak-risk flags:\n")[1].split("\n\n")[0].splitlines()
     assert flags == [
         "  v3.mp4: failed (MediaError): no output",
         "  v4.mp4: failed (AssetTimeout): no output",
@@ -124,7 +124,7 @@ def test_leak_flags_with_boxes(archive: Path, capsys) -> None:
 def test_leak_flags_without_boxes(tmp_path: Path, capsys) -> None:
     # Without box lists only coverage is known: the 93% plate track with its gap goes unnoticed.
     output = _write(tmp_path / "out", MANIFEST, _tracks(boxes=False))
-    flags = _report(capsys, f"output={output}").split("leak-risk flags:\n")[1].splitlines()
+    flags = _report(capsys, f"output={output}").split("leak-risk flags:\n")[1].split("\n\n")[0].splitlines()
     assert [f for f in flags if "track" in f] == ["  v1.mp4: track 1 (face) frames 100-199: masked on 50 of 100 (50%)"]
 
 

@@ -170,3 +170,66 @@ def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):
     assert rerender.rerender(cfg, io.StringIO()).ok == 1
     again = _frames(out / "clip.mp4")
     assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_risk_flags_gaps_mid_frame_ends_and_weak_small_detections():
+    from anon_ray.core import risk
+
+    cfg = ReviewConfig()
+    # track 0: detected on 0-9 and 20-29, nothing on 10-19 (a gap never filled); it vanishes mid-picture
+    f = np.r_[0:10, 20:30]
+    steady = Detections.build(f, np.tile([300, 200, 340, 240], (20, 1)), np.full(20, 0.9), FACE, np.zeros(20))
+    # track 1 appears mid-picture on frame 40 and vanishes there on frame 45; its pads (score 0) do not count
+    late = Detections.build(np.r_[40:46], np.tile([600, 300, 640, 340], (6, 1)), np.full(6, 0.8), FACE, np.ones(6))
+    pads = Detections.build(np.r_[30:40], np.tile([600, 300, 640, 340], (10, 1)), np.zeros(10), FACE, np.ones(10))
+    # track 2 enters and leaves at the left border: not flagged; one weak, small untracked detection
+    edge = Detections.build(np.r_[50:55], np.tile([0, 100, 30, 140], (5, 1)), np.full(5, 0.9), FACE, np.full(5, 2))
+    weak = Detections.build([60], [[100, 100, 112, 112]], [0.2], FACE, [-1])
+    r = risk.assess(Detections.concat([steady, late, pads, edge, weak]), 100, (1280, 720), cfg)
+    assert r.reasons == {"gap_frames": 10, "appeared": 1, "vanished": 2, "low_score": 1, "small": 1}
+    assert r.score == pytest.approx(5 * 10 + 2 + 2 * 2 + 0.2 + 0.2)
+    assert {15, 29, 40, 45, 60} <= set(r.frames) and len(r.frames) == cfg.sheet_frames
+    calm = risk.assess(steady.select(steady.frame < 10), 10, (1280, 720), cfg)
+    assert (calm.score, calm.reasons) == (0.0, {}) and len(calm.frames) == 10  # a 10-frame clip: each frame once
+
+
+def test_job_rows_carry_the_review_queue(tmp_path):
+    """A real photo job: every processed row has a risk score, its reasons and frames to look at."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
+    assert job.run(AppConfig(input=str(src), output=str(out)), run_local, out=io.StringIO()).ok == 1
+    row = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    assert json.loads(row["review_frames"]) == [0] and isinstance(json.loads(row["risk_reasons"]), dict)
+    assert row["risk"] >= 0
+
+
+def test_report_lists_the_queue_and_writes_sheets_of_the_masked_output(tmp_path, capsys):
+    import cv2
+
+    from anon_ray.tools import report, sheets
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "photo.jpg")
+    # A high cut-off for "low" scores flags every detection: both assets are queued.
+    cfg = replace(AppConfig(input=str(src), output=str(out)), review=ReviewConfig(low_score=1.0))
+    assert job.run(cfg, run_local, out=io.StringIO()).ok == 2
+    assert report.main([f"output={out}", "sheets=2"]) == 0
+    text = capsys.readouterr().out
+    queue = text.split("review queue", 1)[1]
+    assert "clip.mp4" in queue and "photo.jpg" in queue and "low_score" in queue
+    row = next(r for r in pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist() if r["kind"] == "video")
+    frames = json.loads(row["review_frames"])
+    assert len(frames) == ReviewConfig().sheet_frames
+    sheet = cv2.imread(str(out / "_anon_ray" / "review" / "sheets" / "clip.mp4.jpg"))[:, :, ::-1]
+    tile_h = sheet.shape[0] // 3  # 12 frames, 4 per row
+    assert sheet.shape[1] == 4 * sheets.THUMB_W and tile_h == round(360 * sheets.THUMB_W / 640)
+    # Each tile is the masked output's frame, not the input's: compare below the frame label.
+    masked, source = _frames(out / "clip.mp4"), _frames(src / "clip.mp4")
+    for k, f in enumerate(frames[:4]):
+        tile = sheet[30:tile_h, k * sheets.THUMB_W:(k + 1) * sheets.THUMB_W].astype(float)
+        thumb = lambda rgb: cv2.resize(rgb, (sheets.THUMB_W, tile_h), interpolation=cv2.INTER_AREA)[30:]  # noqa: E731
+        assert np.abs(tile - thumb(masked[f])).mean() < np.abs(tile - thumb(source[f])).mean()
+    assert (out / "_anon_ray" / "review" / "sheets" / "photo.jpg.jpg").is_file()

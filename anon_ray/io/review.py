@@ -6,6 +6,7 @@ input version in the file's metadata. Written only with `review.boxes` (box posi
 personal data: off by default, I5); a re-render reads them instead of running a detector.
 
 `_anon_ray/review/overrides/<relpath>.json`: a reviewer's corrections (core/overrides.py).
+`_anon_ray/review/sheets/<relpath>.jpg`: frames of the masked output for the review queue.
 
 Both sit in the output store's internal folder, readable by whoever can read the outputs; neither
 holds pixels. The unmasked material a re-render needs is the input itself, read where it lives.
@@ -28,12 +29,21 @@ _META = b"anon_ray"
 _COLUMNS = ("frame", "x1", "y1", "x2", "y2", "score", "cls", "track")
 
 
+def _area(output: str, kind: str, relpath: str, suffix: str) -> str:
+    return storage.safe_join(storage.join(output, INTERNAL_DIR, "review", kind), relpath + suffix)
+
+
 def boxes_uri(output: str, relpath: str) -> str:
-    return storage.safe_join(storage.join(output, INTERNAL_DIR, "review", "boxes"), relpath + ".parquet")
+    return _area(output, "boxes", relpath, ".parquet")
 
 
 def overrides_uri(output: str, relpath: str) -> str:
-    return storage.safe_join(storage.join(output, INTERNAL_DIR, "review", "overrides"), relpath + ".json")
+    return _area(output, "overrides", relpath, ".json")
+
+
+def sheet_uri(output: str, relpath: str) -> str:
+    """A contact sheet of the masked output's frames (tools/sheets.py)."""
+    return _area(output, "sheets", relpath, ".jpg")
 
 
 def write_boxes(uri: str, dets: Detections, meta: dict, cfg: StorageConfig) -> None:

@@ -15,7 +15,8 @@ from typing import TextIO
 import pyarrow as pa
 
 from anon_ray import __version__
-from anon_ray.config import AppConfig
+from anon_ray.config import AppConfig, ReviewConfig
+from anon_ray.core import risk
 from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
@@ -106,9 +107,14 @@ def model_hashes(cfg: AppConfig) -> dict[str, str]:
     return {name: resolve(name, cfg.models).sha256 for name in names}
 
 
-def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False) -> AssetRecord:
-    """`skipped`: done before; an asset listed but not processed says why in its `skip`."""
+def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped: bool = False,
+           review_cfg: ReviewConfig | None = None) -> AssetRecord:
+    """`skipped`: done before; an asset listed but not processed says why in its `skip`. A
+    processed asset's row is scored for the review queue (core/risk.py) with `review_cfg`."""
     a = res.asset
+    flagged = None
+    if not res.failure and res.tracks is not None:
+        flagged = risk.assess(res.tracks, res.frames, res.frame_size, review_cfg or ReviewConfig())
     text = inventory.display_path  # Parquet text must be UTF-8; undecodable name bytes show as \xNN
     return AssetRecord(
         run_id=run_id, uri=text(a.uri), relpath=text(a.relpath), kind=a.kind,
@@ -125,6 +131,9 @@ def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped:
         output_changes=json.dumps(list(res.changes)) if res.changes and not res.failure else "",
         stage_seconds=json.dumps({k: round(v, 3) for k, v in res.stage_seconds.items()}) if res.stage_seconds else "",
         overrides_sha256="" if res.failure else res.overrides_sha256,
+        risk=flagged.score if flagged else 0.0,
+        risk_reasons=json.dumps(flagged.reasons, sort_keys=True) if flagged else "",
+        review_frames=json.dumps(list(flagged.frames)) if flagged else "",
     )
 
 
@@ -175,7 +184,8 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 print(f"WARNING {inventory.display_path(res.asset.relpath)}: boxes file not written "
                       f"({type(exc).__name__}): it cannot be re-rendered without detection", file=out)
         if not cfg.dry_run:
-            writer.add(record(run_id, res, chash, models_json), _tracks_table(run_id, res, cfg.audit.boxes))
+            writer.add(record(run_id, res, chash, models_json, review_cfg=cfg.review),
+                       _tracks_table(run_id, res, cfg.audit.boxes))
         name = inventory.display_path(res.asset.relpath)
         log.debug("%s: %s, %d faces, %d plates, %d frames, %d segments, %.2f s", name,
                   res.failure.error_class if res.failure else "ok", res.faces, res.plates, res.frames,

@@ -160,7 +160,7 @@ class Worker:
         changes = ("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else ()
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
                            output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes,
-                           stage_seconds=clock.totals())
+                           stage_seconds=clock.totals(), frame_size=(w, h))
 
     def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex,
                         clock: StageClock) -> Iterator[tuple[int, np.ndarray]]:

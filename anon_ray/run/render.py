@@ -47,7 +47,7 @@ def _photo(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
     return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1, input_sha256=sha256_file(src),
                        output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets,
                        changes=("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else (),
-                       stage_seconds=clock.totals())
+                       stage_seconds=clock.totals(), frame_size=(rgb.shape[1], rgb.shape[0]))
 
 
 def _video(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
@@ -79,7 +79,8 @@ def _video(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
     faces, plates = count_objects(dets)
     return AssetResult(asset, dst, faces=faces, plates=plates, frames=written, segments=1,
                        input_sha256=sha256_file(src), output_sha256=out_sha256, output_size=out_size,
-                       tracks=dets, changes=vplan.changes, stage_seconds=clock.totals())
+                       tracks=dets, changes=vplan.changes, stage_seconds=clock.totals(),
+                       frame_size=(info.width, info.height))
 
 
 def render(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:

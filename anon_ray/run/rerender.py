@@ -94,7 +94,7 @@ def rerender(cfg: AppConfig, out: TextIO | None = None) -> job.Summary:
                 summary.skipped += 1
                 continue
             res = _one(cfg, asset, data, digest)
-            writer.add(job.record(run_id, res, chash, models_json))
+            writer.add(job.record(run_id, res, chash, models_json, review_cfg=cfg.review))
             if res.failure:
                 summary.failed += 1
                 summary.failures.append((name, res.failure.error_class, res.failure.error))

@@ -13,6 +13,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class Report:
     slowest: list[dict]
     failures: list[tuple[str, int, str, str]]  # error class, assets, example relpath, example message
     flags: list[Flag]
+    queue: list[dict]  # review queue: current outputs with a risk, riskiest first (core/risk.py)
 
 
 def fps(frames: int, seconds: float) -> float:
@@ -176,6 +178,13 @@ def asset_flags(now: pa.Table) -> list[Flag]:
     return flags
 
 
+def review_queue(now: pa.Table) -> list[dict]:
+    """Current outputs the risk signals flagged, riskiest first (ties: by name), as manifest rows."""
+    flagged = now.filter((pc.field("status") == "ok") & (pc.field("risk") > 0))
+    flagged = flagged.sort_by([("risk", "descending"), ("relpath", "ascending")])
+    return flagged.select(["relpath", "kind", "output_uri", "risk", "risk_reasons", "review_frames"]).to_pylist()
+
+
 def summarize(output: str, manifest: pa.Table, tracks: pa.Table) -> Report:
     now = current(manifest)
     ok = now.filter(pc.field("status") == "ok")
@@ -187,6 +196,7 @@ def summarize(output: str, manifest: pa.Table, tracks: pa.Table) -> Report:
         slowest=slowest.select(["relpath", "kind", "status", "frames", "seconds"]).to_pylist(),
         failures=failures(now),
         flags=asset_flags(now) + track_flags(current_tracks(now, tracks)),
+        queue=review_queue(now),
     )
 
 
@@ -212,7 +222,13 @@ def format_text(r: Report) -> str:
                                                or ["  none"])
     out += ["", "leak-risk flags:"] + (_listed([f"  {f.relpath}: {f.reason}" for f in r.flags], len(r.flags))
                                        or ["  none"])
+    out += ["", "review queue (riskiest first: risk, signals, asset):"] + (
+        _listed([f"  {q['risk']:>9.1f}  {_reasons(q)}  {q['relpath']}" for q in r.queue], len(r.queue)) or ["  none"])
     return "\n".join(out)
+
+
+def _reasons(q: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in json.loads(q["risk_reasons"] or "{}").items())
 
 
 def _png(fig: Figure) -> str:
@@ -295,13 +311,15 @@ def to_html(r: Report, manifest: pa.Table, tracks: pa.Table) -> str:
              for v in videos[:MAX_PLOTTED]]
     rows = [[f.relpath, f.reason] for f in r.flags[:MAX_LISTED]]
     flags = _table(["asset", "reason"], rows) if rows else "<p>none</p>"
+    queued = [[q["relpath"], f"{q['risk']:.1f}", _reasons(q)] for q in r.queue[:MAX_LISTED]]
+    queue = _table(["asset", "risk", "signals"], queued) if queued else "<p>none</p>"
     return "\n".join([
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
         f"<title>anon-ray report: {html.escape(r.output)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}table{border-collapse:collapse}</style>",
         "</head><body>", f"<h1>anon-ray report</h1><h2>Summary</h2><pre>{html.escape(format_text(r))}</pre>",
-        "<h2>Leak-risk flags</h2>", flags,
+        "<h2>Leak-risk flags</h2>", flags, "<h2>Review queue</h2>", queue,
         "<h2>Throughput per asset</h2>", _png(throughput_figure(now)),
         f"<h2>Detections over time ({len(plots)} of {len(videos)} videos)</h2>", *plots,
         "</body></html>",
@@ -318,11 +336,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True,
                         help="the job's output root (a folder or s3:// URI holding _anon_ray/)")
     parser.add_argument("--html", help="also write the report, with plots, as one self-contained local HTML file")
+    parser.add_argument("--sheets", type=int, default=0,
+                        help="write contact sheets of the masked outputs of the first N queued assets to "
+                             "_anon_ray/review/sheets/")
     for name in STORAGE_OPTIONS:
         # Credentials are never options: boto3 takes them from the standard AWS chain.
         parser.add_argument(f"--storage.{name}", dest=name, default=getattr(StorageConfig(), name),
                             help=f"as the job's storage.{name}, for s3:// outputs")
-    options = {"output", "html", *(f"storage.{name}" for name in STORAGE_OPTIONS)}
+    options = {"output", "html", "sheets", *(f"storage.{name}" for name in STORAGE_OPTIONS)}
     # anon-ray takes Hydra-style key=value overrides; the same spelling works here.
     return parser.parse_args([f"--{a}" if a.split("=", 1)[0] in options else a for a in argv])
 
@@ -342,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.html, "w", encoding="utf-8") as fh:
             fh.write(page)
         print(f"html: {args.html}")
+    for q in report.queue[:args.sheets]:
+        from anon_ray.tools.sheets import write_sheet  # OpenCV and the decoder only when asked
+
+        if uri := write_sheet(args.output, q, storage):
+            print(f"sheet: {uri}")
     return 0
 
 
