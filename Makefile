@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test models fuzz bench deface eval clean
+.PHONY: demo test models browser fuzz bench deface eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/anon-ray
 
-test: models
+test: models browser
 	$(PY) -m pytest -q --durations=15
+
+# Debian's Chromium and its driver for the review page's browser test (tests/test_review_page.py);
+# installed by the project, never by hand. Where apt cannot run, the test says it was skipped.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || \
+	  echo "make browser: Chromium not installed; the review page's browser test will be skipped"
 
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz_targets --seconds 600

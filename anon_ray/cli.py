@@ -1,6 +1,6 @@
 """The only module that imports Hydra: compose the config, then call plain Python.
 
-`anon-ray`, `anon-ray-rerender`, `anon-ray-eval` and `anon-ray-bench` share conf/ and its groups.
+`anon-ray`, `anon-ray-rerender`, `anon-ray-review`, `anon-ray-eval` and `anon-ray-bench` share conf/ and its groups.
 
 Logging goes to stderr at INFO; `hydra.verbose=true` turns on DEBUG for our code and Ray's
 (`hydra.verbose=[botocore]` and the like for a named library: the AWS SDK's DEBUG lines carry
@@ -180,6 +180,18 @@ def _rerender(dcfg: DictConfig) -> None:
     _exit_code = summary.exit_code
 
 
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _review(dcfg: DictConfig) -> None:
+    from anon_ray.tools import review_server
+
+    server = review_server.serve(_to_plain(dcfg))
+    host, port = server.server_address[:2]
+    print(f"anon-ray-review: http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    server.server_close()
+
+
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _eval(dcfg: DictConfig) -> None:
     from anon_ray.tools import evaluate
@@ -212,6 +224,11 @@ def rerender_main() -> None:
     _register()
     _rerender()
     sys.exit(_exit_code)
+
+
+def review_main() -> None:
+    _register()
+    _review()
 
 
 def eval_main() -> None:

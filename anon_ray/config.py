@@ -246,6 +246,10 @@ class ReviewConfig:
     small_px: int = 24
     edge_share: float = 0.04
     sheet_frames: int = 12
+    # anon-ray-review's page: this machine only unless told otherwise (it serves masked frames
+    # and box positions, and writes corrections).
+    host: str = "127.0.0.1"
+    port: int = 8765
 
 
 @dataclass

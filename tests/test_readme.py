@@ -13,7 +13,8 @@ from conftest import REPO, composed
 from anon_ray.tools.report import parse_args as report_args
 
 README = (REPO / "README.md").read_text()
-CONFIG_OF = {"anon-ray": "config", "anon-ray-rerender": "config", "anon-ray-eval": "eval", "anon-ray-bench": "bench"}
+CONFIG_OF = {"anon-ray": "config", "anon-ray-rerender": "config", "anon-ray-review": "config", "anon-ray-eval": "eval",
+             "anon-ray-bench": "bench"}
 
 
 def figure_rows() -> list[str]:
@@ -50,8 +51,8 @@ def commands() -> list[tuple[str, list[str]]]:
 
 def test_the_readme_shows_every_tool():
     programs = {p for p, _ in commands()}
-    assert programs >= {"anon-ray", "anon-ray-rerender", "anon-ray-eval", "anon-ray-bench", "anon-ray-report",
-                        "make"}, programs
+    assert programs >= {"anon-ray", "anon-ray-rerender", "anon-ray-review", "anon-ray-eval", "anon-ray-bench",
+                        "anon-ray-report", "make"}, programs
 
 
 @pytest.mark.parametrize("program, args", [c for c in commands() if c[0] in CONFIG_OF], ids=" ".join)

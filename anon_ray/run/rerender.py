@@ -68,9 +68,10 @@ def asset_excluded(asset: Asset) -> Asset:
     return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
 
 
-def rerender(cfg: AppConfig, out: TextIO | None = None) -> job.Summary:
+def rerender(cfg: AppConfig, out: TextIO | None = None, only: set[str] | None = None) -> job.Summary:
+    """Every asset with an overrides file (`only`: those of these relpaths)."""
     out = out or sys.stderr
-    wanted = review.listed_overrides(cfg.output, cfg.storage)
+    wanted = [r for r in review.listed_overrides(cfg.output, cfg.storage) if only is None or r in only]
     summary = job.Summary(fail_on_unsupported=False)
     if not wanted:
         print(f"anon-ray-rerender: no overrides files under {cfg.output}", file=out)

@@ -1,0 +1,182 @@
+"""anon-ray-review: a local page to review masked outputs, correct them and approve them.
+
+It serves, on 127.0.0.1 by default (`review.host`, `review.port`), the review queue of an output
+(the manifest's risk scores), frames of the MASKED outputs as JPEG (never the input), the boxes
+masked on a frame (from the boxes file the job kept with `review.boxes=true`, corrected by the
+overrides so far), and takes a whole overrides document back (checked against the schema before
+it is written, core/overrides.py). Approving an asset writes its overrides file (an empty one
+when nothing was corrected) and re-renders it at once (run/rerender.py): its new manifest row
+carries the overrides' hash, which marks it reviewed. No pixel of the input leaves the process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+
+from anon_ray.config import AppConfig, ImageConfig
+from anon_ray.core import overrides as ov_
+from anon_ray.io import review, storage
+from anon_ray.io.manifest import read_manifest
+from anon_ray.media import image as image_io
+from anon_ray.media import packets, rotation
+from anon_ray.media.decode import decode
+from anon_ray.media.probe import probe
+from anon_ray.run import rerender
+from anon_ray.tools.report import current
+from anon_ray.tools.review_page import PAGE
+
+EMPTY = json.dumps({"version": ov_.VERSION, "add": [], "suppress": []}).encode()
+
+
+class Review:
+    """What the page asks for, answered from the output store (no HTTP here)."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self._lock = threading.Lock()  # one re-render at a time; reads go on meanwhile
+
+    def _rows(self) -> dict[str, dict]:
+        now = current(read_manifest(self.cfg.output, self.cfg.storage))
+        ok = now.filter(pc.field("status") == "ok")
+        return {r["relpath"]: r for r in ok.to_pylist()}
+
+    def queue(self) -> list[dict]:
+        """Every current output, riskiest first; `reviewed` once approved (an overrides hash)."""
+        rows = sorted(self._rows().values(), key=lambda r: (-(r["risk"] or 0.0), r["relpath"]))
+        return [{"relpath": r["relpath"], "kind": r["kind"], "frames": r["frames"], "risk": r["risk"] or 0.0,
+                 "reasons": json.loads(r["risk_reasons"] or "{}"), "reviewed": bool(r["overrides_sha256"])}
+                for r in rows]
+
+    def _row(self, relpath: str) -> dict:
+        row = self._rows().get(relpath)
+        if row is None:
+            raise KeyError(relpath)
+        return row
+
+    def overrides(self, relpath: str) -> bytes:
+        try:
+            return storage.read_bytes(review.overrides_uri(self.cfg.output, relpath), self.cfg.storage)
+        except FileNotFoundError:
+            return EMPTY
+
+    def _video(self, path: str):
+        index = packets.scan_packets(path)
+        return index, probe(path, index)
+
+    def frame_jpeg(self, relpath: str, i: int) -> bytes:
+        """Frame `i` of the masked output, upright."""
+        row = self._row(relpath)
+        with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
+            if row["kind"] == "image":
+                rgb = image_io.read_image(path, ImageConfig()).rgb
+            else:
+                index, info = self._video(path)
+                keys = index.pts[: i + 1][index.key[: i + 1]]
+                seek = int(keys[-1]) if len(keys) else None
+                rgb = next(f for _, _, f in decode(path, seek, index, i, i + 1))
+                rgb = rotation.to_display(rgb, info.rotation)
+        ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return jpeg.tobytes()
+
+    def boxes(self, relpath: str, i: int) -> list[dict]:
+        """The boxes masked on frame `i` as corrected so far, in shown pixels, with their track
+        (-1 untracked) and whether a reviewer added them."""
+        row = self._row(relpath)
+        stored, _ = review.read_boxes(review.boxes_uri(self.cfg.output, relpath), self.cfg.storage)
+        ov = ov_.parse(self.overrides(relpath))
+        rot, wh = 0, (0, 0)
+        if row["kind"] == "video":
+            with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
+                info = self._video(path)[1]
+            rot, wh = info.rotation, (info.width, info.height)
+        if rot:
+            ov = ov.mapped(lambda xyxy: rotation.boxes_to_stored(xyxy, rot, *wh))
+        dets = ov_.apply(stored, ov, max(int(row["frames"]), 1)).for_frame(i)
+        xyxy = rotation.boxes_to_display(dets.xyxy, rot, *wh) if rot else dets.xyxy
+        added = dets.track > (stored.track.max() if len(stored) else -1)
+        return [{"box": [round(float(v), 1) for v in b], "track": int(t), "added": bool(a), "cls": int(c)}
+                for b, t, a, c in zip(xyxy, dets.track, added, dets.cls)]
+
+    def save(self, relpath: str, data: bytes) -> None:
+        self._row(relpath)
+        ov_.parse(data)  # raises OverridesError: nothing invalid is written
+        storage.write_bytes_atomic(review.overrides_uri(self.cfg.output, relpath), data, self.cfg.storage)
+
+    def approve(self, relpath: str) -> dict:
+        self._row(relpath)
+        uri = review.overrides_uri(self.cfg.output, relpath)
+        if not storage.exists(uri, self.cfg.storage):
+            storage.write_bytes_atomic(uri, EMPTY, self.cfg.storage)
+        with self._lock:
+            summary = rerender.rerender(self.cfg, io.StringIO(), only={relpath})
+        if summary.failed:
+            return {"status": "failed", "error": summary.failures[0][2]}
+        return {"status": "re-rendered" if summary.ok else "unchanged"}
+
+
+def handler(api: Review) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_args) -> None:  # request lines name assets: not for a shared log
+            pass
+
+        def _send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, value, status: int = HTTPStatus.OK) -> None:
+            self._send(status, json.dumps(value).encode(), "application/json")
+
+        def _route(self, method: str) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+            path, i = q.get("path", ""), int(q.get("i", "0"))
+            try:
+                if method == "GET" and url.path == "/":
+                    self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+                elif method == "GET" and url.path == "/api/queue":
+                    self._json(api.queue())
+                elif method == "GET" and url.path == "/api/frame":
+                    self._send(HTTPStatus.OK, api.frame_jpeg(path, i), "image/jpeg")
+                elif method == "GET" and url.path == "/api/boxes":
+                    self._json(api.boxes(path, i))
+                elif method == "GET" and url.path == "/api/overrides":
+                    self._send(HTTPStatus.OK, api.overrides(path), "application/json")
+                elif method == "POST" and url.path == "/api/overrides":
+                    api.save(path, self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                    self._json({"saved": True})
+                elif method == "POST" and url.path == "/api/approve":
+                    self._json(api.approve(path))
+                else:
+                    self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+            except KeyError:
+                self._json({"error": "no current output of that name"}, HTTPStatus.NOT_FOUND)
+            except FileNotFoundError:
+                self._json({"error": "no boxes file: run the job with review.boxes=true"}, HTTPStatus.CONFLICT)
+            except (ov_.OverridesError, StopIteration, ValueError) as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._route("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._route("POST")
+
+    return Handler
+
+
+def serve(cfg: AppConfig) -> ThreadingHTTPServer:
+    """A server bound to review.host:review.port (port 0: any free one); call serve_forever()."""
+    return ThreadingHTTPServer((cfg.review.host, cfg.review.port), handler(Review(cfg)))

@@ -1,0 +1,145 @@
+"""anon-ray-review's page: its HTTP API on a real server, and the page driven in Debian's headless
+Chromium (make browser installs it): open a queued asset, draw a box, approve, the output changes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SAMPLES
+from test_review import _frames
+
+from anon_ray.config import AppConfig, DetectConfig, FaceConfig, PlateConfig, ReviewConfig
+from anon_ray.run import job
+from anon_ray.run.local import run_local
+from anon_ray.tools import review_server
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A job's output (detection off: nothing masked, every face missed) and its review server."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "clip.mp4")
+    blind = DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(enabled=False))
+    cfg = replace(AppConfig(input=str(src), output=str(out)), detect=blind,
+                  review=ReviewConfig(boxes=True, port=0))
+    assert job.run(cfg, run_local, out=io.StringIO()).ok == 1
+    server = review_server.serve(cfg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", out
+    server.shutdown()
+    server.server_close()
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.read()
+
+
+def _post(url: str, body: bytes = b"") -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_api_serves_masked_frames_and_checks_corrections(served):
+    from conftest import composed
+
+    assert ReviewConfig().host == composed("config").review.host == "127.0.0.1"  # this machine only
+    assert ReviewConfig().boxes is composed("config").review.boxes is False  # box positions: off (I5)
+    base, out = served
+    assert _get(base + "/").startswith(b"<!DOCTYPE html>")
+    queue = json.loads(_get(base + "/api/queue"))
+    assert [(a["relpath"], a["frames"], a["reviewed"]) for a in queue] == [("clip.mp4", 75, False)]
+    jpeg = cv2.imdecode(np.frombuffer(_get(base + "/api/frame?path=clip.mp4&i=40"), np.uint8), cv2.IMREAD_COLOR)
+    masked = _frames(out / "clip.mp4")[40]
+    assert jpeg.shape == masked.shape and np.abs(jpeg[:, :, ::-1].astype(float) - masked).mean() < 3
+    assert json.loads(_get(base + "/api/boxes?path=clip.mp4&i=40")) == []
+    status, answer = _post(base + "/api/overrides?path=clip.mp4", b'{"version": 1, "ad": []}')
+    assert status == 400 and "unknown keys" in answer["error"]
+    assert not (out / "_anon_ray" / "review" / "overrides" / "clip.mp4.json").exists()
+    doc = {"version": 1, "add": [{"box": [100, 50, 200, 150], "frames": [40, 41]}], "suppress": []}
+    assert _post(base + "/api/overrides?path=clip.mp4", json.dumps(doc).encode()) == (200, {"saved": True})
+    boxes = json.loads(_get(base + "/api/boxes?path=clip.mp4&i=40"))
+    assert [(b["box"], b["added"]) for b in boxes] == [([100.0, 50.0, 200.0, 150.0], True)]
+    assert _post(base + "/api/approve?path=clip.mp4") == (200, {"status": "re-rendered"})
+    assert json.loads(_get(base + "/api/queue"))[0]["reviewed"] is True
+    assert _post(base + "/api/approve?path=nothing.mp4")[0] == 404
+
+
+def _browser(tmp_path):
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make browser)")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager look for a browser online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,900", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=Service(DRIVER))
+
+
+def test_page_in_chromium_adds_a_box_and_approves(served, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, out = served
+    before_bytes = (out / "clip.mp4").read_bytes()
+    before = _frames(out / "clip.mp4")
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(base + "/")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#queue button[data-path="clip.mp4"]'))
+        driver.find_element(By.CSS_SELECTOR, '#queue button[data-path="clip.mp4"]').click()
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-frame") == "0")
+        driver.execute_script('const s = document.getElementById("scrub"); s.value = 40;'
+                              's.dispatchEvent(new Event("input"));')
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-frame") == "40")
+        driver.find_element(By.ID, "from").send_keys("0")
+        driver.find_element(By.ID, "to").send_keys("74")
+        canvas = driver.find_element(By.ID, "canvas")
+        w, h = canvas.size["width"], canvas.size["height"]
+        assert (w, h) == (640, 360)
+        # Drag from (200, 60) to (330, 200) in the frame's pixels; offsets count from the centre.
+        ActionChains(driver).move_to_element_with_offset(canvas, 200 - w // 2, 60 - h // 2).click_and_hold() \
+            .move_to_element_with_offset(canvas, 330 - w // 2, 200 - h // 2).release().perform()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "saved")
+        doc = json.loads((out / "_anon_ray" / "review" / "overrides" / "clip.mp4.json").read_text())
+        (x1, y1, x2, y2), = [a["box"] for a in doc["add"]]
+        assert abs(x1 - 200) <= 2 and abs(y1 - 60) <= 2 and abs(x2 - 330) <= 2 and abs(y2 - 200) <= 2
+        assert doc["add"][0]["frames"] == [0, 74]
+        driver.find_element(By.ID, "approve").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "re-rendered")
+        label = driver.execute_script('return document.querySelector(\'#queue button[data-path="clip.mp4"]\').textContent')
+        assert "(reviewed)" in label
+    finally:
+        driver.quit()
+    after = _frames(out / "clip.mp4")
+    assert hashlib.sha256((out / "clip.mp4").read_bytes()).digest() != hashlib.sha256(before_bytes).digest()
+    for i in (0, 40, 74):
+        inside = np.abs(after[i][65:195, 205:325].astype(float) - before[i][65:195, 205:325]).mean()
+        outside = np.abs(after[i][250:, 400:].astype(float) - before[i][250:, 400:]).mean()
+        assert inside > 8 and outside < 4, (i, inside, outside)  # re-encoding moves the rest a little
