@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from anon_ray import __version__
 from anon_ray.config import AppConfig, ReviewConfig
-from anon_ray.core import risk
+from anon_ray.core import overrides, risk
 from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
@@ -28,6 +29,9 @@ Engine = Callable[[AppConfig, Iterable[tuple[Asset, str]], str], Iterator[AssetR
 # error_class of an asset whose work was cancelled because the driver was told to stop: it has no
 # output and no "ok" row, so the next run processes it.
 INTERRUPTED = "Interrupted"
+# error_class of an asset a reviewer's overrides file excludes: no output, in this run or any later
+# one, until the file says otherwise (run/rerender.py removes the output when it is written).
+EXCLUDED = "excluded_by_review"
 
 
 class StopRequest:
@@ -137,6 +141,23 @@ def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped:
     )
 
 
+def excluded_asset(asset: Asset) -> Asset:
+    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
+
+
+def excluded(cfg: AppConfig, out: TextIO) -> set[str]:
+    """Relpaths whose overrides file says "exclude" (one listing of the review area, then the
+    few files reviewers wrote); a file that breaks the schema is named and ignored."""
+    found = set()
+    for rel in review.listed_overrides(cfg.output, cfg.storage):
+        try:
+            if overrides.parse(storage.read_bytes(review.overrides_uri(cfg.output, rel), cfg.storage)).exclude:
+                found.add(rel)
+        except overrides.OverridesError as exc:
+            print(f"WARNING {inventory.display_path(rel)}: its overrides file is ignored: {exc}", file=out)
+    return found
+
+
 def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None:
     if res.failure or res.tracks is None or not len(res.tracks):
         return None
@@ -168,6 +189,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
     done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
+    kept_out = excluded(cfg, out)
     if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
         manifest.write_run_config(cfg, run_id, chash, models)
@@ -237,6 +259,13 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
             except storage.UnsafePathError as exc:
                 finish(AssetResult(asset, "", failure=Failure("UnsafePath", str(exc))))
+                continue
+            if asset.relpath in kept_out:
+                summary.skipped += 1
+                print(f"EXCLUDED {inventory.display_path(asset.relpath)}: by its overrides file, no output", file=out)
+                if not cfg.dry_run:
+                    storage.remove(dst, cfg.storage)
+                    writer.add(record(run_id, AssetResult(excluded_asset(asset), ""), chash, models_json))
                 continue
             done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):

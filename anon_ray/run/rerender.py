@@ -28,14 +28,11 @@ from anon_ray.run.errors import AssetError
 from anon_ray.run.render import render
 from anon_ray.types import Asset, AssetResult, Failure
 
-EXCLUDED = "excluded_by_review"  # error_class of a row whose asset an overrides file excludes
-
-
 def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     """relpath -> (input_version, overrides_sha256) of its latest row that rendered or excluded it."""
     rows = manifest.read_manifest(cfg.output, cfg.storage,
                                   columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
-    finished = pc.or_(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], EXCLUDED))
+    finished = pc.or_(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED))
     rows = rows.filter(pc.and_(finished, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
     return {r: (v, o or "") for r, v, o in zip(*(rows[c].to_pylist() for c in
                                                  ("relpath", "input_version", "overrides_sha256")))}
@@ -59,13 +56,9 @@ def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
         return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
     if overrides.exclude:
         storage.remove(dst, cfg.storage)
-        return AssetResult(asset_excluded(asset), "", overrides_sha256=digest, seconds=time.time() - started)
+        return AssetResult(job.excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
     res = render(cfg, asset, dst, boxes, overrides)
     return res if res.failure else dataclasses.replace(res, overrides_sha256=digest)
-
-
-def asset_excluded(asset: Asset) -> Asset:
-    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
 
 
 def rerender(cfg: AppConfig, out: TextIO | None = None, only: set[str] | None = None) -> job.Summary:
