@@ -297,8 +297,8 @@ class AssetRecord:
     segment_nodes: str = ""  # JSON list: the opaque id of the node that ran each segment
     segment_input_bytes: str = ""  # JSON list: bytes each segment fetched from object storage
     # JSON list: how the output differs from the input beyond the masks (a pixel format the
-    # encoder cannot write, a size padded to whole chroma samples, 16-bit photo samples written as
-    # 8-bit); "" when it differs in nothing.
+    # encoder cannot write, a size padded to whole chroma samples, a 16-bit TIFF with associated
+    # alpha written as 8-bit); "" when it differs in nothing.
     output_changes: str = ""
     # JSON object: busy seconds per stage (run/stages.py: plan, decode, detect, track, mask, encode,
     # finalize, ...), summed over the asset's segments, with their wall-clock and CPU seconds.

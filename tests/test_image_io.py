@@ -164,7 +164,8 @@ def test_round_trip_fidelity(tmp_path, fmt, ext, min_psnr):
         assert peak_signal_noise_ratio(first.rgb, second.rgb) > min_psnr
 
 
-def test_sixteen_bit_png_and_tiff_become_8_bit(tmp_path):
+def test_sixteen_bit_png_and_tiff_keep_16_bits(tmp_path):
+    """Detection and masking get an 8-bit copy; the 16-bit samples are kept and written back."""
     import cv2  # the test builds 16-bit colour files with OpenCV; Pillow cannot write them
 
     rng = np.random.default_rng(1)
@@ -176,10 +177,32 @@ def test_sixteen_bit_png_and_tiff_become_8_bit(tmp_path):
         got = read_image(_write(tmp_path, "deep" + ext, buf.tobytes()), CFG)
         assert got.bit_depth == 16 and got.rgb.dtype == np.uint8
         np.testing.assert_array_equal(got.rgb, want)
+        np.testing.assert_array_equal(got.deep, rgb16)
+        again = cv2.imdecode(np.frombuffer(encode_image(got, CFG), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert again.dtype == np.uint16
+        np.testing.assert_array_equal(again[..., ::-1], rgb16)
     gray16 = rng.integers(0, 65536, size=(40, 50), dtype=np.uint16)
     got = read_image(_write(tmp_path, "gray16.png", _save(Image.fromarray(gray16), "PNG")), CFG)
     assert got.bit_depth == 16
     np.testing.assert_array_equal(got.rgb, np.repeat(np.rint(gray16 / 257.0).astype(np.uint8)[..., None], 3, 2))
+    np.testing.assert_array_equal(got.deep, np.repeat(gray16[..., None], 3, 2))
+
+
+def test_sixteen_bit_masks_leave_no_source_bits_under_them():
+    from anon_ray.config import MaskConfig
+    from anon_ray.core import mask
+    from anon_ray.types import FACE, Detections
+
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, size=(120, 160, 3), dtype=np.uint16)
+    rgb = ((deep.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    dets = Detections.build([0], [[40, 30, 90, 90]], [0.9], FACE)
+    masked = mask.apply(rgb.copy(), dets, MaskConfig())
+    out = mask.apply_deep(deep, masked, dets, MaskConfig())
+    reach = mask.mask_weight((120, 160), dets, MaskConfig()) > 0
+    assert reach.any() and not reach.all()
+    np.testing.assert_array_equal(out[~reach], deep[~reach])  # untouched: every bit of the source
+    np.testing.assert_array_equal(out[reach], masked[reach].astype(np.uint16) * 257)  # only the mask's
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):

@@ -95,6 +95,17 @@ def apply(rgb: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
     return rgb
 
 
+def apply_deep(deep: np.ndarray, masked: np.ndarray, dets: Detections, cfg: MaskConfig) -> np.ndarray:
+    """The 16-bit samples `deep` (h, w, 3) of a photo whose 8-bit copy `masked` went through
+    `apply` with these boxes: the masked value scaled to 16 bits wherever a mask reaches (weight
+    > 0, feather included), the photo's own sample elsewhere. No pixel under a mask keeps any of
+    the source's bits, the low ones included."""
+    reach = mask_weight(deep.shape[:2], dets, cfg) > 0
+    out = deep.copy()
+    out[reach] = masked[reach].astype(np.uint16) * 257
+    return out
+
+
 def _check(cfg: MaskConfig) -> None:
     if cfg.method not in METHODS or cfg.face_shape not in SHAPES or cfg.plate_shape not in SHAPES:
         raise ValueError(f"unknown mask method {cfg.method!r} or shape {cfg.face_shape!r}/{cfg.plate_shape!r}")

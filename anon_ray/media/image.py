@@ -30,6 +30,7 @@ __all__ = ["FORMATS", "ImageLike", "LoadedImage", "MediaError", "decode_image",
 FORMATS = ("jpeg", "png", "webp", "bmp", "tiff")
 _EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
 _ALPHA_FORMATS = ("png", "webp", "tiff", "bmp")  # formats OpenCV reads and writes with alpha
+_DEEP_FORMATS = ("png", "tiff")  # formats OpenCV reads and writes with 16-bit samples
 _EXIF_PREFIX = b"Exif\x00\x00"
 
 # JPEG start-of-frame markers (every SOFn except DHT C4, JPG C8 and DAC CC).
@@ -47,6 +48,10 @@ class LoadedImage:
     alpha: np.ndarray | None  # uint8 (h, w), re-attached on write for formats that carry it
     format: str  # one of FORMATS, from the magic bytes
     bit_depth: int
+    # A 16-bit PNG or TIFF's own samples as shown (uint16 (h, w, 3), alpha (h, w)): masked like
+    # `rgb` (core/mask.apply_deep) and written instead of it, so 16 bits stay 16 bits; None else.
+    deep: np.ndarray | None = None
+    deep_alpha: np.ndarray | None = None
 
 
 class ImageLike(Protocol):
@@ -316,6 +321,11 @@ def decode_image(data: bytes, cfg: ImageConfig) -> LoadedImage:
         raise MediaError(f"{header.format} decoded size {decoded.shape[1]}x{decoded.shape[0]} "
                          f"disagrees with its header {header.width}x{header.height}")
     premultiplied = _tiff_premultiplied(header, decoded)
+    deep = deep_alpha = None
+    if decoded.dtype == np.uint16 and header.format in _DEEP_FORMATS and not premultiplied:
+        deep, deep_alpha = _split_channels(decoded)
+        deep = _orient(deep, header.orientation)
+        deep_alpha = None if deep_alpha is None else _orient(deep_alpha, header.orientation)
     decoded, bit_depth = _to_8bit(decoded)
     rgb, alpha = _split_channels(decoded)
     if premultiplied and alpha is not None:
@@ -323,7 +333,8 @@ def decode_image(data: bytes, cfg: ImageConfig) -> LoadedImage:
     rgb = _orient(rgb, header.orientation)
     if alpha is not None:
         alpha = _orient(alpha, header.orientation)
-    return LoadedImage(rgb=rgb, alpha=alpha, format=header.format, bit_depth=bit_depth)
+    return LoadedImage(rgb=rgb, alpha=alpha, format=header.format, bit_depth=bit_depth, deep=deep,
+                       deep_alpha=deep_alpha)
 
 
 def read_image(path: str, cfg: ImageConfig) -> LoadedImage:
@@ -342,17 +353,20 @@ def read_image(path: str, cfg: ImageConfig) -> LoadedImage:
 
 
 def encode_image(img: ImageLike, cfg: ImageConfig) -> bytes:
-    """Encode in `img.format` with no metadata at all; alpha is kept where the format has it."""
+    """Encode in `img.format` with no metadata at all; alpha is kept where the format has it, and
+    16-bit samples (`deep`, when the image has them) where the format has them."""
     if img.format not in FORMATS:
         raise MediaError(f"cannot encode format {img.format!r}")
-    rgb = img.rgb
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise MediaError(f"expected uint8 (h, w, 3) pixels, got {rgb.dtype} {rgb.shape}")
+    deep = getattr(img, "deep", None)
+    deep = deep if img.format in _DEEP_FORMATS else None
+    rgb, alpha = (img.rgb, img.alpha) if deep is None else (deep, getattr(img, "deep_alpha", None))
+    if rgb.dtype != (np.uint8 if deep is None else np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MediaError(f"expected (h, w, 3) pixels of 8 or 16 bits, got {rgb.dtype} {rgb.shape}")
     pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    if img.alpha is not None and img.format in _ALPHA_FORMATS:
-        if img.alpha.shape != rgb.shape[:2] or img.alpha.dtype != np.uint8:
-            raise MediaError(f"alpha {img.alpha.dtype} {img.alpha.shape} does not match pixels {rgb.shape}")
-        pixels = np.dstack([pixels, img.alpha])
+    if alpha is not None and img.format in _ALPHA_FORMATS:
+        if alpha.shape != rgb.shape[:2] or alpha.dtype != rgb.dtype:
+            raise MediaError(f"alpha {alpha.dtype} {alpha.shape} does not match pixels {rgb.dtype} {rgb.shape}")
+        pixels = np.dstack([pixels, alpha])
     params = {
         "jpeg": [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality],
         "webp": [cv2.IMWRITE_WEBP_QUALITY, cfg.webp_quality],

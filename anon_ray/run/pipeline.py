@@ -6,6 +6,7 @@ actors; tests, notebooks and single-machine runs call them directly (`run_local`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anon_ray.config import AppConfig
+from anon_ray.config import AppConfig, MaskConfig
 from anon_ray.core import mask, refine
 from anon_ray.core.streamed import StreamedBoxes
 from anon_ray.detect import Detector
@@ -87,6 +88,16 @@ def group_by_frame(dets: Detections) -> dict[int, Detections]:
     return {int(frames[a]): dets.select(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])}
 
 
+def mask_photo(loaded: image_io.LoadedImage, dets: Detections, cfg: MaskConfig
+               ) -> tuple[image_io.LoadedImage, tuple[str, ...]]:
+    """The photo with its boxes masked (16-bit samples too, where it has them), and how the
+    output will differ beyond the masks (manifest output_changes)."""
+    rgb = mask.apply(loaded.rgb.copy(), dets, cfg)
+    deep = None if loaded.deep is None else mask.apply_deep(loaded.deep, rgb, dets, cfg)
+    changes = ("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 and deep is None else ()
+    return dataclasses.replace(loaded, rgb=rgb, deep=deep), changes
+
+
 def _batched(items: Iterable, size: int) -> Iterator[list]:
     batch: list = []
     for item in items:
@@ -149,15 +160,12 @@ class Worker:
             loaded = image_io.read_image(src, self.cfg.image)
         h, w = loaded.rgb.shape[:2]
         dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True, clock=clock)
-        rgb = loaded.rgb.copy()
         with clock("mask"):
-            mask.apply(rgb, dets, self.cfg.mask)
+            masked, changes = mask_photo(loaded, dets, self.cfg.mask)
         with clock("write"):
-            data = image_io.encode_image(image_io.LoadedImage(rgb=rgb, alpha=loaded.alpha, format=loaded.format,
-                                                              bit_depth=loaded.bit_depth), self.cfg.image)
+            data = image_io.encode_image(masked, self.cfg.image)
             atomic_write_bytes(target, data)
         faces, plates = count_objects(dets)
-        changes = ("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else ()
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
                            output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes,
                            stage_seconds=clock.totals(), frame_size=(w, h))

@@ -25,7 +25,7 @@ from anon_ray.media.encode import VideoWriter
 from anon_ray.run import stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.lifecycle import failed, plan_video
-from anon_ray.run.pipeline import count_objects, group_by_frame
+from anon_ray.run.pipeline import count_objects, group_by_frame, mask_photo
 from anon_ray.types import Asset, AssetResult, Detections
 
 
@@ -35,19 +35,18 @@ def _photo(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
     with clock("read"):
         loaded = image_io.read_image(src, cfg.image)  # upright: shown and stored pixels agree
     dets = ov_.apply(boxes, overrides, 1)
-    rgb = loaded.rgb.copy()
     with clock("mask"):
-        mask.apply(rgb, dets.for_frame(0), cfg.mask)
+        masked, changes = mask_photo(loaded, dets.for_frame(0), cfg.mask)
     with clock("write"):
-        data = image_io.encode_image(dataclasses.replace(loaded, rgb=rgb), cfg.image)
+        data = image_io.encode_image(masked, cfg.image)
         with staging.output_target(dst, cfg.storage) as target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             atomic_write_bytes(target, data)
     faces, plates = count_objects(dets)
     return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1, input_sha256=sha256_file(src),
                        output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets,
-                       changes=("16-bit samples written as 8-bit",) if loaded.bit_depth > 8 else (),
-                       stage_seconds=clock.totals(), frame_size=(rgb.shape[1], rgb.shape[0]))
+                       changes=changes, stage_seconds=clock.totals(),
+                       frame_size=(loaded.rgb.shape[1], loaded.rgb.shape[0]))
 
 
 def _video(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
