@@ -85,6 +85,8 @@ class Review:
                 rgb = next(f for _, _, f in decode(path, seek, index, i, i + 1))
                 rgb = rotation.to_display(rgb, info.rotation)
         ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ValueError("JPEG encoding of a frame failed")
         return jpeg.tobytes()
 
     def boxes(self, relpath: str, i: int) -> list[dict]:
