@@ -408,3 +408,33 @@ def test_finalize_drops_attachments(clips, tmp_path):
     with av.open(dst) as c:
         assert sorted(s.type for s in c.streams) == ["audio", "subtitle", "video"]
     assert b"Jane Doe" not in open(dst, "rb").read()
+
+
+def test_prores_colour_description_from_its_container_is_kept(tmp_path):
+    """ProRes frames leave primaries, transfer and matrix unspecified; the MOV `colr` atom says
+    them (here BT.2020 PQ): probe takes the container's, so the output keeps them, and PQ keeps
+    its 10 bits."""
+    src = str(tmp_path / "hdr.mov")
+    with av.open(src, "w") as out:
+        s = out.add_stream("prores_ks", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv422p10le"
+        s.codec_context.color_primaries, s.codec_context.color_trc, s.codec_context.colorspace = 9, 16, 9
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(_frame(i)[:240, :320].copy(), format="rgb24").reformat(format="yuv422p10le")
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    with av.open(src) as c:  # the premise: the frames themselves say nothing
+        assert next(c.decode(video=0)).color_primaries == 2
+    info = probe(src)
+    assert (info.color_primaries, info.color_trc, info.colorspace) == (9, 16, 9)
+    index = scan_packets(src)
+    part = str(tmp_path / "part.mp4")
+    with VideoWriter(part, info, VideoConfig()) as writer:
+        for _, pts, rgb in decode(src, None, index, 0, len(index)):
+            writer.write(rgb, pts)
+    dst = str(tmp_path / "out.mov")
+    concat.finalize([part], src, dst, info)
+    out = probe(dst)
+    assert (out.color_primaries, out.color_trc, out.colorspace, out.pix_fmt) == (9, 16, 9, "yuv420p10le")

@@ -48,6 +48,13 @@ def header_seconds(path: str) -> float | None:
         return container.duration / av.time_base if container.duration else None
 
 
+def _tag(in_frame, in_stream) -> int:
+    """A colour description: the decoded frame's, unless it leaves it unspecified (0, or 2 for
+    primaries, transfer and matrix) and the container says it (a MOV `colr` atom over ProRes)."""
+    value = int(in_frame)
+    return int(in_stream or 0) if value in (0, 2) and int(in_stream or 0) not in (0, 2) else value
+
+
 def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
     """Describe the main video stream; pass the `scan_packets` result to avoid a second scan."""
     index = scan_packets(path) if index is None else index
@@ -62,6 +69,8 @@ def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
             raise MediaError("video frame rate is unknown")
         span = Fraction(int(index.pts[-1] - index.pts[0])) * time_base
         counts = {kind: sum(s.type == kind for s in container.streams) for kind in COPIED_TYPES}
+        # The container's colour description, read before decoding overwrites it with the frame's.
+        tagged = (ctx.color_range, ctx.color_primaries, ctx.color_trc, ctx.colorspace)
         frame = first_frame(container, stream)
         matrix = display_matrix(frame)
         return VideoInfo(
@@ -75,10 +84,10 @@ def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
             duration_s=float(span + 1 / rate),
             pix_fmt=ctx.pix_fmt or frame.format.name,
             codec=ctx.name,
-            color_range=int(frame.color_range),
-            color_primaries=int(frame.color_primaries),
-            color_trc=int(frame.color_trc),
-            colorspace=int(frame.colorspace),
+            color_range=_tag(frame.color_range, tagged[0]),
+            color_primaries=_tag(frame.color_primaries, tagged[1]),
+            color_trc=_tag(frame.color_trc, tagged[2]),
+            colorspace=_tag(frame.colorspace, tagged[3]),
             audio_streams=counts["audio"],
             subtitle_streams=counts["subtitle"],
             start_pts=int(index.pts[0]),
