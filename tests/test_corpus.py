@@ -292,6 +292,8 @@ CASES = [
          PROCESSED),
     Case("WMV (ASF), written as .wmv.mkv", "clip.wmv", clip(fmt="asf", codec="wmv2"), PROCESSED),
     Case("FLV, written as .flv.mkv", "clip.flv", clip(fmt="flv", codec="flv", audio=True), PROCESSED),
+    Case("MPEG-2 in MXF (broadcast), written as .mxf.mkv", "clip.mxf", clip(fmt="mxf", codec="mpeg2video"),
+         PROCESSED),
     Case("vp9 in webm (written as VP9 WebM)", "vp9.webm", clip(codec="libvpx-vp9"), PROCESSED),
     Case("vp9 in webm with an Opus track", "opus.webm", _webm_with_opus, PROCESSED),
     # ---- wrong extensions
@@ -504,7 +506,7 @@ def test_case_outcome(corpus, case):
     row = corpus.rows.get(case.name)
     detail = f"{row['error_class']}: {row['error']}" if row and row["error"] else ""
     assert got == case.expect, f"{case.kind}: expected {case.expect}, got {got} {detail}"
-    remuxed = case.name.endswith((".mpg", ".wmv", ".flv"))
+    remuxed = case.name.endswith((".mpg", ".wmv", ".flv", ".mxf"))
     dst = corpus.out / (case.name + (".mkv" if remuxed else ""))
     if case.expect == PROCESSED:
         assert row["output_uri"] == str(dst)
@@ -593,7 +595,8 @@ def test_formats_are_told_by_their_bytes_not_their_names():
     assert inventory.sniff(mp4, "a.jpg") == ("video", "")
     assert inventory.sniff(b"\x00\x00\x00\x1cftypavif" + bytes(16), "a.mp4") == ("unsupported", "AVIF image")
     assert inventory.sniff(b"\x00\x00\x01\xba" + bytes(16), "a.dat") == ("video", "MPEG program stream (MPG, VOB)")
-    assert inventory.sniff(b"\x06\x0e\x2b\x34\x02\x05\x01\x01" + bytes(16), "a.mp4") == ("unsupported", "MXF")
+    assert inventory.sniff(b"\x06\x0e\x2b\x34\x02\x05\x01\x01" + bytes(16), "a.mp4") == ("video", "MXF")
+    assert inventory.sniff(b"OggS" + bytes(16), "a.mp4") == ("unsupported", "Ogg")
     assert inventory.sniff(b"hello", "a.mp4") == ("video", "")  # a video name: the probe judges it
     assert inventory.sniff(b"hello", "a.txt") == inventory.sniff(b"", "a.mp4") == ("unknown", "")
 

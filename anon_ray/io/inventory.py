@@ -50,14 +50,15 @@ _UNSUPPORTED_MAGIC = (
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000 image"), (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL image"), (b"\xff\x0a", "JPEG XL image"),
     (b"\x00\x00\x01\xb3", "MPEG-1/2 video elementary stream"),
-    (b"\x06\x0e\x2b\x34\x02\x05\x01\x01", "MXF"), (b"OggS", "Ogg"), (b".RMF", "RealMedia"),
+    (b"OggS", "Ogg"), (b".RMF", "RealMedia"),
 )
 # Videos read and masked, but written as Matroska under the input's name + REMUX_SUFFIX: their own
-# containers have no writer here (MPEG-PS) or hold no H.264 (ASF, FLV's own codecs), and Matroska
-# holds their audio (MP2, AC-3, WMA, MP3) as it is. The manifest's output_changes says so.
+# containers have no writer here (MPEG-PS) or hold no H.264 (ASF, FLV's own codecs; MXF's muxer
+# takes only broadcast codecs), and Matroska holds their audio (MP2, AC-3, WMA, MP3, PCM) as it is. The manifest's output_changes says so.
 _REMUXED_MAGIC = (
     (b"\x00\x00\x01\xba", "MPEG program stream (MPG, VOB)"),
     (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF (WMV)"), (b"FLV\x01", "Flash video (FLV)"),
+    (b"\x06\x0e\x2b\x34\x02\x05\x01\x01", "MXF"),
 )
 _REMUXED_FORMATS = frozenset(fmt for _, fmt in _REMUXED_MAGIC)
 REMUX_SUFFIX = ".mkv"

@@ -35,8 +35,9 @@ _MUXERS = {
     "mpeg": ({}, "matroska"),
     "asf": ({}, "matroska"),
     "flv": ({}, "matroska"),
+    "mxf": ({}, "matroska"),
 }
-_REMUXED = ("mpeg", "asf", "flv")
+_REMUXED = ("mpeg", "asf", "flv", "mxf")
 # Formats libx264 encodes from RGB without surprises; anything else falls back to yuv420p.
 _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
