@@ -37,7 +37,7 @@ _MUXERS = {
     "flv": ({}, "matroska"),
     "mxf": ({}, "matroska"),
 }
-_REMUXED = ("mpeg", "asf", "flv", "mxf")
+_REMUXED = tuple(src for src, (_, muxer) in _MUXERS.items() if muxer == "matroska" and src != "matroska,webm")
 # Formats libx264 encodes from RGB without surprises; anything else falls back to yuv420p.
 _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
