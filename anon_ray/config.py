@@ -118,7 +118,12 @@ class PlateConfig:
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
     scales: list[float] = field(default_factory=lambda: [1.0])
-    shrink_threshold: float = 0.0  # score cut-off of the boxes of scales below 1 (0: the class's own)
+    # Photos add the half-scale pass: close-up plates fill a photo more often than a video frame,
+    # and a photo pays it once (plates_openimages, with shrink_threshold 0.5: leak >= 16 px
+    # 0.076 -> 0.070, >= 96 px 0.077 -> 0.058, over-masking 0.121 -> 0.122; at the class's own
+    # cut-off 0.066 but over-masking 0.139, big false boxes from the shrunk frame).
+    photo_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    shrink_threshold: float = 0.5  # score cut-off of the boxes of scales below 1 (0: the class's own)
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
     # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size

@@ -155,6 +155,24 @@ def test_detector_combines_enabled_models(astronaut, plate_set):
     assert set(faces_only.detect([astronaut, plate_set[1][0]]).cls.tolist()) <= {FACE}
 
 
+def test_photos_get_the_half_scale_plate_pass_and_video_frames_do_not(plate_set, monkeypatch):
+    """photo_scales [1.0, 0.5] for photos, scales [1.0] for video frames, on one shared session."""
+    detector = Detector(DetectConfig(face=FaceConfig(enabled=False), session=SESSION), ModelsConfig())
+    (video,), (photo,) = detector.detectors, detector.photo_detectors
+    assert video.detector.session is photo.detector.session
+    ratios: list[float] = []
+    real = PlateDetector._at_ratio
+    monkeypatch.setattr(PlateDetector, "_at_ratio", lambda self, f, r: (ratios.append(r), real(self, f, r))[1])
+    image = plate_set[1][0]
+    fit = min(640 / image.shape[0], 640 / image.shape[1])
+    detector.detect([image])
+    assert ratios == [pytest.approx(fit)]
+    ratios.clear()
+    detector.detect([image], photo=True)
+    whole = [r for r in ratios if r <= fit * 1.001]  # the rest are the photo's tiles
+    assert sorted(whole) == [pytest.approx(fit / 2), pytest.approx(fit)]
+
+
 def test_sessions_run_int8_in_precision_mode(faces):
     """Without it, AVX2 CPUs lacking VNNI saturate int8 sums: the INT8 default lost 9% of faces."""
     assert faces.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"

@@ -26,6 +26,7 @@ class Detector:
         self.cfg = cfg
         self.models: dict[str, ModelInfo] = {}
         self.detectors: list[MultiPass] = []
+        self.photo_detectors: list[MultiPass] = []  # the same sessions, with passes for photos
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
             # One session per class at the lower of the photo and video cut-offs; video frames
@@ -33,11 +34,14 @@ class Detector:
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
             self.detectors.append(MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou))
+            self.photo_detectors.append(self.detectors[-1])
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
             plate = PlateDetector(info.path, low, cfg.session)
             self.detectors.append(MultiPass(plate, cfg.plate.tiling, cfg.plate.flip, cfg.plate.nms_iou))
+            self.photo_detectors.append(MultiPass(plate.for_photos(), cfg.plate.tiling, cfg.plate.flip,
+                                                  cfg.plate.nms_iou))
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -49,7 +53,8 @@ class Detector:
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
         """`photo`: the frames are photos, not video frames (TilingConfig.video, *.photo_threshold)."""
-        found = Detections.concat([d.detect(frames, first_index, photo) for d in self.detectors])
+        passes = self.photo_detectors if photo else self.detectors
+        found = Detections.concat([d.detect(frames, first_index, photo) for d in passes])
         return found.select(found.score >= cutoffs(self.cfg, found.cls, photo))
 
 

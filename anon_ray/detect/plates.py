@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 from collections.abc import Sequence
 
 import cv2
@@ -31,6 +34,12 @@ class PlateDetector:
         # Ultralytics exports record their task; a detect-only model (a user's override) has no mask rows.
         task = self.session.get_modelmeta().custom_metadata_map.get("task", "segment")
         self.coeffs = SEG_COEFFS if task == "segment" else 0
+
+    def for_photos(self) -> "PlateDetector":
+        """The same session with the photos' whole-frame scales (PlateConfig.photo_scales)."""
+        twin = copy.copy(self)
+        twin.cfg = dataclasses.replace(self.cfg, scales=list(self.cfg.photo_scales))
+        return twin
 
     def zoom(self, height: int, width: int) -> float:
         """Largest scale any whole-frame pass gives a frame of this size."""
