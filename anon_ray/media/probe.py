@@ -70,7 +70,7 @@ def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
         span = Fraction(int(index.pts[-1] - index.pts[0])) * time_base
         counts = {kind: sum(s.type == kind for s in container.streams) for kind in COPIED_TYPES}
         # The container's colour description, read before decoding overwrites it with the frame's.
-        tagged = (ctx.color_range, ctx.color_primaries, ctx.color_trc, ctx.colorspace)
+        tagged = (ctx.color_range, ctx.color_primaries, ctx.color_trc, ctx.colorspace) if ctx else (0, 2, 2, 2)
         frame = first_frame(container, stream)
         matrix = display_matrix(frame)
         return VideoInfo(
