@@ -29,12 +29,21 @@ from anon_ray.run.pipeline import count_objects, group_by_frame, mask_photo
 from anon_ray.types import Asset, AssetResult, Detections
 
 
+def corrected(boxes: Detections, overrides: ov_.Overrides, n_frames: int, rot: int = 0,
+              stored_wh: tuple[int, int] = (0, 0)) -> Detections:
+    """Stored boxes (stored pixels) with the overrides (shown pixels) applied, for a video of
+    `n_frames` whose stored frames of `stored_wh` turn upright by `rot` degrees."""
+    if rot:
+        overrides = overrides.mapped(lambda xyxy: rotation.boxes_to_stored(xyxy, rot, *stored_wh))
+    return ov_.apply(boxes, overrides, n_frames)
+
+
 def _photo(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides: ov_.Overrides) -> AssetResult:
     clock = stages.StageClock()
     src = staging.local_input(asset, cfg.storage)
     with clock("read"):
         loaded = image_io.read_image(src, cfg.image)  # upright: shown and stored pixels agree
-    dets = ov_.apply(boxes, overrides, 1)
+    dets = corrected(boxes, overrides, 1)
     with clock("mask"):
         masked, changes = mask_photo(loaded, dets.for_frame(0), cfg.mask)
     with clock("write"):
@@ -55,8 +64,7 @@ def _video(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
     with clock("plan"):
         vplan = plan_video(src, asset.relpath, cfg)
     info = vplan.info
-    shown_to_stored = lambda xyxy: rotation.boxes_to_stored(xyxy, info.rotation, info.width, info.height)  # noqa: E731
-    dets = ov_.apply(boxes, overrides.mapped(shown_to_stored) if info.rotation else overrides, info.n_frames)
+    dets = corrected(boxes, overrides, info.n_frames, info.rotation, (info.width, info.height))
     per_frame = group_by_frame(dets)
     empty = Detections.empty()
     with tempfile.TemporaryDirectory(dir=staging.scratch_root(cfg.storage)) as tmp:

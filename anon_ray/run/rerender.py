@@ -28,6 +28,7 @@ from anon_ray.run.errors import AssetError
 from anon_ray.run.render import render
 from anon_ray.types import Asset, AssetResult, Failure
 
+
 def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     """relpath -> (input_version, overrides_sha256) of its latest row that rendered or excluded it."""
     rows = manifest.read_manifest(cfg.output, cfg.storage,

@@ -31,6 +31,7 @@ from anon_ray.media import packets, rotation
 from anon_ray.media.decode import decode
 from anon_ray.media.probe import probe
 from anon_ray.run import rerender
+from anon_ray.run.render import corrected
 from anon_ray.tools.report import current
 from anon_ray.tools.review_page import PAGE
 
@@ -100,9 +101,7 @@ class Review:
             with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
                 info = self._video(path)[1]
             rot, wh = info.rotation, (info.width, info.height)
-        if rot:
-            ov = ov.mapped(lambda xyxy: rotation.boxes_to_stored(xyxy, rot, *wh))
-        dets = ov_.apply(stored, ov, max(int(row["frames"]), 1)).for_frame(i)
+        dets = corrected(stored, ov, max(int(row["frames"]), 1), rot, wh).for_frame(i)
         xyxy = rotation.boxes_to_display(dets.xyxy, rot, *wh) if rot else dets.xyxy
         added = dets.track > (stored.track.max() if len(stored) else -1)
         return [{"box": [round(float(v), 1) for v in b], "track": int(t), "added": bool(a), "cls": int(c)}
