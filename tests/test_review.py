@@ -178,6 +178,44 @@ def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):
     assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
+def test_a_failed_rerender_leaves_no_output_whether_refused_or_failing_while_rendering(tmp_path, monkeypatch):
+    """One rule for every failure: the overrides say the job's output is wrong, so a re-render
+    that cannot apply them removes it, and the row says why; once they can be applied it is back."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
+    cfg = replace(AppConfig(input=str(src), output=str(out)), review=ReviewConfig(boxes=True))
+    assert job.run(cfg, run_local, out=io.StringIO()).ok == 1
+    ov_path = Path(review.overrides_uri(str(out), "a.jpg"))
+    ov_path.parent.mkdir(parents=True)
+    boxes_file = Path(review.boxes_uri(str(out), "a.jpg"))
+    kept = boxes_file.read_bytes()
+
+    ov_path.write_bytes(_doc())
+    assert rerender.rerender(cfg, io.StringIO()).ok == 1
+    for doc, words, breaks, mends in [
+        (b"{not json", "not JSON", lambda: None, lambda: ov_path.write_bytes(_doc(add=[{"box": [0, 0, 9, 9]}]))),
+        (_doc(), "no boxes file", boxes_file.unlink, lambda: boxes_file.write_bytes(kept)),
+        (_doc(boxes_run="another"), "run another", lambda: None, lambda: ov_path.write_bytes(_doc())),
+    ]:
+        ov_path.write_bytes(doc)
+        breaks()
+        log = io.StringIO()
+        assert rerender.rerender(cfg, log).failed == 1 and words in log.getvalue(), log.getvalue()
+        assert not (out / "a.jpg").exists()
+        last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+        assert (last["status"], last["output_sha256"]) == ("failed", "")
+        mends()
+        assert rerender.rerender(cfg, io.StringIO()).ok == 1 and (out / "a.jpg").exists()
+
+    assert job.run(cfg, run_local, out=io.StringIO()).skipped == 1  # a job row that changes nothing...
+    assert rerender.rerender(cfg, io.StringIO()).skipped == 1  # ...leaves the correction done
+    # Failing while rendering: the same.
+    monkeypatch.setattr("anon_ray.run.render.image_io.encode_image", lambda *a: 1 / 0)
+    ov_path.write_bytes(_doc(add=[{"box": [0, 0, 5, 5]}]))
+    assert rerender.rerender(cfg, io.StringIO()).failed == 1 and not (out / "a.jpg").exists()
+
+
 def test_risk_flags_gaps_mid_frame_ends_and_weak_small_detections():
     from anon_ray.core import risk
 

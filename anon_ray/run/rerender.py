@@ -7,6 +7,8 @@ already has that hash for the same input is skipped, so running it again writes 
 An asset cannot be re-rendered, and fails with a row saying why, when its boxes file is missing
 (the job ran without `review.boxes=true`), its input changed since, or the overrides name
 another run's boxes. An overrides file with `"exclude": true` removes the asset's output.
+A re-render that fails, refused before rendering or failing in it, removes the asset's output
+too: the overrides say the job's output is wrong, so it must not stay published as if corrected.
 """
 
 from __future__ import annotations
@@ -25,18 +27,23 @@ from anon_ray.core import overrides as ov_
 from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.run import job
 from anon_ray.run.errors import AssetError
+from anon_ray.run.lifecycle import failed
 from anon_ray.run.render import render
-from anon_ray.types import Asset, AssetResult, Failure
+from anon_ray.types import Asset, AssetResult
 
 
 def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
-    """relpath -> (input_version, overrides_sha256) of its latest row that rendered or excluded it."""
+    """relpath -> (input_version, overrides_sha256) when its latest row that changed its output
+    rendered or excluded it; one that failed (its output removed) leaves it to render again. A job's
+    rows for assets it found done change nothing and are passed over."""
     rows = manifest.read_manifest(cfg.output, cfg.storage,
                                   columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
-    finished = pc.or_(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED))
-    rows = rows.filter(pc.and_(finished, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
-    return {r: (v, o or "") for r, v, o in zip(*(rows[c].to_pylist() for c in
-                                                 ("relpath", "input_version", "overrides_sha256")))}
+    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], job.EXCLUDED))
+    rows = rows.filter(pc.and_(changed, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
+    finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED)).to_pylist()
+    latest = {r: (v, o or "") if f else None for r, v, o, f in
+              zip(*(rows[c].to_pylist() for c in ("relpath", "input_version", "overrides_sha256")), finished)}
+    return {r: done for r, done in latest.items() if done is not None}
 
 
 def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
@@ -54,7 +61,7 @@ def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
             raise AssetError(f"the overrides refer to run {overrides.boxes_run}'s boxes, the stored ones are "
                              f"run {meta.get('run_id')}'s")
     except (AssetError, ov_.OverridesError) as exc:
-        return AssetResult(asset, dst, failure=Failure.of(exc), seconds=time.time() - started)
+        return failed(asset, dst, exc, started, cfg.storage)
     if overrides.exclude:
         storage.remove(dst, cfg.storage)
         return AssetResult(job.excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
