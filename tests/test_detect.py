@@ -403,3 +403,28 @@ def test_shrunk_passes_have_a_cut_off_of_their_own(plates, monkeypatch):
         monkeypatch.setattr(plates, "cfg", replace(PlateConfig(), scales=[1.0, 0.5], shrink_threshold=cut))
         found[cut] = plates.detect([frame]).xyxy[:, 0].tolist()
     assert sorted(found[0.0]) == sorted(found[0.2]) == [200.0, 400.0] and found[0.5] == [400.0]
+
+
+def test_cascade_runs_full_passes_on_every_nth_frame_by_absolute_number():
+    """Video frames numbered by a multiple of full_every get the full pass, the others the whole
+    frame shrunk to cheap_side: a small face is found on the first only, a large one on all; the
+    choice follows absolute numbers, so a batch cut elsewhere decides every frame alike (I2)."""
+    frame, small = paste_small_astronaut(0.15, (100, 300))  # a face ~13 x 18 px in a 720p frame
+    big = cv2.resize(skimage.data.astronaut(), None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
+    frame[100:100 + big.shape[0], 800:800 + big.shape[1]] = big
+    large = np.array(ASTRONAUT_FACE) * 0.8 + [800, 100, 800, 100]
+    cascade = face_detector(full_every=3, cheap_side=640)
+    found = cascade.detect([frame] * 6, first_index=6)
+
+    def seen(face, f):
+        return any(iou(box, face) > 0.5 for box in found.for_frame(f).xyxy)
+
+    assert [seen(small, f) for f in range(6, 12)] == [True, False, False, True, False, False]
+    assert all(seen(large, f) for f in range(6, 12))
+    np.testing.assert_array_equal(found.for_frame(6).xyxy, face_detector().detect([frame]).xyxy)
+    later = cascade.detect([frame] * 4, first_index=8)  # a segment that starts at frame 8
+    for f in range(8, 12):
+        np.testing.assert_array_equal(later.for_frame(f).xyxy, found.for_frame(f).xyxy)
+    assert np.array_equal(np.unique(later.frame), np.arange(8, 12)) and np.all(np.diff(later.frame) >= 0)
+    np.testing.assert_array_equal(cascade.detect([frame], 7, photo=True).xyxy,
+                                  face_detector().detect([frame], 7, photo=True).xyxy)  # photos: always full

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from anon_ray.config import DetectConfig, ModelsConfig
+from anon_ray.detect.cascade import Cascade
 from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
@@ -25,7 +26,7 @@ class Detector:
     def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
         self.cfg = cfg
         self.models: dict[str, ModelInfo] = {}
-        self.detectors: list[MultiPass] = []
+        self.detectors: list[MultiPass | Cascade] = []
         self.photo_detectors: list[MultiPass] = []  # the same sessions, with passes for photos
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
@@ -33,8 +34,9 @@ class Detector:
             # are cut at theirs after it (a box under a cut-off never suppresses one above it in NMS).
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
-            self.detectors.append(MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou))
-            self.photo_detectors.append(self.detectors[-1])
+            full = MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou)
+            self.detectors.append(Cascade(full, face, cfg.face.full_every, cfg.face.cheap_side))
+            self.photo_detectors.append(full)
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
