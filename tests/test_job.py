@@ -18,13 +18,14 @@ import pytest
 from conftest import REPO, SAMPLES
 from PIL import Image
 
-from anon_ray.config import AppConfig
+from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.detect import Detector
+from anon_ray.io import manifest
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.run import job
 from anon_ray.run.local import run_local
-from anon_ray.types import FACE
+from anon_ray.types import FACE, Asset, AssetResult, Failure
 
 RESCAN_THRESHOLD = 0.3  # the re-scan's threshold since it was written (the job masks from 0.1)
 
@@ -237,3 +238,28 @@ def test_each_run_saves_its_resolved_config_beside_the_manifest(photo_run, tmp_p
     manifest.write_run_config(cfg, "r1", "h", {})
     saved = (tmp_path / "o" / "_anon_ray" / "runs" / "r1.json").read_text()
     assert "hunter22" not in saved and '"endpoint_url": "http://***@minio:9000"' in saved
+
+
+def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path, monkeypatch):
+    """The skip index keeps each name's latest successful row (a later failure does not undo it,
+    a later success replaces it) and sorts the index only when rows are pending: a re-run over a
+    million assets must not sort its whole index once more for nothing (tests/scale_figures.py)."""
+    def row(rel: str, version: str, failed: bool = False):
+        asset = Asset(uri=f"in/{rel}", relpath=rel, size=1, version=version, kind="image")
+        res = AssetResult(asset, f"out/{rel}", failure=Failure("X", "boom") if failed else None)
+        return job.record("r1", res, "c1", "{}")
+
+    writer = manifest.ManifestWriter(str(tmp_path), "r1", StorageConfig())
+    for rel, version, failed in [("a", "v1", False), ("b", "v1", False), ("c", "v1", False),
+                                 ("b", "v2", False), ("a", "v9", True), ("d", "v1", False)]:
+        writer.add(row(rel, version, failed))
+    writer.close()
+    sorts = []
+    latest = manifest._latest
+    monkeypatch.setattr(manifest, "_latest", lambda k, v: (sorts.append(len(k)), latest(k, v))[1])
+    monkeypatch.setattr(manifest.DoneIndex, "MERGE_ROWS", 3)
+    done = manifest.DoneIndex.read(str(tmp_path), StorageConfig())
+    assert sorts == [5] and len(done) == 4
+    assert done.matches("a", "v1", "c1") and not done.matches("a", "v9", "c1")
+    assert done.matches("b", "v2", "c1") and not done.matches("b", "v1", "c1")
+    assert done.matches("d", "v1", "c1") and not done.matches("d", "v1", "c2") and not done.matches("e", "v1", "c1")

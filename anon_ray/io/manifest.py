@@ -224,7 +224,8 @@ class DoneIndex:
                 if rows >= cls.MERGE_ROWS:
                     merge()
                     rows = 0
-        merge()
+        if pending:  # a merge with nothing pending would sort the whole index again for nothing
+            merge()
         return index
 
     def matches(self, relpath: str, version: str, config_hash: str) -> bool:
