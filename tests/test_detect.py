@@ -428,3 +428,14 @@ def test_cascade_runs_full_passes_on_every_nth_frame_by_absolute_number():
     assert np.array_equal(np.unique(later.frame), np.arange(8, 12)) and np.all(np.diff(later.frame) >= 0)
     np.testing.assert_array_equal(cascade.detect([frame], 7, photo=True).xyxy,
                                   face_detector().detect([frame], 7, photo=True).xyxy)  # photos: always full
+
+
+def test_photos_up_to_1024_px_get_a_pass_enlarged_1_5x_and_video_frames_do_not():
+    """A face too small for the whole-photo pass of a 1024 x 768 photo is found on the photo's
+    1.5x pass (FaceConfig.photo_tiling); the same picture as a video frame keeps one pass."""
+    frame, face = paste_small_astronaut(0.07, (500, 300), size_wh=(1024, 768))  # a face ~6 x 8 px
+    whole = face_detector(photo_tiling=TilingConfig(enabled=False))
+    assert not any(iou(box, face) > 0.3 for box in whole.detect([frame], photo=True).xyxy)
+    default = face_detector()
+    assert sum(iou(box, face) > 0.5 for box in default.detect([frame], photo=True).xyxy) == 1
+    assert not any(iou(box, face) > 0.3 for box in default.detect([frame]).xyxy)

@@ -34,15 +34,16 @@ class Detector:
             # are cut at theirs after it (a box under a cut-off never suppresses one above it in NMS).
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
-            full = MultiPass(face, cfg.face.tiling, cfg.face.flip, cfg.face.nms_iou)
+            full = MultiPass(face, [cfg.face.tiling], cfg.face.flip, cfg.face.nms_iou)
             self.detectors.append(Cascade(full, face, cfg.face.full_every, cfg.face.cheap_side))
-            self.photo_detectors.append(full)
+            self.photo_detectors.append(MultiPass(face, [cfg.face.tiling, cfg.face.photo_tiling], cfg.face.flip,
+                                                  cfg.face.nms_iou))
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
             plate = PlateDetector(info.path, low, cfg.session)
-            self.detectors.append(MultiPass(plate, cfg.plate.tiling, cfg.plate.flip, cfg.plate.nms_iou))
-            self.photo_detectors.append(MultiPass(plate.for_photos(), cfg.plate.tiling, cfg.plate.flip,
+            self.detectors.append(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou))
+            self.photo_detectors.append(MultiPass(plate.for_photos(), [cfg.plate.tiling], cfg.plate.flip,
                                                   cfg.plate.nms_iou))
 
     @property

@@ -120,16 +120,19 @@ def merge(parts: Sequence[Detections], iou: float) -> Detections:
 
 
 class MultiPass:
-    """One detector run as configured: the whole frame, plus the mirrored frame and the tiles when
-    switched on, merged. Errors of any pass propagate: a failed pass never reads as "nothing"."""
+    """One detector run as configured: the whole frame, plus the mirrored frame and each tiling's
+    tiles when switched on, merged. Errors of any pass propagate: a failed pass never reads as
+    "nothing"."""
 
-    def __init__(self, detector: ZoomableDetector, tiling: TilingConfig, flip: bool, nms_iou: float) -> None:
-        self.detector, self.tiling, self.flip, self.nms_iou = detector, tiling, flip, nms_iou
+    def __init__(self, detector: ZoomableDetector, tilings: Sequence[TilingConfig], flip: bool,
+                 nms_iou: float) -> None:
+        self.detector, self.tilings, self.flip, self.nms_iou = detector, tuple(tilings), flip, nms_iou
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
         parts = [self.detector.detect(frames, first_index)]
         if self.flip:
             parts.append(flipped(self.detector, frames, first_index))
-        if self.tiling.enabled and (photo or self.tiling.video):
-            parts.append(tiled(self.detector, frames, first_index, self.tiling))
+        for tiling in self.tilings:
+            if tiling.enabled and (photo or tiling.video):
+                parts.append(tiled(self.detector, frames, first_index, tiling))
         return parts[0] if len(parts) == 1 else merge(parts, self.nms_iou)
