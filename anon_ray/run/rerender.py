@@ -41,9 +41,9 @@ def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], job.EXCLUDED))
     rows = rows.filter(pc.and_(changed, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
     finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED)).to_pylist()
-    latest = {r: (v, o or "") if f else None for r, v, o, f in
+    latest = {r: (f, v, o or "") for r, v, o, f in
               zip(*(rows[c].to_pylist() for c in ("relpath", "input_version", "overrides_sha256")), finished)}
-    return {r: done for r, done in latest.items() if done is not None}
+    return {r: (v, o) for r, (f, v, o) in latest.items() if f}
 
 
 def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
