@@ -20,7 +20,7 @@ from anon_ray.core import overrides
 from anon_ray.io import review
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
-from anon_ray.run import job, rerender
+from anon_ray.run import job, render, rerender
 from anon_ray.run.local import run_local
 from anon_ray.types import FACE, PLATE, REGION, Detections
 
@@ -147,16 +147,35 @@ def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_
     assert rerender.rerender(cfg, io.StringIO()).skipped == 1  # nothing new to apply: nothing written
     assert len(pq.read_table(out / "_anon_ray" / "manifest.parquet")) == len(rows)
 
+    # A later job that processes the asset again (forced, detection on) renders the reviewed boxes
+    # instead of detecting: the correction stays published and the stored boxes stay the reviewed run's.
+    corrected = _frames(out / "clip.mp4")
+    seeing = replace(cfg, force=True, detect=DetectConfig())
+    calls.clear()
+    log = io.StringIO()
+    assert job.run(seeing, run_local, out=log).ok == 1 and "detect" not in calls, log.getvalue()
+    assert all(np.array_equal(a, b) for a, b in zip(corrected, _frames(out / "clip.mp4")))
+    assert review.read_boxes(review.boxes_uri(str(out), "clip.mp4"), cfg.storage)[1]["run_id"] == meta["run_id"]
+    last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    assert (last["status"], last["overrides_sha256"]) == ("ok", rows[-1]["overrides_sha256"])
+    assert job.run(replace(seeing, force=False), run_local, out=io.StringIO()).skipped == 1
+    assert rerender.rerender(cfg, io.StringIO()).skipped == 1
+    # Overrides it cannot apply fail the asset closed: no output, not the detector's alone.
+    ov_path.write_bytes(_doc(boxes_run="another", add=add))
+    log = io.StringIO()
+    assert job.run(seeing, run_local, out=log).failed == 1 and "run another" in log.getvalue()
+    assert not (out / "clip.mp4").exists() and "detect" not in calls
+
     ov_path.write_bytes(_doc(exclude=True))
     assert rerender.rerender(cfg, io.StringIO()).ok == 1 and not (out / "clip.mp4").exists()
     last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
-    assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", job.EXCLUDED, "")
+    assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", render.EXCLUDED, "")
     # The exclusion outlives later job runs, forced or with another config: the asset stays unpublished.
     log = io.StringIO()
     again = job.run(replace(cfg, force=True, detect=DetectConfig()), run_local, out=log)
     assert (again.ok, again.skipped) == (0, 1) and "EXCLUDED clip.mp4" in log.getvalue()
     assert not (out / "clip.mp4").exists()
-    assert pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]["error_class"] == job.EXCLUDED
+    assert pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]["error_class"] == render.EXCLUDED
 
 
 def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
@@ -20,6 +19,7 @@ from anon_ray.config import AppConfig, ReviewConfig
 from anon_ray.core import overrides, risk
 from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.models.registry import resolve
+from anon_ray.run import render
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 
 log = logging.getLogger("anon_ray")
@@ -29,9 +29,6 @@ Engine = Callable[[AppConfig, Iterable[tuple[Asset, str]], str], Iterator[AssetR
 # error_class of an asset whose work was cancelled because the driver was told to stop: it has no
 # output and no "ok" row, so the next run processes it.
 INTERRUPTED = "Interrupted"
-# error_class of an asset a reviewer's overrides file excludes: no output, in this run or any later
-# one, until the file says otherwise (run/rerender.py removes the output when it is written).
-EXCLUDED = "excluded_by_review"
 
 
 class StopRequest:
@@ -141,21 +138,20 @@ def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped:
     )
 
 
-def excluded_asset(asset: Asset) -> Asset:
-    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
-
-
-def excluded(cfg: AppConfig, out: TextIO) -> set[str]:
-    """Relpaths whose overrides file says "exclude" (one listing of the review area, then the
-    few files reviewers wrote); a file that breaks the schema is named and ignored."""
-    found = set()
+def reviewed_files(cfg: AppConfig, out: TextIO) -> tuple[dict[str, bytes], set[str]]:
+    """Every overrides file (relpath -> its bytes: one listing of the review area, then the few
+    files reviewers wrote) and the relpaths whose file says "exclude". A file that breaks the
+    schema is named here; its asset fails if this run would process it (render.reviewed)."""
+    files, kept_out = {}, set()
     for rel in review.listed_overrides(cfg.output, cfg.storage):
+        files[rel] = data = storage.read_bytes(review.overrides_uri(cfg.output, rel), cfg.storage)
         try:
-            if overrides.parse(storage.read_bytes(review.overrides_uri(cfg.output, rel), cfg.storage)).exclude:
-                found.add(rel)
+            if overrides.parse(data).exclude:
+                kept_out.add(rel)
         except overrides.OverridesError as exc:
-            print(f"WARNING {inventory.display_path(rel)}: its overrides file is ignored: {exc}", file=out)
-    return found
+            print(f"WARNING {inventory.display_path(rel)}: its overrides file breaks the schema, so the asset "
+                  f"fails if processed: {exc}", file=out)
+    return files, kept_out
 
 
 def _tracks_table(run_id: str, res: AssetResult, boxes: bool) -> pa.Table | None:
@@ -189,7 +185,11 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
     done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
-    kept_out = excluded(cfg, out)
+    reviewed, kept_out = reviewed_files(cfg, out)
+    # Assets a reviewer corrected that this run would process again: rendered from their stored
+    # boxes and overrides after the engine's work, never detected again (detection alone would
+    # publish what the reviewer corrected, and new tracks would not match the overrides').
+    corrected: list[Asset] = []
     if not cfg.dry_run:
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
         manifest.write_run_config(cfg, run_id, chash, models)
@@ -197,8 +197,9 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
     started = time.time()
 
-    def finish(res: AssetResult) -> None:
-        if cfg.review.boxes and not res.failure and res.tracks is not None:
+    def finish(res: AssetResult, detected: bool = True) -> None:
+        # A corrected render's boxes are not stored: the overrides refer to the detected ones.
+        if detected and cfg.review.boxes and not res.failure and res.tracks is not None:
             meta = {"run_id": run_id, "config_hash": chash, "input_version": res.asset.version, "frames": res.frames}
             try:
                 review.write_boxes(review.boxes_uri(cfg.output, res.asset.relpath), res.tracks, meta, cfg.storage)
@@ -265,7 +266,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 print(f"EXCLUDED {inventory.display_path(asset.relpath)}: by its overrides file, no output", file=out)
                 if not cfg.dry_run:
                     storage.remove(dst, cfg.storage)
-                    writer.add(record(run_id, AssetResult(excluded_asset(asset), ""), chash, models_json))
+                    writer.add(record(run_id, AssetResult(render.excluded_asset(asset), ""), chash, models_json))
                 continue
             done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):
@@ -276,6 +277,9 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             if cfg.dry_run:
                 print(f"would process: {inventory.display_path(asset.relpath)} ({asset.kind})", file=out)
                 continue
+            if asset.relpath in reviewed:
+                corrected.append(asset)
+                continue
             yield asset, dst
 
     source = todo()
@@ -284,6 +288,11 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             finish(res)
         if stop is not None and stop.requested:
             next(source, None)  # the engine stopped pulling: sets cut_short if anything is left to list
+        for asset in corrected:
+            if stopping():
+                break  # no row: the next run renders it
+            data = reviewed[asset.relpath]
+            finish(render.reviewed(cfg, asset, data, overrides.sha256(data)), detected=False)
     finally:
         if not cfg.dry_run:
             writer.close()

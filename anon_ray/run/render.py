@@ -16,7 +16,7 @@ import time
 from anon_ray.config import AppConfig, AudioPolicy
 from anon_ray.core import mask
 from anon_ray.core import overrides as ov_
-from anon_ray.io import staging
+from anon_ray.io import review, staging, storage
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
 from anon_ray.media import concat, rotation
 from anon_ray.media import image as image_io
@@ -27,6 +27,10 @@ from anon_ray.run.errors import AssetError
 from anon_ray.run.lifecycle import failed, plan_video
 from anon_ray.run.pipeline import count_objects, group_by_frame, mask_photo
 from anon_ray.types import Asset, AssetResult, Detections
+
+# error_class of an asset a reviewer's overrides file excludes: no output, in this run or any later
+# one, until the file says otherwise.
+EXCLUDED = "excluded_by_review"
 
 
 def corrected(boxes: Detections, overrides: ov_.Overrides, n_frames: int, rot: int = 0,
@@ -104,3 +108,35 @@ def render(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
         return dataclasses.replace(res, seconds=time.time() - started)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a manifest row
         return failed(asset, dst, exc, started, cfg.storage)
+
+
+def excluded_asset(asset: Asset) -> Asset:
+    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
+
+
+def reviewed(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
+    """`asset` rendered from its stored boxes corrected by the overrides file `data` (sha256
+    `digest`), or excluded; never raises. It fails, removing any output, when the file breaks the
+    schema, there is no boxes file, the input changed since the boxes were made, or the overrides
+    name another run's boxes: the overrides say detection alone is wrong for this asset."""
+    dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
+    started = time.time()
+    try:
+        overrides = ov_.parse(data)
+        try:
+            boxes, meta = review.read_boxes(review.boxes_uri(cfg.output, asset.relpath), cfg.storage)
+        except FileNotFoundError:
+            raise AssetError("no boxes file: run the job with review.boxes=true first") from None
+        if meta.get("input_version") != asset.version:
+            raise AssetError("the input changed since its boxes were made: review it again, or remove its "
+                             "overrides file to mask it by detection alone")
+        if overrides.boxes_run and overrides.boxes_run != meta.get("run_id"):
+            raise AssetError(f"the overrides refer to run {overrides.boxes_run}'s boxes, the stored ones are "
+                             f"run {meta.get('run_id')}'s")
+    except (AssetError, ov_.OverridesError) as exc:
+        return failed(asset, dst, exc, started, cfg.storage)
+    if overrides.exclude:
+        storage.remove(dst, cfg.storage)
+        return AssetResult(excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
+    res = render(cfg, asset, dst, boxes, overrides)
+    return res if res.failure else dataclasses.replace(res, overrides_sha256=digest)

@@ -9,11 +9,11 @@ An asset cannot be re-rendered, and fails with a row saying why, when its boxes 
 another run's boxes. An overrides file with `"exclude": true` removes the asset's output.
 A re-render that fails, refused before rendering or failing in it, removes the asset's output
 too: the overrides say the job's output is wrong, so it must not stay published as if corrected.
+A job run that would process a corrected asset again renders it the same way (run/job.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -25,11 +25,7 @@ import pyarrow.compute as pc
 from anon_ray.config import AppConfig
 from anon_ray.core import overrides as ov_
 from anon_ray.io import inventory, manifest, review, storage
-from anon_ray.run import job
-from anon_ray.run.errors import AssetError
-from anon_ray.run.lifecycle import failed
-from anon_ray.run.render import render
-from anon_ray.types import Asset, AssetResult
+from anon_ray.run import job, render
 
 
 def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
@@ -38,35 +34,12 @@ def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     rows for assets it found done change nothing and are passed over."""
     rows = manifest.read_manifest(cfg.output, cfg.storage,
                                   columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
-    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], job.EXCLUDED))
+    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], render.EXCLUDED))
     rows = rows.filter(pc.and_(changed, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
-    finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED)).to_pylist()
+    finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], render.EXCLUDED)).to_pylist()
     latest = {r: (f, v, o or "") for r, v, o, f in
               zip(*(rows[c].to_pylist() for c in ("relpath", "input_version", "overrides_sha256")), finished)}
     return {r: (v, o) for r, (f, v, o) in latest.items() if f}
-
-
-def _one(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
-    dst = storage.safe_join(cfg.output, asset.relpath + asset.output_suffix)
-    started = time.time()
-    try:
-        overrides = ov_.parse(data)
-        try:
-            boxes, meta = review.read_boxes(review.boxes_uri(cfg.output, asset.relpath), cfg.storage)
-        except FileNotFoundError:
-            raise AssetError("no boxes file: run the job with review.boxes=true first") from None
-        if meta.get("input_version") != asset.version:
-            raise AssetError("the input changed since its boxes were made: run the job again")
-        if overrides.boxes_run and overrides.boxes_run != meta.get("run_id"):
-            raise AssetError(f"the overrides refer to run {overrides.boxes_run}'s boxes, the stored ones are "
-                             f"run {meta.get('run_id')}'s")
-    except (AssetError, ov_.OverridesError) as exc:
-        return failed(asset, dst, exc, started, cfg.storage)
-    if overrides.exclude:
-        storage.remove(dst, cfg.storage)
-        return AssetResult(job.excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
-    res = render(cfg, asset, dst, boxes, overrides)
-    return res if res.failure else dataclasses.replace(res, overrides_sha256=digest)
 
 
 def rerender(cfg: AppConfig, out: TextIO | None = None, only: set[str] | None = None) -> job.Summary:
@@ -95,7 +68,7 @@ def rerender(cfg: AppConfig, out: TextIO | None = None, only: set[str] | None = 
             if done.get(asset.relpath) == (asset.version, digest):
                 summary.skipped += 1
                 continue
-            res = _one(cfg, asset, data, digest)
+            res = render.reviewed(cfg, asset, data, digest)
             writer.add(job.record(run_id, res, chash, models_json, review_cfg=cfg.review))
             if res.failure:
                 summary.failed += 1
