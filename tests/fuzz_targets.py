@@ -18,6 +18,7 @@ tests/test_fuzz.py replays every file there.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import random
@@ -138,12 +139,16 @@ class _Scratch:
     """One reusable file per process: the demuxer reads paths, the fuzzer hands over bytes."""
 
     path = ""
+    # The run's own folder (main sets the corpus folder): libFuzzer ends its process without
+    # running exit handlers, so a file in the shared temp folder would outlive every run.
+    folder: str | None = None
 
     @classmethod
     def write(cls, data: bytes) -> str:
         if not cls.path:
-            fd, cls.path = tempfile.mkstemp(prefix="anon-ray-fuzz-", suffix=".mp4")
+            fd, cls.path = tempfile.mkstemp(prefix="anon-ray-fuzz-", suffix=".mp4", dir=cls.folder)
             os.close(fd)
+            atexit.register(os.remove, cls.path)  # the random engine does exit normally
         with open(cls.path, "wb") as fh:
             fh.write(data)
         return cls.path
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "--target", target], cwd=REGRESSIONS.parent.parent) for target in TARGETS]
         return max(p.wait() for p in procs)
     artifacts = args.artifacts or REGRESSIONS / args.target
+    args.corpus.mkdir(parents=True, exist_ok=True)
+    _Scratch.folder = str(args.corpus)
     if args.engine == "atheris":
         if atheris is None:
             parser.error("atheris is not installed (pip install -e '.[dev]')")
