@@ -20,7 +20,7 @@ from anon_ray.core import overrides
 from anon_ray.io import review
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
-from anon_ray.run import job, render, rerender
+from anon_ray.run import job, rerender
 from anon_ray.run.local import run_local
 from anon_ray.types import FACE, PLATE, REGION, Detections
 
@@ -169,13 +169,13 @@ def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_
     ov_path.write_bytes(_doc(exclude=True))
     assert rerender.rerender(cfg, io.StringIO()).ok == 1 and not (out / "clip.mp4").exists()
     last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
-    assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", render.EXCLUDED, "")
+    assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", job.EXCLUDED, "")
     # The exclusion outlives later job runs, forced or with another config: the asset stays unpublished.
     log = io.StringIO()
     again = job.run(replace(cfg, force=True, detect=DetectConfig()), run_local, out=log)
     assert (again.ok, again.skipped) == (0, 1) and "EXCLUDED clip.mp4" in log.getvalue()
     assert not (out / "clip.mp4").exists()
-    assert pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]["error_class"] == render.EXCLUDED
+    assert pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]["error_class"] == job.EXCLUDED
 
 
 def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -19,7 +20,6 @@ from anon_ray.config import AppConfig, ReviewConfig
 from anon_ray.core import overrides, risk
 from anon_ray.io import inventory, manifest, review, storage
 from anon_ray.models.registry import resolve
-from anon_ray.run import render
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 
 log = logging.getLogger("anon_ray")
@@ -29,6 +29,9 @@ Engine = Callable[[AppConfig, Iterable[tuple[Asset, str]], str], Iterator[AssetR
 # error_class of an asset whose work was cancelled because the driver was told to stop: it has no
 # output and no "ok" row, so the next run processes it.
 INTERRUPTED = "Interrupted"
+# error_class of an asset a reviewer's overrides file excludes: no output, in this run or any later
+# one, until the file says otherwise (run/rerender.py removes the output when it is written).
+EXCLUDED = "excluded_by_review"
 
 
 class StopRequest:
@@ -136,6 +139,10 @@ def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped:
         risk_reasons=json.dumps(flagged.reasons, sort_keys=True) if flagged else "",
         review_frames=json.dumps(list(flagged.frames)) if flagged else "",
     )
+
+
+def excluded_asset(asset: Asset) -> Asset:
+    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
 
 
 def reviewed_files(cfg: AppConfig, out: TextIO) -> tuple[dict[str, bytes], set[str]]:
@@ -266,7 +273,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                 print(f"EXCLUDED {inventory.display_path(asset.relpath)}: by its overrides file, no output", file=out)
                 if not cfg.dry_run:
                     storage.remove(dst, cfg.storage)
-                    writer.add(record(run_id, AssetResult(render.excluded_asset(asset), ""), chash, models_json))
+                    writer.add(record(run_id, AssetResult(excluded_asset(asset), ""), chash, models_json))
                 continue
             done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):
@@ -288,6 +295,10 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
             finish(res)
         if stop is not None and stop.requested:
             next(source, None)  # the engine stopped pulling: sets cut_short if anything is left to list
+        if corrected:
+            # Here, not at the top: rendering pulls in codecs and models (~90 MB), which a driver
+            # that renders nothing itself must not hold.
+            from anon_ray.run import render
         for asset in corrected:
             if stopping():
                 break  # no row: the next run renders it

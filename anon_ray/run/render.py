@@ -22,15 +22,11 @@ from anon_ray.media import concat, rotation
 from anon_ray.media import image as image_io
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
-from anon_ray.run import stages
+from anon_ray.run import job, stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.lifecycle import failed, plan_video
 from anon_ray.run.pipeline import count_objects, group_by_frame, mask_photo
 from anon_ray.types import Asset, AssetResult, Detections
-
-# error_class of an asset a reviewer's overrides file excludes: no output, in this run or any later
-# one, until the file says otherwise.
-EXCLUDED = "excluded_by_review"
 
 
 def corrected(boxes: Detections, overrides: ov_.Overrides, n_frames: int, rot: int = 0,
@@ -110,10 +106,6 @@ def render(cfg: AppConfig, asset: Asset, dst: str, boxes: Detections, overrides:
         return failed(asset, dst, exc, started, cfg.storage)
 
 
-def excluded_asset(asset: Asset) -> Asset:
-    return dataclasses.replace(asset, skip=EXCLUDED, skip_detail="an overrides file excludes it from the output")
-
-
 def reviewed(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetResult:
     """`asset` rendered from its stored boxes corrected by the overrides file `data` (sha256
     `digest`), or excluded; never raises. It fails, removing any output, when the file breaks the
@@ -137,6 +129,6 @@ def reviewed(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetRes
         return failed(asset, dst, exc, started, cfg.storage)
     if overrides.exclude:
         storage.remove(dst, cfg.storage)
-        return AssetResult(excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
+        return AssetResult(job.excluded_asset(asset), "", overrides_sha256=digest, seconds=time.time() - started)
     res = render(cfg, asset, dst, boxes, overrides)
     return res if res.failure else dataclasses.replace(res, overrides_sha256=digest)

@@ -34,9 +34,9 @@ def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     rows for assets it found done change nothing and are passed over."""
     rows = manifest.read_manifest(cfg.output, cfg.storage,
                                   columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
-    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], render.EXCLUDED))
+    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], job.EXCLUDED))
     rows = rows.filter(pc.and_(changed, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
-    finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], render.EXCLUDED)).to_pylist()
+    finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED)).to_pylist()
     latest = {r: (f, v, o or "") for r, v, o, f in
               zip(*(rows[c].to_pylist() for c in ("relpath", "input_version", "overrides_sha256")), finished)}
     return {r: (v, o) for r, (f, v, o) in latest.items() if f}
