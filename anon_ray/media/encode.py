@@ -67,11 +67,16 @@ def output_codec(path: str, info: VideoInfo, cfg: VideoConfig) -> str:
     return cfg.webm_codec if output_muxer(path, info) == "webm" else cfg.codec
 
 
-def _encoder_options(codec: str, cfg: VideoConfig, muxer: str = "") -> dict[str, str]:
+def _encoder_options(codec: str, cfg: VideoConfig, muxer: str = "", source_range: int = 0) -> dict[str, str]:
     if codec.startswith("libvpx"):
         # b=0: constant quality from crf alone, as x264's crf is.
         return {"crf": str(cfg.webm_crf), "b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"}
     options = {"crf": str(cfg.crf), "preset": cfg.preset}
+    if codec == "libx264" and source_range == _RANGE_MPEG:
+        # x264 writes the range flag only beside a video format or colour description, so a
+        # source tagged limited-range would come out untagged; a video format (digital component)
+        # makes it write the flag. libx265 and VP9 write the range they are given.
+        options["x264-params"] = "videoformat=component"
     if muxer == "avi":
         # AVI has no presentation times: with B-frames players show frames in decode order (and
         # FFmpeg's muxer delays the first one), so AVI outputs are coded without them.
@@ -161,7 +166,7 @@ class VideoWriter:
             # Parts are MP4 whatever the output: code them for the container they end up in.
             final = _MUXERS.get(info.container, ({}, ""))[1]
             stream = self._container.add_stream(codec, rate=Fraction(*info.fps),
-                                                options=_encoder_options(codec, cfg, final))
+                                                options=_encoder_options(codec, cfg, final, info.color_range))
             stream.width, stream.height, stream.pix_fmt = width, height, self._pix_fmt
             stream.time_base = self._time_base
             stream.codec_context.time_base = self._time_base
