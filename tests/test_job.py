@@ -251,8 +251,8 @@ def test_each_run_saves_its_resolved_config_beside_the_manifest(photo_run, tmp_p
 
 def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path, monkeypatch):
     """The skip index keeps each name's latest successful row (a later failure does not undo it,
-    a later success replaces it) and sorts the index only when rows are pending: a re-run over a
-    million assets must not sort its whole index once more for nothing (tests/scale_figures.py)."""
+    a later success replaces it, in the same merge or a later one) and sorts only the rows pending,
+    never the whole index: a re-run over a million assets peaks in these merges (scale_figures)."""
     def row(rel: str, version: str, failed: bool = False):
         asset = Asset(uri=f"in/{rel}", relpath=rel, size=1, version=version, kind="image")
         res = AssetResult(asset, f"out/{rel}", failure=Failure("X", "boom") if failed else None)
@@ -272,3 +272,14 @@ def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path,
     assert done.matches("a", "v1", "c1") and not done.matches("a", "v9", "c1")
     assert done.matches("b", "v2", "c1") and not done.matches("b", "v1", "c1")
     assert done.matches("d", "v1", "c1") and not done.matches("d", "v1", "c2") and not done.matches("e", "v1", "c1")
+    # A later run's chunk, not folded yet: merged into the index the folded file made.
+    later = manifest.ManifestWriter(str(tmp_path), "r2", StorageConfig())
+    for rel, version in [("a", "v3"), ("0", "v1"), ("e", "v1"), ("a", "v4")]:
+        later.add(row(rel, version))
+    later.flush()
+    sorts.clear()
+    done = manifest.DoneIndex.read(str(tmp_path), StorageConfig())
+    assert sorts == [5, 4] and len(done) == 6 and list(done.keys) == sorted(done.keys)
+    assert done.matches("a", "v4", "c1") and not done.matches("a", "v3", "c1") and not done.matches("a", "v1", "c1")
+    assert done.matches("0", "v1", "c1") and done.matches("e", "v1", "c1") and done.matches("b", "v2", "c1")
+    assert done.matches("c", "v1", "c1") and done.matches("d", "v1", "c1")
