@@ -145,6 +145,17 @@ class PlateConfig:
     # with 1x only), photos ~3x slower; a 12-megapixel photo 48 + 221 tiles; max_tiles bounds
     # each scale's pass.
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[1.0, 2.0], tile=640, video=False))
+    # A second plate model for photos, its boxes added to the first's ("": none): trained on other
+    # plates, it finds about a quarter of the plates fastanpr misses. Its passes: the whole photo
+    # at photo_scales and native-resolution tiles (every 2nd plates_openimages photo, leak >= 16 px
+    # / all sizes / over-masking / its seconds a photo: one model 0.083 / 0.106 / 0.162; + the
+    # second's whole-photo passes 0.071 / 0.098 / 0.168 / 0.3 s; + its 1x tiles 0.060 / 0.082 /
+    # 0.171 / 0.7 s; with 2x tiles too 0.064 / 0.069 / 0.176 / 1.7 s; plates/ unchanged at 0.005).
+    # Video frames never: a second model would double the plate pass of every frame.
+    photo_extra_model: str = "safelicensing"
+    photo_extra_threshold: float = 0.1  # its own cut-off (boxes under photo_threshold are cut too)
+    photo_extra_tiling: TilingConfig = field(
+        default_factory=lambda: TilingConfig(enabled=True, scales=[1.0], tile=640, video=False))
 
 
 @dataclass

@@ -14,13 +14,14 @@ import pytest
 import skimage.data
 from conftest import composed
 
-from anon_ray.config import DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
+from anon_ray.config import AppConfig, DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
 from anon_ray.detect.tiling import flipped, merge, tile_windows
 from anon_ray.models import build
 from anon_ray.models.registry import load_manifest, resolve
+from anon_ray.run import job
 from anon_ray.types import FACE, PLATE, Detections
 
 SESSION = SessionConfig(intra_op_threads=2)
@@ -142,8 +143,9 @@ def test_rejects_non_rgb_frames(faces, plates):
 def test_detector_combines_enabled_models(astronaut, plate_set):
     cfg = DetectConfig(session=SESSION)
     detector = Detector(cfg, ModelsConfig())
-    names = (cfg.face.model, cfg.plate.model)
+    names = (cfg.face.model, cfg.plate.model, cfg.plate.photo_extra_model)
     assert detector.model_hashes == {name: resolve(name, ModelsConfig()).sha256 for name in names}
+    assert detector.model_hashes == job.model_hashes(AppConfig())  # what the manifest and config hash name
     detector.warmup(256, 320)
     found = detector.detect([astronaut, plate_set[1][0]], first_index=3)
     # One face on the portrait (at the recall-first plate threshold a false plate may join it).
@@ -157,7 +159,8 @@ def test_detector_combines_enabled_models(astronaut, plate_set):
 
 def test_photos_get_the_half_scale_plate_pass_and_video_frames_do_not(plate_set, monkeypatch):
     """photo_scales [1.0, 0.5] for photos, scales [1.0] for video frames, on one shared session."""
-    detector = Detector(DetectConfig(face=FaceConfig(enabled=False), session=SESSION), ModelsConfig())
+    one_model = PlateConfig(photo_extra_model="")
+    detector = Detector(DetectConfig(face=FaceConfig(enabled=False), plate=one_model, session=SESSION), ModelsConfig())
     (video,), (photo,) = detector.detectors, detector.photo_detectors
     assert video.detector.session is photo.detector.session
     ratios: list[float] = []
@@ -316,12 +319,34 @@ def test_plate_tiles_at_2x_find_plates_the_native_tiles_miss(eval_data):
     assert cfg.detect.plate.tiling.scales == [1.0, 2.0]
 
     def covered(scales: list[float]) -> np.ndarray:
-        plate = replace(cfg.detect.plate, tiling=replace(cfg.detect.plate.tiling, scales=scales))
+        plate = replace(cfg.detect.plate, tiling=replace(cfg.detect.plate.tiling, scales=scales), photo_extra_model="")
         detect = replace(cfg.detect, face=replace(cfg.detect.face, enabled=False), plate=plate)
         return coverage(label, mask_region(rgb.shape[:2], Detector(detect, cfg.models).detect([rgb], photo=True), cfg.mask))
 
     assert (covered([1.0]) < 0.5).all()
     assert (covered([1.0, 2.0]) >= 0.9).all()
+
+
+def test_photos_get_a_second_plate_model_and_video_frames_do_not(eval_data):
+    """A 36 x 16 px plate in an Open Images street photo that fastanpr misses in every pass; the
+    second plate model (safelicensing) finds it at 0.59 on photos. Video frames run one model."""
+    from anon_ray.core.mask import mask_region
+    from anon_ray.tools.metrics import coverage
+
+    root, name = eval_data / "plates_openimages", "oi_db8c5744c6b61f60.jpg"
+    rgb = cv2.cvtColor(cv2.imread(str(root / name)), cv2.COLOR_BGR2RGB)
+    label = np.array([[922.0, 168.0, 958.0, 184.0]])
+    cfg = composed("config")
+    assert cfg.detect.plate.photo_extra_model == "safelicensing"
+
+    def covered(extra: str, photo: bool) -> float:
+        plate = replace(cfg.detect.plate, photo_extra_model=extra)
+        detector = Detector(replace(cfg.detect, face=replace(cfg.detect.face, enabled=False), plate=plate), cfg.models)
+        return coverage(label, mask_region(rgb.shape[:2], detector.detect([rgb], photo=photo), cfg.mask))[0]
+
+    assert covered("", photo=True) < 0.5
+    assert covered("safelicensing", photo=True) >= 0.9
+    assert covered("safelicensing", photo=False) == covered("", photo=False)
 
 
 def test_large_tile_budget_skips_the_pass_on_big_frames(astronaut):

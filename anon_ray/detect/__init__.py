@@ -45,6 +45,12 @@ class Detector:
             self.detectors.append(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou))
             self.photo_detectors.append(MultiPass(plate.for_photos(), [cfg.plate.tiling], cfg.plate.flip,
                                                   cfg.plate.nms_iou))
+            if cfg.plate.photo_extra_model:
+                info = self.models[cfg.plate.photo_extra_model] = resolve(cfg.plate.photo_extra_model, models)
+                extra = PlateDetector(info.path, replace(cfg.plate, threshold=cfg.plate.photo_extra_threshold),
+                                      cfg.session)
+                self.photo_detectors.append(MultiPass(extra.for_photos(), [cfg.plate.photo_extra_tiling],
+                                                      cfg.plate.flip, cfg.plate.nms_iou))
 
     @property
     def model_hashes(self) -> dict[str, str]:

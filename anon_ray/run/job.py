@@ -107,7 +107,9 @@ class Summary:
 
 
 def model_hashes(cfg: AppConfig) -> dict[str, str]:
-    names = [c.model for c in (cfg.detect.face, cfg.detect.plate) if c.enabled]
+    plate = cfg.detect.plate
+    names = [c.model for c in (cfg.detect.face, plate) if c.enabled]
+    names += [plate.photo_extra_model] if plate.enabled and plate.photo_extra_model else []
     return {name: resolve(name, cfg.models).sha256 for name in names}
 
 
