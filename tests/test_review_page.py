@@ -84,6 +84,24 @@ def test_api_serves_masked_frames_and_checks_corrections(served):
     assert _post(base + "/api/approve?path=nothing.mp4")[0] == 404
 
 
+def test_scrubbing_forward_decodes_each_frame_once(served, monkeypatch):
+    """The open output's decoder is parked after the frame read: the next frames continue it, and
+    only a step back opens a decode from a keyframe again. Frames are those of the output."""
+    base, out = served
+    calls = []
+    real = review_server.decode
+    monkeypatch.setattr(review_server, "decode", lambda *a: (calls.append(a[3]), real(*a))[1])
+    masked = _frames(out / "clip.mp4")
+    for i in [30, 31, 32, 33, 34, 10, 11]:
+        jpeg = cv2.imdecode(np.frombuffer(_get(base + f"/api/frame?path=clip.mp4&i={i}"), np.uint8), cv2.IMREAD_COLOR)
+        assert np.abs(jpeg[:, :, ::-1].astype(float) - masked[i]).mean() < 3, i
+    assert calls == [30, 10]
+    with pytest.raises(urllib.error.HTTPError) as err:  # past the last frame: refused
+        _get(base + "/api/frame?path=clip.mp4&i=75")
+    assert err.value.code == 400
+    assert _get(base + "/api/frame?path=clip.mp4&i=74")  # and the next request is served
+
+
 def _browser(tmp_path):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)):
         pytest.skip("Debian's chromium and chromium-driver are not installed (make browser)")

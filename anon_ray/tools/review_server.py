@@ -11,10 +11,13 @@ carries the overrides' hash, which marks it reviewed. No pixel of the input leav
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
+import time
 import urllib.parse
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,7 +25,7 @@ import cv2
 import numpy as np
 import pyarrow.compute as pc
 
-from anon_ray.config import AppConfig, ImageConfig
+from anon_ray.config import AppConfig, ImageConfig, StorageConfig
 from anon_ray.core import overrides as ov_
 from anon_ray.io import review, storage
 from anon_ray.io.manifest import read_manifest
@@ -36,6 +39,46 @@ from anon_ray.tools.report import current
 from anon_ray.tools.review_page import PAGE
 
 EMPTY = json.dumps({"version": ov_.VERSION, "add": [], "suppress": []}).encode()
+ROWS_TTL_S = 2.0  # the manifest is read again after this long (a job may be writing rows meanwhile)
+
+
+class _Opened:
+    """One masked video output held open while it is scrubbed: its local copy, packet index and
+    probe, and a decoder parked after the last frame read, so stepping forward decodes each frame
+    once (decoding every asked frame from its keyframe made scrubbing a long GOP quadratic)."""
+
+    def __init__(self, row: dict, cfg: StorageConfig) -> None:
+        self.key = (row["output_uri"], row["output_sha256"])
+        self._stack = contextlib.ExitStack()
+        self.path = self._stack.enter_context(storage.local_copy(row["output_uri"], cfg))
+        self.index = packets.scan_packets(self.path)
+        self.info = probe(self.path, self.index)
+        self._frames: Iterator[tuple[int, int, np.ndarray]] | None = None
+        self._next = 0  # the frame the parked decoder yields next
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame `i` in stored orientation (StopIteration past the end)."""
+        keys = np.flatnonzero(self.index.key[: i + 1])
+        key = int(keys[-1]) if len(keys) else 0
+        if self._frames is None or not key <= self._next <= i:  # seeking is no dearer than going on
+            self._park(None)
+            seek = int(self.index.pts[key]) if len(keys) else None
+            self._park(decode(self.path, seek, self.index, i, len(self.index)), i)
+        for j, _, rgb in self._frames:
+            self._next = j + 1
+            if j == i:
+                return rgb
+        self._park(None)
+        raise StopIteration(f"no frame {i}")
+
+    def _park(self, frames: Iterator | None, at: int = 0) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self._frames, self._next = frames, at
+
+    def close(self) -> None:
+        self._park(None)
+        self._stack.close()
 
 
 class Review:
@@ -44,11 +87,17 @@ class Review:
     def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
         self._lock = threading.Lock()  # one re-render at a time; reads go on meanwhile
+        self._video_lock = threading.Lock()  # the open video's decoder serves one request at a time
+        self._opened: _Opened | None = None
+        self._read: tuple[float, dict[str, dict]] | None = None  # (when, rows)
 
     def _rows(self) -> dict[str, dict]:
-        now = current(read_manifest(self.cfg.output, self.cfg.storage))
-        ok = now.filter(pc.field("status") == "ok")
-        return {r["relpath"]: r for r in ok.to_pylist()}
+        read = self._read
+        if read is None or time.monotonic() - read[0] > ROWS_TTL_S:
+            now = current(read_manifest(self.cfg.output, self.cfg.storage))
+            ok = now.filter(pc.field("status") == "ok")
+            read = self._read = (time.monotonic(), {r["relpath"]: r for r in ok.to_pylist()})
+        return read[1]
 
     def queue(self) -> list[dict]:
         """Every current output, riskiest first; `reviewed` once approved (an overrides hash)."""
@@ -69,22 +118,28 @@ class Review:
         except FileNotFoundError:
             return EMPTY
 
-    def _video(self, path: str):
-        index = packets.scan_packets(path)
-        return index, probe(path, index)
+    def _video(self, row: dict) -> _Opened:
+        """The output of `row`, opened (call with _video_lock held); the one open before is closed."""
+        if self._opened is None or self._opened.key != (row["output_uri"], row["output_sha256"]):
+            self.close()
+            self._opened = _Opened(row, self.cfg.storage)
+        return self._opened
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def frame_jpeg(self, relpath: str, i: int) -> bytes:
         """Frame `i` of the masked output, upright."""
         row = self._row(relpath)
-        with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
-            if row["kind"] == "image":
+        if row["kind"] == "image":
+            with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
                 rgb = image_io.read_image(path, ImageConfig()).rgb
-            else:
-                index, info = self._video(path)
-                keys = index.pts[: i + 1][index.key[: i + 1]]
-                seek = int(keys[-1]) if len(keys) else None
-                rgb = next(f for _, _, f in decode(path, seek, index, i, i + 1))
-                rgb = rotation.to_display(rgb, info.rotation)
+        else:
+            with self._video_lock:
+                opened = self._video(row)
+                rgb = rotation.to_display(opened.frame(i), opened.info.rotation)
         ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("JPEG encoding of a frame failed")
@@ -98,8 +153,8 @@ class Review:
         ov = ov_.parse(self.overrides(relpath))
         rot, wh = 0, (0, 0)
         if row["kind"] == "video":
-            with storage.local_copy(row["output_uri"], self.cfg.storage) as path:
-                info = self._video(path)[1]
+            with self._video_lock:
+                info = self._video(row).info
             rot, wh = info.rotation, (info.width, info.height)
         dets = corrected(stored, ov, max(int(row["frames"]), 1), rot, wh).for_frame(i)
         xyxy = rotation.boxes_to_display(dets.xyxy, rot, *wh) if rot else dets.xyxy
@@ -119,6 +174,7 @@ class Review:
             storage.write_bytes_atomic(uri, EMPTY, self.cfg.storage)
         with self._lock:
             summary = rerender.rerender(self.cfg, io.StringIO(), only={relpath})
+        self._read = None  # its new row is read at once
         if summary.failed:
             return {"status": "failed", "error": summary.failures[0][2]}
         return {"status": "re-rendered" if summary.ok else "unchanged"}
@@ -178,6 +234,16 @@ def handler(api: Review) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def __init__(self, cfg: AppConfig) -> None:
+        self.api = Review(cfg)
+        super().__init__((cfg.review.host, cfg.review.port), handler(self.api))
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.api.close()  # an output copied from object storage is removed
+
+
 def serve(cfg: AppConfig) -> ThreadingHTTPServer:
     """A server bound to review.host:review.port (port 0: any free one); call serve_forever()."""
-    return ThreadingHTTPServer((cfg.review.host, cfg.review.port), handler(Review(cfg)))
+    return _Server(cfg)
