@@ -118,7 +118,8 @@ def reviewed(cfg: AppConfig, asset: Asset, data: bytes, digest: str) -> AssetRes
         try:
             boxes, meta = review.read_boxes(review.boxes_uri(cfg.output, asset.relpath), cfg.storage)
         except FileNotFoundError:
-            raise AssetError("no boxes file: run the job with review.boxes=true first") from None
+            raise AssetError("no boxes file: overrides correct the boxes of a job run with review.boxes=true "
+                             "(without the overrides file the job masks it by detection and keeps its boxes)") from None
         if meta.get("input_version") != asset.version:
             raise AssetError("the input changed since its boxes were made: review it again, or remove its "
                              "overrides file to mask it by detection alone")
