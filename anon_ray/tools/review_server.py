@@ -61,7 +61,6 @@ class _Opened:
         keys = np.flatnonzero(self.index.key[: i + 1])
         key = int(keys[-1]) if len(keys) else 0
         if self._frames is None or not key <= self._next <= i:  # seeking is no dearer than going on
-            self._park(None)
             seek = int(self.index.pts[key]) if len(keys) else None
             self._park(decode(self.path, seek, self.index, i, len(self.index)), i)
         for j, _, rgb in self._frames:
