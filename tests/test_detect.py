@@ -12,13 +12,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import skimage.data
-from conftest import composed
+from conftest import annotations, composed
 
-from anon_ray.config import AppConfig, DetectConfig, FaceConfig, ModelsConfig, PlateConfig, SessionConfig, TilingConfig
+from anon_ray.config import (AppConfig, DetectConfig, FaceConfig, ImageConfig, ModelsConfig, PlateConfig, SessionConfig,
+                             TilingConfig)
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
-from anon_ray.detect.tiling import flipped, merge, tile_windows
+from anon_ray.media.image import read_image
+from anon_ray.detect.tiling import confirmed, flipped, merge, tile_windows
 from anon_ray.models import build
 from anon_ray.models.registry import load_manifest, resolve
 from anon_ray.run import job
@@ -464,3 +466,24 @@ def test_photos_up_to_1024_px_get_a_pass_enlarged_1_5x_and_video_frames_do_not()
     default = face_detector()
     assert sum(iou(box, face) > 0.5 for box in default.detect([frame], photo=True).xyxy) == 1
     assert not any(iou(box, face) > 0.3 for box in default.detect([frame]).xyxy)
+
+
+def test_a_photos_big_low_score_face_box_needs_a_second_pass(eval_data):
+    """Big face boxes scoring under 0.1 that one pass alone found (hair, sky, a bare shoulder on
+    these WIDER photos) are dropped from photos (FaceConfig.confirm_height); the labelled faces
+    keep their boxes, and a big low-score box another pass found too stays."""
+    rows = {row["file"]: row for row in annotations(eval_data / "faces_wider")}
+    names = ["wider_46_Jockey_Jockey_46_728.jpg", "wider_25_Soldier_Patrol_Soldier_Patrol_25_419.jpg"]
+    for name in names:
+        rgb = read_image(str(eval_data / "faces_wider" / name), ImageConfig()).rgb
+        kept, every = (face_detector(confirm_height=h).detect([rgb], photo=True) for h in (96, 0))
+        doubtful = lambda d: np.count_nonzero((d.xyxy[:, 3] - d.xyxy[:, 1] >= 96) & (d.score < 0.1))  # noqa: E731
+        assert doubtful(every) >= 2 and doubtful(kept) == 0, name
+        for label in rows[name]["boxes"]:
+            assert any(iou(box, label) > 0.5 for box in kept.xyxy), (name, label)
+    # Two passes that found the same big box at 0.05 confirm each other; one pass alone keeps all.
+    box = Detections.build(0, [[0, 0, 200, 200]], [0.05], FACE)
+    other = Detections.build(0, [[10, 10, 200, 210]], [0.06], FACE)
+    assert [len(p) for p in confirmed([box, other], 96, 0.1, 0.3)] == [1, 1]
+    assert [len(p) for p in confirmed([box, other.select(np.zeros(1, bool))], 96, 0.1, 0.3)] == [0, 0]
+    assert len(confirmed([box], 96, 0.1, 0.3)[0]) == 1

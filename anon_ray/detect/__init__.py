@@ -37,7 +37,7 @@ class Detector:
             full = MultiPass(face, [cfg.face.tiling], cfg.face.flip, cfg.face.nms_iou)
             self.detectors.append(Cascade(full, face, cfg.face.full_every, cfg.face.cheap_side))
             self.photo_detectors.append(MultiPass(face, [cfg.face.tiling, cfg.face.photo_tiling], cfg.face.flip,
-                                                  cfg.face.nms_iou))
+                                                  cfg.face.nms_iou, (cfg.face.confirm_height, cfg.face.confirm_below)))
         if cfg.plate.enabled:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))

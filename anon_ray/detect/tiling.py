@@ -18,6 +18,7 @@ import numpy as np
 
 from anon_ray.config import TilingConfig
 from anon_ray.detect.nms import nms
+from anon_ray.track.matching import iou_matrix
 from anon_ray.types import Detections
 
 # A tiled box this close to an inner tile edge (a share of the tile's side, at least 1 px) was
@@ -109,6 +110,32 @@ def flipped(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_inde
     return Detections.build(found.frame, xyxy, found.score, found.cls)
 
 
+def confirmed(parts: Sequence[Detections], height: float, below: float, iou: float) -> list[Detections]:
+    """Each pass's boxes without those at least `height` px tall scoring under `below` that no
+    other pass found (a box of the same frame and class overlapping by IoU >= `iou`).
+
+    A model sees a big face clearly: its big low-score boxes are mostly walls, hair and sky, and
+    each costs a mask the size of a face. A real face that scores low in one pass is found by
+    another (enlarged, tiled, mirrored) as well. With one pass there is nothing to confirm with:
+    every box stays.
+    """
+    if len(parts) < 2 or height <= 0:
+        return list(parts)
+    out = []
+    for k, part in enumerate(parts):
+        doubt = np.flatnonzero((part.xyxy[:, 3] - part.xyxy[:, 1] >= height) & (part.score < below))
+        others = Detections.concat([p for j, p in enumerate(parts) if j != k])
+        if len(doubt) and len(others):
+            same = ((part.frame[doubt, None] == others.frame[None, :])
+                    & (part.cls[doubt, None] == others.cls[None, :]))
+            seen = ((iou_matrix(part.xyxy[doubt], others.xyxy) >= iou) & same).any(axis=1)
+            doubt = doubt[~seen]
+        keep = np.ones(len(part), bool)
+        keep[doubt] = False
+        out.append(part.select(keep))
+    return out
+
+
 def merge(parts: Sequence[Detections], iou: float) -> Detections:
     """Cross-pass NMS: per frame and class, the best-scoring of boxes overlapping by IoU >= `iou`.
     Sorted by frame, then score descending, like a single pass's output."""
@@ -125,8 +152,9 @@ class MultiPass:
     "nothing"."""
 
     def __init__(self, detector: ZoomableDetector, tilings: Sequence[TilingConfig], flip: bool,
-                 nms_iou: float) -> None:
+                 nms_iou: float, confirm: tuple[float, float] = (0.0, 0.0)) -> None:
         self.detector, self.tilings, self.flip, self.nms_iou = detector, tuple(tilings), flip, nms_iou
+        self.confirm = confirm  # (height, below) of `confirmed`, applied to photos; height 0 = off
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
         parts = [self.detector.detect(frames, first_index)]
@@ -135,4 +163,8 @@ class MultiPass:
         for tiling in self.tilings:
             if tiling.enabled and (photo or tiling.video):
                 parts.append(tiled(self.detector, frames, first_index, tiling))
-        return parts[0] if len(parts) == 1 else merge(parts, self.nms_iou)
+        if len(parts) == 1:
+            return parts[0]
+        if photo:
+            parts = confirmed(parts, *self.confirm, self.nms_iou)
+        return merge(parts, self.nms_iou)
