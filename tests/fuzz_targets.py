@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+
 try:
     import atheris
 except ImportError:  # the random engine below still runs
@@ -56,7 +58,7 @@ with _instrumented():
     from anon_ray.core.plan import plan_segments
     from anon_ray.media import MediaError
     from anon_ray.media.image import decode_image, encode_image
-    from anon_ray.media.packets import scan_packets
+    from anon_ray.media.packets import index_packets, scan_packets
     from anon_ray.media.probe import probe
 
 # A small pixel budget keeps every execution fast; the check itself is what gets exercised.
@@ -169,10 +171,19 @@ def _check_plan(index, segments) -> None:
 def packets_target(data: bytes) -> None:
     path = _Scratch.write(data)
     try:
-        index = scan_packets(path)
+        index = index_packets(path)
         info = probe(path, index)
     except MediaError:
         return
+    # The sample tables' index must be the packet scan's wherever the scan reads the file (the
+    # scan may still refuse a middle the fast path never reads: its segment fails when decoded).
+    try:
+        scanned = scan_packets(path)
+    except MediaError:
+        scanned = None
+    if scanned is not None and not all(np.array_equal(getattr(scanned, f), getattr(index, f))
+                                       for f in ("pts", "key", "pos", "size", "last_duration")):
+        raise AssertionError("the index from the sample tables differs from the packet scan")
     segments = plan_segments("fuzz", index, info.fps[0] / info.fps[1], SEGMENT_CFG)
     if not segments:
         raise AssertionError("a video with frames got no segments")

@@ -9,7 +9,9 @@ interpreter and imports included:
 - `rerun`: the same N again over the manifest the first run left: the done index, N skips.
 `plan24h`: a packet index of a 24 h 29.97 fps recording with packet positions (2-second GOPs), cut
 by the default segment config: plan_segments time, the plan's size as Ray ships it once, and the
-packet scan's rate on a real mp4 so the scan of such a file can be read beside it.
+packet scan's rate on a real mp4 so the scan of such a file can be read beside it; then the job's
+planning (lifecycle.plan_video: index from the sample tables, probe, segments) of a real 24 h MP4
+whose frames are tiny (its tables are a 24 h recording's).
 Prints one JSON line.
 """
 
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ import numpy as np
 from anon_ray.config import AppConfig, SegmentConfig
 from anon_ray.core.plan import plan_segments
 from anon_ray.io import storage
-from anon_ray.run import job
+from anon_ray.run import job, lifecycle
 from anon_ray.types import Asset, AssetResult, PacketIndex, VideoInfo, VideoPlan
 
 HAMILTON = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval" / "videos" / "short_hamilton_clip.mp4"
@@ -95,7 +98,45 @@ def plan24h(hours: float) -> dict:
         frames = len(scan_packets(str(HAMILTON)))
         rate = frames / (time.perf_counter() - started)
         figures.update(scan_packets_per_s=round(rate), scan_24h_s_estimate=round(n / rate, 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "cam.mp4")
+        _long_mp4(path, n)
+        started = time.perf_counter()
+        vplan = lifecycle.plan_video(path, "cam.mp4", AppConfig(), workers=64)
+        figures.update(mp4_frames=vplan.info.n_frames, mp4_segments=len(vplan.segments),
+                       mp4_mb=round(Path(path).stat().st_size / 1e6, 1),
+                       plan_video_s=round(time.perf_counter() - started, 2))
     return figures
+
+
+def _long_mp4(path: str, frames: int, gop: int = 60) -> None:
+    """An MP4 of `frames` 29.97 fps frames (2-second GOPs), a tiny clip's packets repeated: its
+    sample tables are a 24 h recording's, its media data ~50 bytes a frame."""
+    import av
+
+    clip = path + ".clip.mp4"
+    with av.open(clip, "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(30000, 1001),
+                                options={"g": str(gop), "bf": "0", "preset": "ultrafast", "crf": "40"})
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(gop):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 4, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(clip) as src, av.open(path, "w") as out:
+        source = src.streams.video[0]
+        packets = [(bytes(p), p.is_keyframe) for p in src.demux(source) if p.size]
+        stream = out.add_stream_from_template(source)
+        stream.time_base = Fraction(1, 30000)
+        for i in range(frames):
+            data, key = packets[i % len(packets)]
+            packet = av.Packet(data)
+            packet.pts = packet.dts = i * 1001
+            packet.duration, packet.is_keyframe, packet.stream, packet.time_base = 1001, key, stream, stream.time_base
+            out.mux(packet)
 
 
 def child(scenario: str, n: int, out: str, hours: float) -> dict:

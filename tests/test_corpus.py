@@ -38,7 +38,9 @@ from anon_ray.io.files import TMP_MARKER
 from anon_ray.media import MediaError
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import check_writable
+from anon_ray.media import packets
 from anon_ray.media.packets import scan_packets
+from anon_ray.media.sampletable import read_sample_table
 from anon_ray.media.probe import probe
 from anon_ray.run import job
 from anon_ray.run.local import run_local
@@ -467,6 +469,40 @@ def test_job_never_raises_and_leaves_nothing_partial(corpus):
     assert corpus.summary.failed == sum(c.expect == ERROR for c in listed)
     assert corpus.summary.not_processed == dict(Counter(c.error.split(":")[0] for c in listed if c.expect == SKIPPED))
     assert corpus.summary.unsupported == sum(c.expect == SKIPPED and "not_media" not in c.error for c in listed)
+
+
+def _index_or_error(read, path: Path):
+    try:
+        return read(str(path))
+    except MediaError as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("checked", [packets.CHECKED_PACKETS, 4])
+def test_planning_index_from_sample_tables_is_the_packet_scans(corpus, monkeypatch, checked):
+    """Planning reads an MP4/MOV's frame index from its sample tables (packets.index_packets): on
+    every video of the corpus, broken ones included, it equals the scan of every packet (or the
+    same refusal), and most MP4/MOV files take the fast path. With 4 packets checked at the head
+    the demuxer is also compared from the last keyframe on (the corpus clips are short)."""
+    monkeypatch.setattr(packets, "CHECKED_PACKETS", checked)
+    fast = 0
+    for case in active_cases():
+        path = corpus.src / case.name
+        if path.is_symlink() or not path.is_file() or inventory.extension(case.name) not in inventory.VIDEO_EXTS:
+            continue
+        scanned, indexed = _index_or_error(scan_packets, path), _index_or_error(packets.index_packets, path)
+        if isinstance(scanned, type):
+            assert indexed is scanned, case.name
+            continue
+        for field in ("pts", "key", "pos", "size", "last_duration", "time_base_num", "time_base_den"):
+            assert np.array_equal(getattr(indexed, field), getattr(scanned, field)), (case.name, field)
+        try:
+            with open(path, "rb") as fh:
+                table = read_sample_table(fh)
+        except (struct.error, ValueError):
+            table = None
+        fast += table is not None and packets._checked(str(path), table) is not None
+    assert fast >= 20, fast  # 26 of the corpus's MP4/MOV files
 
 
 def _decoded_frames(path: Path) -> int:

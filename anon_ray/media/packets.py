@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import struct
+from fractions import Fraction
 from typing import BinaryIO, Protocol
 
 import av
 import numpy as np
 
 from anon_ray.media import MediaError
+from anon_ray.media.sampletable import SampleTable, read_sample_table
 from anon_ray.types import PacketIndex
+
+# Packets the demuxer reads at the head of a file, and at most at its tail (from the last
+# keyframe on), to check an index read from the sample tables before it is used.
+CHECKED_PACKETS = 300
 
 
 class Openable(Protocol):
@@ -77,3 +84,75 @@ def scan_packets(path: str) -> PacketIndex:
                        time_base_num=time_base.numerator, time_base_den=time_base.denominator,
                        pos=np.asarray(pos, np.int64)[order], size=np.asarray(size, np.int64)[order],
                        last_duration=int(duration[order[-1]]))
+
+
+def index_packets(path: str) -> PacketIndex:
+    """`scan_packets`' index; for an MP4/MOV file read from its sample tables instead of every
+    packet (sampletable.py) when the demuxer agrees with them at the head and the tail of the file:
+    planning a 24 h recording then reads its header, not its 50 GB."""
+    try:
+        with open(path, "rb") as fh:
+            table = read_sample_table(fh)
+    except (OSError, struct.error, ValueError):
+        table = None
+    index = _checked(path, table) if table is not None else None
+    return index if index is not None else scan_packets(path)
+
+
+def _checked(path: str, table: SampleTable) -> PacketIndex | None:
+    """The table as a PacketIndex, in the demuxer's timestamps, or None where the two disagree."""
+    n = len(table.pts)
+    if np.any(table.size == 0):
+        return None  # scan_packets drops empty packets; leave such files to it
+    try:
+        with open_input(path) as container:
+            stream = main_video_stream(container)
+            if stream.time_base != Fraction(1, table.timescale):
+                return None
+            head = _packets(container, stream, CHECKED_PACKETS)
+            if not head or head[0][0] is None:
+                return None
+            shift = head[0][0] - int(table.pts[0])
+            if not _agree(head, table, 0, shift):
+                return None
+            if len(head) < n:  # the head did not reach the end: read from the last keyframe on
+                last_key = int(np.flatnonzero(table.key)[-1]) if table.key.any() else 0
+                container.seek(int(table.pts[last_key]) + shift, stream=stream, backward=True)
+                tail = _packets(container, stream, n - last_key)
+                if len(tail) != n - last_key or not _agree(tail, table, last_key, shift):
+                    return None
+    except (av.FFmpegError, MediaError):
+        return None
+    pts = table.pts + shift
+    order = np.argsort(pts, kind="stable")
+    if np.any(np.diff(pts[order]) == 0):
+        return None  # scan_packets names the duplicate timestamps
+    return PacketIndex(pts=pts[order], key=table.key[order], time_base_num=stream.time_base.numerator,
+                       time_base_den=stream.time_base.denominator, pos=table.pos[order], size=table.size[order],
+                       last_duration=int(table.duration[order[-1]]))
+
+
+def _packets(container: av.container.InputContainer, stream, limit: int) -> list[tuple]:
+    """(pts, key, pos, size, duration, discard) of up to `limit` packets from where the demuxer is."""
+    out: list[tuple] = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        out.append((packet.pts, packet.is_keyframe, packet.pos, packet.size, packet.duration or 0, packet.is_discard))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _agree(packets: list[tuple], table: SampleTable, first: int, shift: int) -> bool:
+    """The demuxer's packets from sample `first` on match the table's samples one for one."""
+    k = np.arange(first, first + len(packets))
+    if k[-1] >= len(table.pts):
+        return False
+    pts, key, pos, size, duration, discard = zip(*packets)
+    return (not any(discard) and None not in pts
+            and np.array_equal(np.asarray(pts, np.int64), table.pts[k] + shift)
+            and np.array_equal(np.asarray(key, bool), table.key[k])
+            and np.array_equal(np.asarray(pos, np.int64), table.pos[k])
+            and np.array_equal(np.asarray(size, np.int64), table.size[k])
+            and np.array_equal(np.asarray(duration, np.int64), table.duration[k]))

@@ -56,7 +56,7 @@ def image(worker: Worker, asset: Asset, dst: str, deadline: Deadline = NO_DEADLI
 def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPlan:
     """Probe a local video and cut it into segments, at least `workers` where the context cost
     allows (raises; `plan` is the step that does not)."""
-    index = packets.scan_packets(src)
+    index = packets.index_packets(src)
     info = probe(src, index)
     codec = output_codec(name, info, cfg.video)
     check_writable(name, info, codec)  # fail before detection, not after it
