@@ -42,15 +42,16 @@ class Detector:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
             plate = PlateDetector(info.path, low, cfg.session)
-            self.detectors.append(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou))
+            self.detectors.append(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou,
+                                            fuse=cfg.plate.fuse))
             self.photo_detectors.append(MultiPass(plate.for_photos(), [cfg.plate.tiling], cfg.plate.flip,
-                                                  cfg.plate.nms_iou))
+                                                  cfg.plate.nms_iou, fuse=cfg.plate.fuse))
             if cfg.plate.photo_extra_model:
                 info = self.models[cfg.plate.photo_extra_model] = resolve(cfg.plate.photo_extra_model, models)
                 extra = PlateDetector(info.path, replace(cfg.plate, threshold=cfg.plate.photo_extra_threshold),
                                       cfg.session)
                 self.photo_detectors.append(MultiPass(extra.for_photos(), [cfg.plate.photo_extra_tiling],
-                                                      cfg.plate.flip, cfg.plate.nms_iou))
+                                                      cfg.plate.flip, cfg.plate.nms_iou, fuse=cfg.plate.fuse))
 
     @property
     def model_hashes(self) -> dict[str, str]:

@@ -136,14 +136,27 @@ def confirmed(parts: Sequence[Detections], height: float, below: float, iou: flo
     return out
 
 
-def merge(parts: Sequence[Detections], iou: float) -> Detections:
+def merge(parts: Sequence[Detections], iou: float, fuse: bool = False) -> Detections:
     """Cross-pass NMS: per frame and class, the best-scoring of boxes overlapping by IoU >= `iou`.
-    Sorted by frame, then score descending, like a single pass's output."""
+    Sorted by frame, then score descending, like a single pass's output.
+
+    `fuse`: each kept box grows to take in the score-weighted mean of the boxes overlapping it by
+    IoU >= `iou`, its own included (weighted box fusion, widening only): where passes disagree on
+    an object's extent, the best-scoring box alone may be a tight or shifted one. Only widening,
+    because the mean can also be pulled inside an object by the passes that saw part of it.
+    """
     dets = Detections.concat(list(parts))
     group = dets.frame * 256 + dets.cls.astype(np.int64)
     keep = nms(dets.xyxy, dets.score, iou, group=group)
     keep = keep[np.lexsort((-dets.score[keep], dets.frame[keep]))]
-    return dets.select(keep)
+    kept = dets.select(keep)
+    if not fuse or not len(kept):
+        return kept
+    cluster = (iou_matrix(kept.xyxy, dets.xyxy) >= iou) & (group[keep][:, None] == group[None, :])
+    weight = cluster * dets.score[None, :].astype(np.float64)
+    mean = (weight @ dets.xyxy.astype(np.float64)) / weight.sum(axis=1, keepdims=True)
+    xyxy = np.concatenate([np.minimum(mean[:, :2], kept.xyxy[:, :2]), np.maximum(mean[:, 2:], kept.xyxy[:, 2:])], axis=1)
+    return Detections.build(kept.frame, xyxy, kept.score, kept.cls, kept.track)
 
 
 class MultiPass:
@@ -152,9 +165,10 @@ class MultiPass:
     "nothing"."""
 
     def __init__(self, detector: ZoomableDetector, tilings: Sequence[TilingConfig], flip: bool,
-                 nms_iou: float, confirm: tuple[float, float] = (0.0, 0.0)) -> None:
+                 nms_iou: float, confirm: tuple[float, float] = (0.0, 0.0), fuse: bool = False) -> None:
         self.detector, self.tilings, self.flip, self.nms_iou = detector, tuple(tilings), flip, nms_iou
         self.confirm = confirm  # (height, below) of `confirmed`, applied to photos; height 0 = off
+        self.fuse = fuse  # `merge`'s weighted box fusion
 
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
         parts = [self.detector.detect(frames, first_index)]
@@ -167,4 +181,4 @@ class MultiPass:
             return parts[0]
         if photo:
             parts = confirmed(parts, *self.confirm, self.nms_iou)
-        return merge(parts, self.nms_iou)
+        return merge(parts, self.nms_iou, self.fuse)
