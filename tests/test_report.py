@@ -18,7 +18,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 from anon_ray.config import AppConfig, AuditConfig
-from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA
+from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA, new_run_id
 from anon_ray.run import job
 from anon_ray.run.local import run_local
 from anon_ray.tools import report
@@ -194,3 +194,10 @@ def test_review_notebook_runs_headless(sample_run: Path, venv_kernel: str, monke
 def test_arguments_in_both_spellings() -> None:
     args = report.parse_args(["output=s3://b/out", "--html", "r.html", "storage.region=eu-west-1"])
     assert (args.output, args.html, args.region, args.endpoint_url) == ("s3://b/out", "r.html", "eu-west-1", "")
+
+
+def test_run_ids_sort_in_start_order_within_a_second():
+    """A re-render started within the second of the job before it must be the asset's latest row
+    (report.latest sorts by run id): ids carry microseconds before their random part."""
+    ids = [new_run_id() for _ in range(200)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)

@@ -79,7 +79,11 @@ def track_table(dets: Detections, boxes: bool) -> pa.Table:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    """A UTC start time to the microsecond, then a random part: ids sort in start order (the
+    latest row of an asset is its last run's, report.latest), also for a re-render that starts
+    within the second of the job before it."""
+    now = time.time()
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}Z-{uuid.uuid4().hex[:8]}"
 
 
 def config_hash(cfg: AppConfig, model_hashes: dict[str, str]) -> str:
