@@ -503,6 +503,10 @@ def test_a_photos_big_low_score_face_box_needs_a_second_pass(eval_data):
         assert doubtful(every) >= 2 and doubtful(kept) == 0, name
         for label in rows[name]["boxes"]:
             assert any(iou(box, label) > 0.5 for box in kept.xyxy), (name, label)
+    # Enlarged to 2048 px, the photo gets no tile or 1.5x pass: nothing could confirm, every box stays.
+    big = cv2.resize(rgb, (rgb.shape[1] * 2, rgb.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+    kept, every = (face_detector(confirm_height=h).detect([big], photo=True) for h in (96, 0))
+    assert doubtful(every) >= 1 and kept.xyxy.tolist() == every.xyxy.tolist()
     # Two passes that found the same big box at 0.05 confirm each other; one pass alone keeps all.
     box = Detections.build(0, [[0, 0, 200, 200]], [0.05], FACE)
     other = Detections.build(0, [[10, 10, 200, 210]], [0.06], FACE)

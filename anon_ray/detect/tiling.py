@@ -83,16 +83,13 @@ def tiled_at(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_ind
     it no larger than the whole-frame pass already does, or that needs more than `max_tiles`
     tiles, is skipped.
     """
-    side = max(1, int(cfg.tile / scale))
     parts = []
     for k, frame in enumerate(frames):
         height, width = frame.shape[:2]
-        windows = tile_windows(height, width, side, cfg.overlap)
-        if cfg.max_tiles and len(windows) > cfg.max_tiles:
+        plan = _tile_plan(detector, height, width, cfg, scale)
+        if plan is None:
             continue
-        zoom = scale if len(windows) > 1 else min(scale, cfg.tile / max(height, width))
-        if zoom <= detector.zoom(height, width) * 1.01:
-            continue
+        windows, zoom = plan
         crops = [frame[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
         found = detector.detect(crops, 0, zoom=zoom)
         offset = windows[found.frame][:, [0, 1, 0, 1]].astype(np.float32)
@@ -100,6 +97,22 @@ def tiled_at(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_ind
         whole = ~cut_by_tile(xyxy, windows[found.frame], height, width)
         parts.append(Detections.build(first_index + k, xyxy[whole], found.score[whole], found.cls[whole]))
     return Detections.concat(parts)
+
+
+def _tile_plan(detector: ZoomableDetector, height: int, width: int, cfg: TilingConfig,
+               scale: float) -> tuple[np.ndarray, float] | None:
+    """(windows, zoom) of the tile pass at `scale` over a frame of this size, or None where it is skipped."""
+    windows = tile_windows(height, width, max(1, int(cfg.tile / scale)), cfg.overlap)
+    if cfg.max_tiles and len(windows) > cfg.max_tiles:
+        return None
+    zoom = scale if len(windows) > 1 else min(scale, cfg.tile / max(height, width))
+    return None if zoom <= detector.zoom(height, width) * 1.01 else (windows, zoom)
+
+
+def tiling_runs(detector: ZoomableDetector, frames: Sequence[np.ndarray], cfg: TilingConfig) -> bool:
+    """Whether the tiling runs a pass (at one of its scales at least) over every one of `frames`."""
+    return all(any(_tile_plan(detector, *f.shape[:2], cfg, scale) is not None for scale in cfg.scales)
+               for f in frames)
 
 
 def flipped(detector: ZoomableDetector, frames: Sequence[np.ndarray], first_index: int) -> Detections:
@@ -174,11 +187,14 @@ class MultiPass:
         parts = [self.detector.detect(frames, first_index)]
         if self.flip:
             parts.append(flipped(self.detector, frames, first_index))
+        skipped = []  # tilings that run no pass over these frames (too large): they confirm nothing
         for tiling in self.tilings:
             if tiling.enabled and (photo or tiling.video):
-                parts.append(tiled(self.detector, frames, first_index, tiling))
-        if len(parts) == 1:
-            return parts[0]
+                if tiling_runs(self.detector, frames, tiling):
+                    parts.append(tiled(self.detector, frames, first_index, tiling))
+                else:
+                    skipped.append(tiled(self.detector, frames, first_index, tiling))
         if photo:
             parts = confirmed(parts, *self.confirm, self.nms_iou)
-        return merge(parts, self.nms_iou, self.fuse)
+        parts += skipped
+        return parts[0] if len(parts) == 1 else merge(parts, self.nms_iou, self.fuse)
