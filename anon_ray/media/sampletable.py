@@ -14,6 +14,7 @@ video track) give None.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -39,7 +40,7 @@ def read_sample_table(fh: BinaryIO) -> SampleTable | None:
     """The first video track's samples, or None when the file is not a plain MP4/MOV this reads."""
     moov = None
     end = fh.seek(0, 2)
-    for kind, start, stop in _boxes(fh, 0, end):
+    for kind, start, stop in _boxes(_file_reader(fh), end):
         if kind in (b"moof", b"mfra"):
             return None  # fragmented: the samples are listed beside the media, not in moov
         if kind == b"moov":
@@ -55,15 +56,15 @@ def read_sample_table(fh: BinaryIO) -> SampleTable | None:
     return None
 
 
-def _boxes(fh: BinaryIO, start: int, end: int):
-    """(type, payload start, payload end) of the boxes laid end to end in [start, end) of a file."""
-    pos = start
+def _boxes(read: Callable[[int, int], bytes], end: int):
+    """(type, payload start, payload end) of the boxes laid end to end in [0, end) of what
+    `read(position, count)` reads: the file (its top level, mdat never read) or a box's payload."""
+    pos = 0
     while pos + 8 <= end:
-        fh.seek(pos)
-        size, kind = struct.unpack(">I4s", fh.read(8))
+        size, kind = struct.unpack(">I4s", read(pos, 8))
         header = 8
         if size == 1:
-            size, header = struct.unpack(">Q", fh.read(8))[0], 16
+            size, header = struct.unpack(">Q", read(pos + 8, 8))[0], 16
         elif size == 0:
             size = end - pos
         if size < header or pos + size > end:
@@ -72,24 +73,20 @@ def _boxes(fh: BinaryIO, start: int, end: int):
         pos += size
 
 
+def _file_reader(fh: BinaryIO) -> Callable[[int, int], bytes]:
+    def read(pos: int, count: int) -> bytes:
+        fh.seek(pos)
+        return fh.read(count)
+    return read
+
+
 def _children(data: bytes, kind: bytes | None = None):
     """Payloads of the boxes laid end to end in `data` (of one kind, or all as (kind, payload))."""
-    pos = 0
-    while pos + 8 <= len(data):
-        size, name = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        elif size == 0:
-            size = len(data) - pos
-        if size < header or pos + size > len(data):
-            return
-        payload = data[pos + header:pos + size]
+    for name, start, stop in _boxes(lambda pos, count: data[pos:pos + count], len(data)):
         if kind is None:
-            yield name, payload
+            yield name, data[start:stop]
         elif name == kind:
-            yield payload
-        pos += size
+            yield data[start:stop]
 
 
 def _tree(data: bytes) -> dict[bytes, bytes]:
