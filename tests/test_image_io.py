@@ -276,6 +276,21 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path):
     assert read_image(small, ImageConfig(max_pixels=60 * 80)).rgb.shape == (60, 80, 3)
 
 
+def test_png_with_data_in_its_iend_is_refused_before_decoding(tmp_path):
+    # OpenCV reads on past an IEND that carries data; the next chunk's 4 GB claim was allocated.
+    good = _save(Image.fromarray(_pattern()), "PNG")
+    head = good[:good.index(b"IEND") - 4]
+    forged = head + _png_chunk(b"IEND", b"x" * 26) + struct.pack(">I", 0xFFFFFFFF) + b"IEND" + b"\0" * 4
+    tracemalloc.start()
+    with pytest.raises(MediaError, match="IEND"):
+        read_image(_write(tmp_path, "forged.png", forged), CFG)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000
+    trailing = good + struct.pack(">I", 0xFFFFFFFF) + b"IEND" + b"\0" * 4  # bytes after a proper IEND: read
+    assert read_image(_write(tmp_path, "trailing.png", trailing), CFG).rgb.shape == (60, 80, 3)
+
+
 @pytest.mark.parametrize("name,payload", [
     ("empty.jpg", b""),
     ("text.png", b"hello, this is not an image at all"),

@@ -165,6 +165,10 @@ def _png_header(d: bytes) -> _Header:
         if pos + 12 + length > len(d):
             raise MediaError(f"truncated PNG: chunk {kind!r} claims {length} bytes, {len(d) - pos - 12} remain")
         if kind == b"IEND":
+            # OpenCV's reader stops only at an empty IEND: past one with data it reads on, and a
+            # following chunk claiming 4 GB is then allocated (a 120-byte file took 4 GB, 3.5 s).
+            if length:
+                raise MediaError(f"corrupt PNG: IEND chunk carries {length} bytes")
             break
         if kind == b"IDAT":
             seen_idat = True
