@@ -127,9 +127,10 @@ def _checked(path: str, table: SampleTable) -> PacketIndex | None:
     order = np.argsort(pts, kind="stable")
     if np.any(np.diff(pts[order]) == 0):
         return None  # scan_packets names the duplicate timestamps
-    return PacketIndex(pts=pts[order], key=table.key[order], time_base_num=stream.time_base.numerator,
-                       time_base_den=stream.time_base.denominator, pos=table.pos[order], size=table.size[order],
-                       last_duration=int(table.duration[order[-1]]))
+    # The time base checked above, from the table: the stream is freed with its closed container
+    # (reading it here returned None or garbage, and once left a job spinning).
+    return PacketIndex(pts=pts[order], key=table.key[order], time_base_num=1, time_base_den=table.timescale,
+                       pos=table.pos[order], size=table.size[order], last_duration=int(table.duration[order[-1]]))
 
 
 def _packets(container: av.container.InputContainer, stream, limit: int) -> list[tuple]:
