@@ -181,8 +181,8 @@ def packets_target(data: bytes) -> None:
         scanned = scan_packets(path)
     except MediaError:
         scanned = None
-    if scanned is not None and not all(np.array_equal(getattr(scanned, f), getattr(index, f))
-                                       for f in ("pts", "key", "pos", "size", "last_duration")):
+    fields = ("pts", "key", "pos", "size", "last_duration", "time_base_num", "time_base_den")
+    if scanned is not None and not all(np.array_equal(getattr(scanned, f), getattr(index, f)) for f in fields):
         raise AssertionError("the index from the sample tables differs from the packet scan")
     segments = plan_segments("fuzz", index, info.fps[0] / info.fps[1], SEGMENT_CFG)
     if not segments:
