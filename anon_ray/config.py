@@ -50,7 +50,8 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0 = ORT default (one per core)
     inter_op_threads: int = 1
     # ORT's pool threads spin between operators by default, taking the cores the decoder, masking
-    # and encoder threads beside inference need: off, a 720p clip took 23 s instead of 27 s here.
+    # and encoder threads beside inference need: off, a 720p clip took 23 s instead of 27 s here
+    # (measured beside a faster colour conversion since reverted; anon-ray-bench not yet re-run).
     spin: bool = False
 
 
