@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 
 import pytest
@@ -55,3 +56,34 @@ def test_claims_are_disjoint_cover_every_thread_and_end_with_the_process(tmp_pat
     for release, proc in ((release2, second), (release4, again)):
         release.set()
         proc.join()
+
+
+def _claim_while_threads_start(lock_dir: str, report) -> None:
+    """In a child process: one thread starts threads (that start threads) throughout the claim,
+    as Ray's and ONNX Runtime's do while an actor comes up; report every thread's mask after."""
+    stop = threading.Event()
+    for _ in range(200):  # threads to pin first (a listing is in thread order), widening the race
+        threading.Thread(target=stop.wait, daemon=True).start()
+
+    def spawner():
+        while not stop.is_set():
+            threading.Thread(target=stop.wait, daemon=True).start()
+
+    sys.setswitchinterval(1e-6)  # the spawner runs between the claim's steps, as native threads do
+    threading.Thread(target=spawner, daemon=True).start()
+    claim = claim_cores(1, lock_dir)
+    masks = {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")}
+    stop.set()
+    report.put((list(claim.cores), sorted(masks)))
+
+
+@pytest.mark.skipif(len(CORES) < 2, reason="needs two cores")
+def test_threads_started_during_the_claim_are_pinned_too(tmp_path):
+    ctx = mp.get_context("spawn")
+    for _ in range(3):
+        report = ctx.Queue()
+        proc = ctx.Process(target=_claim_while_threads_start, args=(str(tmp_path), report))
+        proc.start()
+        cores, masks = report.get(timeout=60)
+        proc.join()
+        assert masks == [tuple(cores)], masks

@@ -52,10 +52,19 @@ def claim_cores(count: int, lock_dir: str = LOCK_DIR) -> CoreClaim | None:
             os.close(fd)
         return None
     cores = {core for core, _ in held}
-    # sched_setaffinity acts on one thread: the runtime's threads started before this call too.
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except (ProcessLookupError, PermissionError):
-            pass  # a thread that ended meanwhile
+    _pin_all_threads(cores)
     return CoreClaim(tuple(sorted(cores)), tuple(fd for _, fd in held))
+
+
+def _pin_all_threads(cores: set[int]) -> None:
+    """sched_setaffinity acts on one thread, and a new thread inherits its creator's mask: a
+    runtime thread not yet pinned may start another while we walk the list, so walk until a
+    listing shows no thread left unpinned; from then on every creator is pinned."""
+    pinned: set[str] = set()
+    while todo := set(os.listdir("/proc/self/task")) - pinned:
+        for tid in todo:
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except (ProcessLookupError, PermissionError):
+                pass  # a thread that ended meanwhile
+        pinned |= todo
