@@ -73,7 +73,9 @@ class FaceDetector:
                 # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
                 shrink = inner_h < height
                 frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-            blob[k, :, :inner_h, :inner_w] = frame.transpose(2, 0, 1)
+            # Plane by plane: a strided transpose-and-cast costs three times as much per frame.
+            for c, plane in enumerate(cv2.split(frame)):
+                blob[k, c, :inner_h, :inner_w] = plane
         heat, size, offset = run_checked(self.session, OUTPUTS, {self.input: blob})
         return self.decode(heat, size, offset, first_index, (inner_w / width, inner_h / height), (width, height))
 

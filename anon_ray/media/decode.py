@@ -9,17 +9,11 @@ from collections.abc import Iterator
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
 
 from anon_ray.media import MediaError
 from anon_ray.media.packets import Source, main_video_stream, open_input
+from anon_ray.media.yuv import to_rgb
 from anon_ray.types import PacketIndex
-
-# swscale's default YUV->RGB path rounds down: about -1.2 levels of brightness per decode/encode
-# cycle on the eval clips. Accurate rounding with full chroma interpolation round-trips at ~55 dB
-# PSNR with no bias, for a few ms per 1080p frame.
-TO_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT \
-    | Interpolation.FULL_CHR_H_INP
 
 
 class _SeekOvershot(Exception):
@@ -94,8 +88,7 @@ def _decode_from(src: Source, seek_pts: int | None, index: PacketIndex, first: i
                     if expected == first and overshoot_possible:
                         raise _SeekOvershot
                     raise MediaError(f"frame {expected} missing from decode (got frame {i})")
-                # to_ndarray converts with the frame's own matrix and range (full or limited).
-                yield i, pts, frame.to_ndarray(format="rgb24", interpolation=TO_RGB)
+                yield i, pts, to_rgb(frame)
                 expected += 1
         except av.FFmpegError as exc:
             raise MediaError(f"decoding failed at frame {expected}: {exc}") from exc

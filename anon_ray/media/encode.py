@@ -12,7 +12,6 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
 
 from anon_ray.config import PixelPolicy, VideoConfig
 from anon_ray.io.files import commit_file, remove_quietly, temp_path_beside
@@ -20,6 +19,7 @@ from anon_ray.media import MediaError
 from anon_ray.media.decode import decode
 from anon_ray.media.packets import scan_packets
 from anon_ray.media.probe import probe
+from anon_ray.media.yuv import from_rgb
 from anon_ray.types import VideoInfo
 
 # Part files should be MP4/MOV: Matroska rounds timestamps to milliseconds and stores no dts.
@@ -45,9 +45,6 @@ _J_FORMATS = {"yuvj420p": "yuv420p", "yuvj422p": "yuv422p", "yuvj444p": "yuv444p
 _RANGE_MPEG, _RANGE_JPEG = 1, 2
 _HDR_TRANSFERS = (16, 18)  # AVCOL_TRC_SMPTE2084 (PQ), AVCOL_TRC_ARIB_STD_B67 (HLG)
 _UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
-# AVColorSpace -> the swscale matrix name PyAV's reformat expects.
-_SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
-_FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
 # H.264 and HEVC encoders take only whole chroma samples: 4:2:0 needs an even width and height,
 # 4:2:2 an even width (libx264 fails with "Generic error in an external library" otherwise).
 # VP9 and MPEG-4 Part 2 take odd sizes as they are.
@@ -157,7 +154,7 @@ class VideoWriter:
         self._time_base = Fraction(*info.time_base)
         self._last_pts: int | None = None
         self._pix_fmt, self._range = _output_pix_fmt(info, codec, cfg.pixels)
-        self._matrix = _SWS_MATRIX.get(info.colorspace)
+        self._colorspace = info.colorspace
         self._tmp = temp_path_beside(path)
         try:
             # The muxer follows the name here: callers pick the container of parts and copies.
@@ -200,9 +197,7 @@ class VideoWriter:
             raise MediaError(f"pts {pts} after {self._last_pts}: timestamps must increase")
         if any(after for _, after in self._pad):
             rgb = np.pad(rgb, self._pad, mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame = frame.reformat(format=self._pix_fmt, dst_colorspace=self._matrix, dst_color_range=self._range,
-                               interpolation=_FROM_RGB)
+        frame = from_rgb(rgb, self._pix_fmt, self._colorspace, self._range)
         frame.pts, frame.time_base = pts, self._time_base
         try:
             self._container.mux(self._stream.encode(frame))
