@@ -173,6 +173,21 @@ def test_pixelate_core_holds_only_block_means(astronaut):
     assert len(np.unique(face, axis=0)) <= (cfg.blocks + 1) * (math.ceil(108 / block) + 1)
 
 
+def test_cells_cut_by_the_frame_edge_repeat_its_edge_pixels(astronaut):
+    """On a frame whose size is not a multiple of the block, the last row and column of cells
+    (and the corner) are averaged with the frame's edge pixels repeated into them."""
+    frame = np.ascontiguousarray(astronaut[:500, :490])  # 500 = 33 * 15 + 5, 490 = 32 * 15 + 10
+    cfg = MaskConfig(method="pixelate", face_shape="box", feather=0.0, blocks=6, face_margin=0.0,
+                     face_margin_top=None, face_margin_bottom=None)
+    dets = _dets([[400, 410, 490, 500]])  # a 90 px box in the corner: 15 px blocks
+    assert _block(dets, cfg) == 15
+    out = apply(frame.copy(), dets, cfg)
+    padded = cv2.copyMakeBorder(frame, 0, 10, 0, 5, cv2.BORDER_REPLICATE)  # to 510 x 495
+    cells = padded.reshape(34, 15, 33, 15, 3).astype(np.float64).mean(axis=(1, 3))
+    for (y, x), cell in {(497, 487): (33, 32), (497, 450): (33, 30), (450, 487): (30, 32), (450, 450): (30, 30)}.items():
+        np.testing.assert_allclose(out[y, x], cells[cell], atol=0.5 + 1e-9)
+
+
 def _shuffle_within_cells(rgb: np.ndarray, block: int) -> np.ndarray:
     """A different image with the same mean in every cell of the grid: each cell is mirrored."""
     out = rgb.copy()

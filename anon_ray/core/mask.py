@@ -147,37 +147,36 @@ def _weight(box: np.ndarray, roi: tuple[int, int, int, int], cfg: MaskConfig, sh
     y0, y1, x0, x1 = roi
     xs = np.arange(x0, x1, dtype=np.float32) + 0.5
     ys = np.arange(y0, y1, dtype=np.float32) + 0.5
+    # A zero feather still needs a finite ramp: this makes the weight exactly 1 in and 0 out.
+    feather = np.float32(max(_feather_px(box, cfg), 1e-6))
     if shape == "box":
-        dx = np.maximum(np.maximum(box[0] - xs, xs - box[2]), 0.0)
-        dy = np.maximum(np.maximum(box[1] - ys, ys - box[3]), 0.0)
+        dx = np.maximum(np.maximum(box[0] - xs, xs - box[2]), 0.0) / feather
+        dy = np.maximum(np.maximum(box[1] - ys, ys - box[3]), 0.0) / feather
         dist = np.hypot(dy[:, None], dx[None, :])
     else:
-        dist = _ellipse_distance(xs, ys, box)
-    # A zero feather still needs a finite ramp: this makes the weight exactly 1 in and 0 out.
+        dist = _ellipse_distance(xs, ys, box, feather)
     # In place: this runs over every masked pixel of every frame.
-    dist *= np.float32(-1.0 / max(_feather_px(box, cfg), 1e-6))
-    dist += np.float32(1.0)
+    np.subtract(np.float32(1.0), dist, out=dist)
     return np.clip(dist, 0.0, 1.0, out=dist)
 
 
-def _ellipse_distance(xs: np.ndarray, ys: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """float32 (len(ys), len(xs)): distance outside the inscribed ellipse (<= 0 inside), to first
-    order: (r - 1) / |grad r|.
+def _ellipse_distance(xs: np.ndarray, ys: np.ndarray, box: np.ndarray, unit: np.float32) -> np.ndarray:
+    """float32 (len(ys), len(xs)): distance outside the inscribed ellipse (<= 0 inside) in units of
+    `unit` px, to first order: (r - 1) / |grad r|.
 
     r is the normalised radius. Along each ray from the centre |grad r| is constant, so the estimate
     grows linearly outward; it is exact on both axes and close in between, so the ramp is about as
-    wide as asked all round. |grad r| = g / r with g = |(u / ax, v / ay)|, computed on whole
-    arrays in place (outer sums of the per-column and per-row terms).
+    wide as asked all round. |grad r| = g / r with g = |(u / ax, v / ay)|, so the distance is
+    (r - 1) r / g = (r^2 - r) / g; whole arrays in place, as outer sums of per-column and per-row
+    terms (the unit folded into g's), in as few passes as it takes: this runs on every masked pixel.
     """
     ax, ay = np.float32((box[2] - box[0]) / 2), np.float32((box[3] - box[1]) / 2)
     u, v = (xs - (box[0] + ax)) / ax, (ys - (box[1] + ay)) / ay
-    r = np.sqrt(np.add.outer(v * v, u * u))
-    g = np.add.outer((v / ay) ** 2, (u / ax) ** 2)
-    np.maximum(g, np.float32(1e-30), out=g)  # the centre pixel: r = 0 there, so any g gives 0
-    np.sqrt(g, out=g)
-    dist = r - np.float32(1.0)
-    dist *= r
-    dist /= g
+    dist = np.add.outer(v * v, u * u)
+    dist -= np.sqrt(dist)
+    # + 1e-30: g > 0 at the centre pixel too, where r = 0 and any g gives 0.
+    g = np.add.outer((unit * v / ay) ** 2 + np.float32(1e-30), (unit * u / ax) ** 2)
+    dist /= np.sqrt(g, out=g)
     return dist
 
 
@@ -195,12 +194,8 @@ def _coarse(rgb: np.ndarray, roi: tuple[int, int, int, int], block: int, smooth:
     gy0, gx0 = max(y0 // block - ctx, 0) * block, max(x0 // block - ctx, 0) * block
     gy1 = min(-(-y1 // block) + ctx, -(-h // block)) * block
     gx1 = min(-(-x1 // block) + ctx, -(-w // block)) * block
-    cells = rgb[gy0:gy1, gx0:gx1]
-    if gy1 > h or gx1 > w:  # a copy only where the grid runs past the frame
-        cells = cv2.copyMakeBorder(cells, 0, gy1 - min(gy1, h), 0, gx1 - min(gx1, w), cv2.BORDER_REPLICATE)
-    ny, nx = (gy1 - gy0) // block, (gx1 - gx0) // block
-    # INTER_AREA by a whole factor is the exact block mean (rounded to uint8), and fast.
-    means = cv2.resize(cells, (nx, ny), interpolation=cv2.INTER_AREA)
+    means = _block_means(rgb, (gy0, gy1, gx0, gx1), block)
+    ny, nx = means.shape[:2]
     if not smooth:
         full = cv2.resize(means, (nx * block, ny * block), interpolation=cv2.INTER_NEAREST_EXACT)
         return full[y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0]
@@ -214,11 +209,40 @@ def _coarse(rgb: np.ndarray, roi: tuple[int, int, int, int], block: int, smooth:
     # depend on where the ROI or the grid starts.
     ix, fx = _fine_positions(x0, x1, block, k, gx0 // block * k)
     iy, fy = _fine_positions(y0, y1, block, k, gy0 // block * k)
-    cells_xy = np.empty((y1 - y0, x1 - x0, 2), np.int16)
-    cells_xy[..., 0] = ix[None, :]
-    cells_xy[..., 1] = iy[:, None]
-    frac = np.add.outer(fy * _TAB, fx).astype(np.uint16)
+    # Each (x, y) pair of int16 written as one int32 (x in the low half, -1 at a grid's first
+    # pixels): one pass, not two.
+    cells_xy = np.bitwise_or.outer(iy.astype(np.int32) << 16, ix.astype(np.int32) & 0xFFFF)
+    cells_xy = cells_xy.view(np.int16).reshape(y1 - y0, x1 - x0, 2)
+    frac = np.add.outer((fy * _TAB).astype(np.uint16), fx.astype(np.uint16))
     return cv2.remap(np.rint(fine).astype(np.uint8), cells_xy, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _block_means(rgb: np.ndarray, grid: tuple[int, int, int, int], block: int) -> np.ndarray:
+    """uint8 (ny, nx, 3) means of the `block`-px cells of the grid (y0, y1, x0, x1); the last row
+    and column of cells may run past the frame, whose edge pixels then repeat.
+
+    INTER_AREA by a whole factor is the exact block mean (rounded to uint8), and each cell's mean
+    is its own: the whole cells are averaged in place and only a cut row or column is copied out
+    with its edge repeated (copying the whole grid cost more than averaging it).
+    """
+    gy0, gy1, gx0, gx1 = grid
+    h, w = rgb.shape[:2]
+    ny, nx = (gy1 - gy0) // block, (gx1 - gx0) // block
+    # Whole cells inside the frame: all but at most one row and one column (the grid ends < 1 block past it).
+    fy, fx = (min(gy1, h) - gy0) // block, (min(gx1, w) - gx0) // block
+    means = np.empty((ny, nx, 3), np.uint8)
+    if fy and fx:
+        means[:fy, :fx] = cv2.resize(rgb[gy0:gy0 + fy * block, gx0:gx0 + fx * block], (fx, fy),
+                                     interpolation=cv2.INTER_AREA)
+    if fy < ny:
+        row = cv2.copyMakeBorder(rgb[gy0 + fy * block:h, gx0:min(gx1, w)], 0, gy1 - h, 0, gx1 - min(gx1, w),
+                                 cv2.BORDER_REPLICATE)
+        means[fy:] = cv2.resize(row, (nx, 1), interpolation=cv2.INTER_AREA)
+    if fx < nx and fy:
+        col = cv2.copyMakeBorder(rgb[gy0:gy0 + fy * block, gx0 + fx * block:w], 0, 0, 0, gx1 - w,
+                                 cv2.BORDER_REPLICATE)
+        means[:fy, fx:] = cv2.resize(col, (1, fy), interpolation=cv2.INTER_AREA)
+    return means
 
 
 def _fine_positions(p0: int, p1: int, block: int, k: int, origin: int) -> tuple[np.ndarray, np.ndarray]:
