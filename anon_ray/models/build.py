@@ -151,7 +151,12 @@ def calibration_frames(count: int = 32, height: int = 384, width: int = 640) -> 
 # The stem (the first conv and inverted-residual block, down to stride 4) stays float32: quantizing
 # it alone costs a third of the faces the float model finds at scores 0.3-0.6 on dim video, whatever
 # the calibration (min-max, entropy, percentile, darkened frames: all tried), while every later layer
-# quantizes with no such loss. The stem is ~10% of the INT8 model's time.
+# quantizes with no such loss. On a CPU with VNNI the stem is ~40% of the INT8 model's time (ORT
+# profile, one thread, 4 x 1280x736; its 16 -> 96 expansion at stride 2 alone ~19%), yet a shorter
+# float stem does not pay: ending it after the first conv, the depthwise conv or the first block
+# ("365", "368", "369"), of the faces the float model finds on every 7th hamilton frame the INT8
+# model misses 82, 27 and 10 of 206 (this stem: 1), on intel_one-by-one 1, 8 and 9 of 56 (0), and
+# "369" ran no faster (185 against 169 ms a frame).
 FLOAT_STEM_OUTPUT = "377"
 
 
