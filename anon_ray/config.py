@@ -118,8 +118,12 @@ class FaceConfig:
     # whole frame at `cheap_side` px on its long side on the others (1 = every frame in full).
     # On videos_gt (720p) 4 and 800 leak fewer face-frames >= 16 px than every frame in full
     # (0.0089 against 0.0140; over-masking 0.147 against 0.136; flicker 0): the shrunk frame
-    # finds motion-blurred faces the full one misses. Face detection costs 0.64 of it.
-    full_every: int = 4
+    # finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 / 8 / 12
+    # leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0):
+    # 6 keeps a face seen only by full passes filled through one missed full pass (a gap of 12
+    # frames, within track.max_gap), for ~9% less detection than 4 (a full 720p pass costs
+    # ~2.5 cheap ones).
+    full_every: int = 6
     cheap_side: int = 800
     # A photo's face box at least `confirm_height` px tall scoring under `confirm_below` is kept only
     # where another of the photo's passes (tiles, the 1.5x pass, mirrored) found it too
