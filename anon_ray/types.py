@@ -226,6 +226,7 @@ class VideoPlan:
     codec: str = ""  # the encoder its container takes (encode.output_codec); "" = VideoConfig.codec
     changes: tuple[str, ...] = ()  # how the output will differ beyond the masks (encode.output_changes)
     seconds: float = 0.0  # planning took (the input's download included)
+    input_bytes: int = 0  # read from object storage in ranges to plan (0: from a local, cached or fetched file)
 
 
 MAX_MESSAGE = 300  # error text is kept, cut short; it never carries pixels or file contents

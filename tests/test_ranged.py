@@ -11,6 +11,7 @@ from pathlib import Path
 
 import av
 import boto3
+import cv2
 import numpy as np
 import pytest
 from s3server import aws_env, moto_s3_server
@@ -19,6 +20,7 @@ from test_cut_independence import HAMILTON
 from anon_ray.config import AppConfig, SegmentConfig, StorageConfig
 from anon_ray.io import ranged, staging
 from anon_ray.io.uri import ObjectChangedError
+from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.run import lifecycle
 from anon_ray.run.pipeline import Worker
@@ -111,6 +113,51 @@ def test_a_segment_decodes_the_same_frames_from_its_ranges_and_fetches_only_them
         assert src.fetched <= 1.3 * span + header + 2 * ranged.BLOCK, (seg.index, src.fetched, span, header)
     assert not list((Path(cfg.storage.scratch_dir) / "ranges").iterdir())  # the sparse files are gone
     print(f"\nfetched / (range + header) per segment: {np.round(ratios, 3).tolist()}")
+
+
+def long_clip(path: Path, frames: int, size: tuple[int, int] = (320, 180), gop: int = 30) -> None:
+    """A minute of small moving shapes: long in frames, quick to encode."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stream.options = {"g": str(gop), "preset": "ultrafast", "crf": "23"}
+        rng = np.random.default_rng(0)
+        texture = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        for i in range(frames):
+            rgb = np.roll(texture, 2 * i, axis=1)
+            cv2.circle(rgb, (i % size[0], size[1] // 2), 20, (255, 0, 0), -1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def test_planning_reads_an_mp4s_header_and_a_few_packets_in_ranges(stored, tmp_path):
+    """The plan step of an MP4 in object storage reads its sample tables, the packets the demuxer
+    check reads at its head and tail and the first frame, in ranges, and leaves no whole copy:
+    the same plan as from the local file."""
+    _, client, stored_asset, cfg, _ = stored
+    clip = tmp_path / "minute.mp4"
+    long_clip(clip, 1800)
+    client.upload_file(str(clip), "archive", "cams/minute.mp4")
+    etag = client.head_object(Bucket="archive", Key="cams/minute.mp4")["ETag"].strip('"')
+    asset = replace(stored_asset, uri="s3://archive/cams/minute.mp4", relpath="minute.mp4",
+                    size=clip.stat().st_size, version=etag)
+    got = lifecycle.plan(asset, cfg, workers=1)
+    assert not hasattr(got, "error_class"), got
+    want = lifecycle.plan_video(str(clip), asset.relpath, cfg)
+    assert (got.info, got.segments, got.codec, got.changes) == (want.info, want.segments, want.codec, want.changes)
+    for field in ("pts", "key"):
+        np.testing.assert_array_equal(getattr(got.index, field), getattr(want.index, field))
+    index = packets.index_packets(str(clip))  # with the packets' positions and sizes
+    # The header, the packets of the head check in file order, the tail from the last keyframe.
+    head = int(index.size[np.argsort(index.pos)[:packets.CHECKED_PACKETS]].sum())
+    tail = int(index.size[int(np.flatnonzero(index.key)[-1]):].sum())
+    bound = moov_size(clip) + head + tail + 4 * ranged.BLOCK
+    assert 0 < got.input_bytes <= bound, (got.input_bytes, moov_size(clip), head, tail)
+    assert got.input_bytes < clip.stat().st_size / 3, (got.input_bytes, clip.stat().st_size)
+    print(f"\nplanning read {got.input_bytes} of {clip.stat().st_size} bytes (header {moov_size(clip)}, "
+          f"head check {head}, tail {tail})")
+    assert not [f for f in (Path(cfg.storage.scratch_dir) / "inputs").rglob("*") if f.is_file()]  # none whole
+    assert not list((Path(cfg.storage.scratch_dir) / "ranges").iterdir())
 
 
 def test_a_cached_copy_is_read_instead_of_ranges(stored):

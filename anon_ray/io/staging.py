@@ -68,16 +68,37 @@ def segment_input(asset: Asset, container: str, span: tuple[int, int], cfg: Stor
     if not is_s3(asset.uri) or container not in RANGED_CONTAINERS or span[0] < 0:
         yield SegmentInput(local_input(asset, cfg))
         return
-    root = scratch_root(cfg)
-    hit = _cache(root, int(cfg.scratch_max_gb * 2**30)).cached(asset.uri, asset.version)
+    hit = _cached(asset, cfg)
     if hit is not None:
         yield SegmentInput(hit)
         return
+    with _ranged(asset, cfg, span) as obj:
+        yield SegmentInput(obj, obj)
+
+
+@contextlib.contextmanager
+def header_input(asset: Asset, cfg: StorageConfig) -> Iterator[ranged.RangedObject | None]:
+    """The object read in ranges, for a reader of its header and a few packets (planning an
+    MP4/MOV from its sample tables); None for a local file or one already cached on this node."""
+    if not is_s3(asset.uri) or _cached(asset, cfg) is not None:
+        yield None
+        return
+    with _ranged(asset, cfg, (-1, -1)) as obj:
+        yield obj
+
+
+def _cached(asset: Asset, cfg: StorageConfig) -> str | None:
+    return _cache(scratch_root(cfg), int(cfg.scratch_max_gb * 2**30)).cached(asset.uri, asset.version)
+
+
+@contextlib.contextmanager
+def _ranged(asset: Asset, cfg: StorageConfig, span: tuple[int, int]) -> Iterator[ranged.RangedObject]:
+    root = scratch_root(cfg)
     _, bucket, key = parse_uri(asset.uri)
     os.makedirs(os.path.join(root, "ranges"), exist_ok=True)
     local = os.path.join(root, "ranges", uuid.uuid4().hex)
     with ranged.RangedObject(s3.s3_client(cfg), bucket, key, asset.version, asset.size, local, span) as obj:
-        yield SegmentInput(obj, obj)
+        yield obj
 
 
 @contextlib.contextmanager

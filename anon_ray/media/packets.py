@@ -88,24 +88,30 @@ def scan_packets(path: str) -> PacketIndex:
 
 def index_packets(path: str) -> PacketIndex:
     """`scan_packets`' index; for an MP4/MOV file read from its sample tables instead of every
-    packet (sampletable.py) when the demuxer agrees with them at the head and the tail of the file:
-    planning a 24 h recording then reads its header, not its 50 GB."""
-    try:
-        with open(path, "rb") as fh:
-            table = read_sample_table(fh)
-    except (OSError, struct.error, ValueError):
-        table = None
-    index = _checked(path, table) if table is not None else None
+    packet (`table_index`): planning a 24 h recording then reads its header, not its 50 GB."""
+    index = table_index(path)
     return index if index is not None else scan_packets(path)
 
 
-def _checked(path: str, table: SampleTable) -> PacketIndex | None:
+def table_index(src: Source) -> PacketIndex | None:
+    """The index from an MP4/MOV file's sample tables (sampletable.py) where the demuxer agrees
+    with them at the head and the tail of the file; None where there are none or they disagree.
+    Reads the header, the first CHECKED_PACKETS packets and the last GOP, whatever the length."""
+    try:
+        with open(src, "rb") if isinstance(src, str) else src.open() as fh:
+            table = read_sample_table(fh)
+    except (OSError, struct.error, ValueError):
+        table = None
+    return _checked(src, table) if table is not None else None
+
+
+def _checked(src: Source, table: SampleTable) -> PacketIndex | None:
     """The table as a PacketIndex, in the demuxer's timestamps, or None where the two disagree."""
     n = len(table.pts)
     if np.any(table.size == 0):
         return None  # scan_packets drops empty packets; leave such files to it
     try:
-        with open_input(path) as container:
+        with open_input(src) as container:
             stream = main_video_stream(container)
             if stream.time_base != Fraction(1, table.timescale):
                 return None

@@ -12,7 +12,7 @@ import av
 import numpy as np
 
 from anon_ray.media import MediaError
-from anon_ray.media.packets import main_video_stream, open_input, scan_packets
+from anon_ray.media.packets import Source, main_video_stream, open_input, scan_packets
 from anon_ray.media.rotation import normalize
 from anon_ray.types import PacketIndex, VideoInfo
 
@@ -55,10 +55,11 @@ def _tag(in_frame, in_stream) -> int:
     return int(in_stream or 0) if value in (0, 2) and int(in_stream or 0) not in (0, 2) else value
 
 
-def probe(path: str, index: PacketIndex | None = None) -> VideoInfo:
-    """Describe the main video stream; pass the `scan_packets` result to avoid a second scan."""
-    index = scan_packets(path) if index is None else index
-    with open_input(path) as container:
+def probe(src: Source, index: PacketIndex | None = None) -> VideoInfo:
+    """Describe the main video stream; pass the `scan_packets` result to avoid a second scan (a
+    source other than a local path must)."""
+    index = scan_packets(src) if index is None else index
+    with open_input(src) as container:
         stream = main_video_stream(container)
         ctx = stream.codec_context
         time_base = stream.time_base

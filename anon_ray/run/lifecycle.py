@@ -26,7 +26,7 @@ from anon_ray.run import stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
 from anon_ray.run.pipeline import NO_DEADLINE, Deadline, Worker, count_objects
-from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
+from anon_ray.types import Asset, AssetResult, Failure, PacketIndex, SegmentPlan, SegmentResult, VideoPlan
 
 
 def failed(asset: Asset, dst: str, exc: BaseException, started: float, cfg: StorageConfig) -> AssetResult:
@@ -53,10 +53,11 @@ def image(worker: Worker, asset: Asset, dst: str, deadline: Deadline = NO_DEADLI
 
 # --- a video: plan -> segments -> finalize -----------------------------------------------------
 
-def plan_video(src: str, name: str, cfg: AppConfig, workers: int = 1) -> VideoPlan:
-    """Probe a local video and cut it into segments, at least `workers` where the context cost
-    allows (raises; `plan` is the step that does not)."""
-    index = packets.index_packets(src)
+def plan_video(src: packets.Source, name: str, cfg: AppConfig, workers: int = 1,
+               index: PacketIndex | None = None) -> VideoPlan:
+    """Probe a video and cut it into segments, at least `workers` where the context cost allows
+    (raises; `plan` is the step that does not). `src` other than a local path needs its `index`."""
+    index = packets.index_packets(src) if index is None else index
     info = probe(src, index)
     codec = output_codec(name, info, cfg.video)
     check_writable(name, info, codec)  # fail before detection, not after it
@@ -74,10 +75,25 @@ def plan(asset: Asset, cfg: AppConfig, workers: int = 1) -> VideoPlan | Failure:
     """`workers`: how many segment workers the engine runs at once (1 for the in-process engine)."""
     try:
         t0 = time.perf_counter()
-        vplan = plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg, workers)
+        vplan = _plan_in_ranges(asset, cfg, workers)
+        if vplan is None:
+            vplan = plan_video(staging.local_input(asset, cfg.storage), asset.relpath, cfg, workers)
         return dataclasses.replace(vplan, seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001
         return Failure.of(exc)
+
+
+def _plan_in_ranges(asset: Asset, cfg: AppConfig, workers: int) -> VideoPlan | None:
+    """An MP4/MOV in object storage planned from its sample tables, reading the header and a few
+    packets in ranges: segments start without waiting for a whole recording's download. None
+    where it has no usable tables, or is local or cached here (the caller plans from a file)."""
+    with staging.header_input(asset, cfg.storage) as obj:
+        if obj is None:
+            return None
+        index = packets.table_index(obj)
+        if index is None:
+            return None
+        return dataclasses.replace(plan_video(obj, asset.relpath, cfg, workers, index), input_bytes=obj.fetched)
 
 
 def segment(worker: Worker, asset: Asset, seg: SegmentPlan, vplan: VideoPlan, part: str | None,
