@@ -141,6 +141,9 @@ class PlateConfig:
     threshold: float = 0.1
     # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075
     # leaks 0.078 of plates >= 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001.
+    # With every photo pass since: 0.05 leaves >= 16 px at 0.053 (not detected 0.045 -> 0.043,
+    # under-covered 0.008 -> 0.010), all sizes 0.085 -> 0.077, over-masking 0.127 -> 0.130
+    # (2026-12-06; plates/ and the crowds' false plates not measured): not taken yet.
     photo_threshold: float = 0.075
     nms_iou: float = 0.45
     # Merge one model's passes by weighted box fusion (tiling.merge): each plate's box widens to
