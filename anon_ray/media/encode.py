@@ -19,7 +19,7 @@ from anon_ray.media import MediaError
 from anon_ray.media.decode import decode
 from anon_ray.media.packets import scan_packets
 from anon_ray.media.probe import probe
-from anon_ray.media.yuv import from_rgb
+from anon_ray.media.yuv import RANGE_JPEG, from_rgb
 from anon_ray.types import VideoInfo
 
 # Part files should be MP4/MOV: Matroska rounds timestamps to milliseconds and stores no dts.
@@ -42,7 +42,7 @@ _REMUXED = tuple(src for src, (_, muxer) in _MUXERS.items() if muxer == "matrosk
 _OUTPUT_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 # Deprecated full-range ("J") formats: the same layout plus color_range=JPEG.
 _J_FORMATS = {"yuvj420p": "yuv420p", "yuvj422p": "yuv422p", "yuvj444p": "yuv444p"}
-_RANGE_MPEG, _RANGE_JPEG = 1, 2
+_RANGE_MPEG = 1  # AVCOL_RANGE_MPEG: limited range (full range: yuv.RANGE_JPEG)
 _HDR_TRANSFERS = (16, 18)  # AVCOL_TRC_SMPTE2084 (PQ), AVCOL_TRC_ARIB_STD_B67 (HLG)
 _UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
 # H.264 and HEVC encoders take only whole chroma samples: 4:2:0 needs an even width and height,
@@ -104,12 +104,12 @@ def _output_pix_fmt(info: VideoInfo, codec: str, policy: PixelPolicy) -> tuple[s
     supported = {f.name for f in av.Codec(codec, "w").video_formats or ()}
     pix_fmt, color_range = info.pix_fmt, info.color_range
     if pix_fmt in _J_FORMATS:
-        pix_fmt, color_range = _J_FORMATS[pix_fmt], _RANGE_JPEG
+        pix_fmt, color_range = _J_FORMATS[pix_fmt], RANGE_JPEG
     if policy == PixelPolicy.playable:
         pix_fmt = "yuv420p10le" if info.color_trc in _HDR_TRANSFERS and "10" in pix_fmt else "yuv420p"
     if pix_fmt not in _OUTPUT_PIX_FMTS or pix_fmt not in supported:
         pix_fmt = "yuv420p"
-    return pix_fmt, color_range if color_range in (_RANGE_MPEG, _RANGE_JPEG) else _RANGE_MPEG
+    return pix_fmt, color_range if color_range in (_RANGE_MPEG, RANGE_JPEG) else _RANGE_MPEG
 
 
 def coded_size(info: VideoInfo, codec: str, cfg: VideoConfig) -> tuple[int, int]:
