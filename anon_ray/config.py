@@ -125,6 +125,18 @@ class FaceConfig:
     # ~2.5 cheap ones).
     full_every: int = 6
     cheap_side: int = 800
+    # Cheap frames searched only around the faces seen since the last full pass, the whole shrunk
+    # frame on every `region_sweep`-th (detect/cascade.py). videos_gt faces only: leaked face-frames
+    # >= 16 px 0.0085 as without (per minute 60 against 64, flicker 0); without the sweep 0.0090
+    # (grown 1.5x or moving 0.04 a frame: the same; the misses are faces away from any recent
+    # one). In process, 720p, faces only: a 600-frame CCTV clip (intel one-by-one) 72.8 -> 53.1 s
+    # (42.7 s without the sweep); the crowded bench clip the same (~32 s), most of its frames
+    # over region_max_share; worker peak RSS 0.99 -> 0.77 GB (cheap frames run one at a time).
+    regions: bool = True
+    region_sweep: int = 3
+    region_grow: float = 1.0  # of a box's long side, on each side
+    region_motion: float = 0.02  # of the frame's long side, on each side, per frame since the box
+    region_max_share: float = 0.5  # regions covering more of the frame: the whole shrunk frame
     # A photo's face box at least `confirm_height` px tall scoring under `confirm_below` is kept only
     # where another of the photo's passes (tiles, the 1.5x pass, mirrored) found it too
     # (tiling.confirmed): on every 4th faces_wider photo, over-masking from faces 0.135 -> 0.102
@@ -177,7 +189,10 @@ class PlateConfig:
     # 0.171 / 0.7 s; with 2x tiles too 0.064 / 0.069 / 0.176 / 1.7 s; plates/ unchanged at 0.005).
     # Video frames never: a second model would double the plate pass of every frame.
     photo_extra_model: str = "safelicensing"
-    photo_extra_threshold: float = 0.1  # its own cut-off (boxes under photo_threshold are cut too)
+    # Its own cut-off (boxes under photo_threshold are cut too). Both cut at 0.05 on photos: plates
+    # >= 16 px on plates_openimages 0.053 as with photo_threshold 0.05 alone, all sizes 0.076,
+    # over-masking 0.134 (2026-12-06): the rest is not in either model's low-score boxes.
+    photo_extra_threshold: float = 0.1
     photo_extra_tiling: TilingConfig = field(
         default_factory=lambda: TilingConfig(enabled=True, scales=[1.0], tile=640, video=False))
 

@@ -18,6 +18,7 @@ from anon_ray.config import (AppConfig, DetectConfig, FaceConfig, ImageConfig, M
                              SessionConfig, TilingConfig)
 from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
+from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
 from anon_ray.media.image import read_image
@@ -356,8 +357,8 @@ def test_photos_get_a_second_plate_model_and_video_frames_do_not(eval_data):
 def test_large_tile_budget_skips_the_pass_on_big_frames(astronaut):
     frame, _ = paste_small_astronaut(0.075, (650, 300))
     budget = TilingConfig(enabled=True, scales=[2.0], tile=1280, max_tiles=1)
-    plain = face_detector().detect([frame, astronaut])
-    tiled = face_detector(tiling=budget).detect([frame, astronaut])
+    plain = face_detector(full_every=1).detect([frame, astronaut])  # both frames get the full passes
+    tiled = face_detector(tiling=budget, full_every=1).detect([frame, astronaut])
     # The 720p frame needs more than one tile at 2x: unchanged. The 512 px photo is enlarged once.
     np.testing.assert_array_equal(tiled.for_frame(0).xyxy, plain.for_frame(0).xyxy)
     assert len(tiled.for_frame(1)) == 1 and iou(tiled.for_frame(1).xyxy[0], ASTRONAUT_FACE) > 0.7
@@ -462,7 +463,7 @@ def test_cascade_runs_full_passes_on_every_nth_frame_by_absolute_number():
     big = cv2.resize(skimage.data.astronaut(), None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
     frame[100:100 + big.shape[0], 800:800 + big.shape[1]] = big
     large = np.array(ASTRONAUT_FACE) * 0.8 + [800, 100, 800, 100]
-    cascade = face_detector(full_every=3, cheap_side=640)
+    cascade = face_detector(full_every=3, cheap_side=640, regions=False)
     found = cascade.detect([frame] * 6, first_index=6)
 
     def seen(face, f):
@@ -477,6 +478,55 @@ def test_cascade_runs_full_passes_on_every_nth_frame_by_absolute_number():
     assert np.array_equal(np.unique(later.frame), np.arange(8, 12)) and np.all(np.diff(later.frame) >= 0)
     np.testing.assert_array_equal(cascade.detect([frame], 7, photo=True).xyxy,
                                   face_detector().detect([frame], 7, photo=True).xyxy)  # photos: always full
+
+
+def test_cascade_regions_search_cheap_frames_around_recent_faces_only():
+    """With regions on, a cheap frame is searched around the faces found since the last full pass:
+    a face there is found as on the whole shrunk frame; a face that appears elsewhere waits for
+    the next sweep (every 3rd frame here) or full pass; a cheap frame whose full pass lies before
+    the stream's first frame gets the whole shrunk frame."""
+    big = cv2.resize(skimage.data.astronaut(), None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[100:100 + big.shape[0], 800:800 + big.shape[1]] = big
+    large = np.array(ASTRONAUT_FACE) * 0.8 + [800, 100, 800, 100]
+    later = frame.copy()  # a second face from frame 7 on, far from the first
+    later[200:200 + big.shape[0], 0:big.shape[1]] = big
+    second = np.array(ASTRONAUT_FACE) * 0.8 + [0, 200, 0, 200]
+    frames = [frame] + [later] * 5
+    whole = face_detector(full_every=6, regions=False).detect(frames, first_index=6)
+    cascade = face_detector(full_every=6, region_sweep=3)
+    found = cascade.detect(frames, first_index=6)
+
+    def seen(dets, face, f):
+        return any(iou(box, face) > 0.5 for box in dets.for_frame(f).xyxy)
+
+    assert all(seen(found, large, f) for f in range(6, 12))
+    assert [seen(whole, second, f) for f in range(7, 12)] == [True] * 5
+    assert [seen(found, second, f) for f in range(7, 12)] == [False, False, True, True, True]
+    for f in (7, 8):  # around the face of frame 6: its box about as the whole shrunk frame has it
+        a, b = found.select(found.frame == f), whole.select((whole.frame == f) & (whole.xyxy[:, 0] > 640))
+        assert len(a) == len(b) == 1 and iou(a.xyxy[0], b.xyxy[0]) > 0.9
+    started = cascade.detect(frames[1:], first_index=7)  # a stream from frame 7: its last full pass unknown
+    for f in range(7, 12):
+        np.testing.assert_array_equal(started.for_frame(f).xyxy, whole.for_frame(f).xyxy)
+    empty = cascade.detect([np.zeros((720, 1280, 3), np.uint8)] + frames[1:4], first_index=6)
+    assert not len(empty.select((empty.frame > 6) & (empty.frame < 9)))  # no recent face: no cheap pass
+    assert seen(empty, second, 9)
+
+
+def test_cascade_regions_merge_and_stay_inside_the_frame():
+    cfg = FaceConfig(region_grow=0.5, region_motion=0.01)
+    seen = Detections.build([10, 10, 11], [[100, 100, 140, 150], [160, 110, 200, 150], [1200, 650, 1270, 715]],
+                            [0.9, 0.9, 0.9], FACE)
+    rects = regions(seen, 12, (720, 1280), cfg)
+    assert len(rects) == 2  # the two near faces in one region
+    assert np.all(rects[:, :2] >= 0) and np.all(rects[:, 2] <= 1280) and np.all(rects[:, 3] <= 720)
+    assert np.all((rects[:, 2:] - rects[:, :2]) % 64 == 0)
+    for box, frame in zip(seen.xyxy, seen.frame):
+        grow = 0.5 * max(box[2] - box[0], box[3] - box[1]) + 0.01 * 1280 * (12 - frame)
+        inside = [(r[0] <= max(0, box[0] - grow)) and (r[1] <= max(0, box[1] - grow)) and
+                  (r[2] >= min(1280, box[2] + grow)) and (r[3] >= min(720, box[3] + grow)) for r in rects]
+        assert any(inside)
 
 
 def test_photos_up_to_1024_px_get_a_pass_enlarged_1_5x_and_video_frames_do_not():

@@ -446,7 +446,8 @@ def test_nan_or_error_from_the_detector_fails_the_asset(tmp_path, monkeypatch):
     src.mkdir()
     astro = cv2.imread(str(SAMPLES / "astronaut.jpg"))
     cv2.imwrite(str(src / "a.jpg"), astro)  # 512x512: network input 512x512
-    cv2.imwrite(str(src / "b_nan.jpg"), cv2.resize(astro, (320, 256)))  # the only 256x320 input: NaN
+    # The only 288x352 input: NaN (the video's regions are whole 64 px steps, or its full width/height).
+    cv2.imwrite(str(src / "b_nan.jpg"), cv2.resize(astro, (352, 288)))
     cv2.imwrite(str(src / "c.jpg"), cv2.flip(astro, 1))
     shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "d_clip.mp4")  # 640x360 -> 384x640: its 3rd batch fails
     real_run = ort.InferenceSession.run
@@ -456,7 +457,7 @@ def test_nan_or_error_from_the_detector_fails_the_asset(tmp_path, monkeypatch):
         nonlocal video_batches
         outputs = real_run(self, names, feed, *args, **kwargs)
         shape = next(iter(feed.values())).shape[-2:]
-        if shape == (256, 320):
+        if shape == (288, 352):
             return [np.full_like(o, np.nan) for o in outputs]
         if shape == (384, 640):
             video_batches += 1

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from anon_ray.config import DetectConfig, ModelsConfig
-from anon_ray.detect.cascade import Cascade
+from anon_ray.detect.cascade import Cascade, Recent
 from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
@@ -16,7 +16,7 @@ from anon_ray.detect.tiling import MultiPass
 from anon_ray.models.registry import ModelInfo, resolve
 from anon_ray.types import FACE, Detections
 
-__all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "make_session"]
+__all__ = ["Detector", "DetectionError", "FaceDetector", "PlateDetector", "Recent", "make_session"]
 
 
 class Detector:
@@ -35,7 +35,7 @@ class Detector:
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
             full = MultiPass(face, [cfg.face.tiling], cfg.face.flip, cfg.face.nms_iou)
-            self.detectors.append(Cascade(full, face, cfg.face.full_every, cfg.face.cheap_side))
+            self.detectors.append(Cascade(full, face, cfg.face))
             self.photo_detectors.append(MultiPass(face, [cfg.face.tiling, cfg.face.photo_tiling], cfg.face.flip,
                                                   cfg.face.nms_iou, (cfg.face.confirm_height, cfg.face.confirm_below)))
         if cfg.plate.enabled:
@@ -61,10 +61,13 @@ class Detector:
         """One inference at the expected frame size, so the first real batch does not pay for allocations."""
         self.detect([np.zeros((height, width, 3), np.uint8)])
 
-    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
-        """`photo`: the frames are photos, not video frames (TilingConfig.video, *.photo_threshold)."""
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False,
+               recent: Recent | None = None) -> Detections:
+        """`photo`: the frames are photos, not video frames (TilingConfig.video, *.photo_threshold).
+        `recent`: a video's earlier raw boxes (Cascade)."""
         passes = self.photo_detectors if photo else self.detectors
-        found = Detections.concat([d.detect(frames, first_index, photo) for d in passes])
+        found = Detections.concat([d.detect(frames, first_index, photo, recent) if isinstance(d, Cascade)
+                                   else d.detect(frames, first_index, photo) for d in passes])
         return found.select(found.score >= cutoffs(self.cfg, found.cls, photo))
 
 

@@ -7,16 +7,39 @@ so not every frame needs the full-resolution pass: frames whose absolute number 
 on its long side (large and medium faces stay found there; small ones come from the full frames,
 the track carrying them between). Absolute numbers keep the choice independent of where a video
 is cut into segments (I2). Photos always get the full passes.
+
+With `regions` on, a cheap frame is searched only around the faces found since the last full
+pass (each box grown by `region_grow` of its long side, plus `region_motion` of the frame's long
+side per frame since it was seen): a frame with no recent face gets no cheap pass at all, which
+is most frames of most CCTV footage. Every `region_sweep`-th frame still gets the whole shrunk
+frame, and so does a frame whose regions would cover more than `region_max_share` of it or whose
+last full pass lies before the stream's first frame. A face that shows up elsewhere is found
+within `region_sweep` frames, and its track is padded back over the frames before (track.pad).
+The choice reads only frames since the last full pass, so with segment.overlap >= full_every an
+owned frame is searched the same way wherever the video is cut (I2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from anon_ray.config import FaceConfig
 from anon_ray.detect.tiling import MultiPass, ZoomableDetector
-from anon_ray.types import Detections
+from anon_ray.types import FACE, Detections
+
+_QUANTUM = 64  # region sides are rounded up to this many frame pixels: few network input shapes
+
+
+@dataclass(frozen=True)
+class Recent:
+    """What a video stream's earlier batches found: raw boxes of its frames from `start` on, in the
+    orientation detection runs in (all classes; the cascade reads the faces)."""
+
+    start: int
+    dets: Detections
 
 
 def _renumbered(dets: Detections, frames: np.ndarray) -> Detections:
@@ -25,23 +48,96 @@ def _renumbered(dets: Detections, frames: np.ndarray) -> Detections:
 
 
 class Cascade:
-    def __init__(self, full: MultiPass, detector: ZoomableDetector, full_every: int, cheap_side: int) -> None:
-        if full_every < 1 or cheap_side < 32:
-            raise ValueError(f"cascade needs full_every >= 1 and cheap_side >= 32, got {full_every}, {cheap_side}")
-        self.full, self.detector, self.every, self.side = full, detector, full_every, cheap_side
+    def __init__(self, full: MultiPass, detector: ZoomableDetector, cfg: FaceConfig) -> None:
+        if cfg.full_every < 1 or cfg.cheap_side < 32 or cfg.region_sweep < 1:
+            raise ValueError(f"cascade needs full_every >= 1, cheap_side >= 32 and region_sweep >= 1, got "
+                             f"{cfg.full_every}, {cfg.cheap_side}, {cfg.region_sweep}")
+        self.full, self.detector, self.cfg = full, detector, cfg
 
-    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
-        if photo or self.every == 1:
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False,
+               recent: Recent | None = None) -> Detections:
+        """`recent`: the stream's earlier boxes, for `regions` (None: nothing earlier is known)."""
+        every = self.cfg.full_every
+        if photo or every == 1:
             return self.full.detect(frames, first_index, photo)
         numbers = np.arange(first_index, first_index + len(frames))
-        key = numbers % self.every == 0
+        key = numbers % every == 0
         parts = []
         if key.any():
             parts.append(_renumbered(self.full.detect([frames[k] for k in np.flatnonzero(key)], 0), numbers[key]))
         if not key.all():
-            cheap = [frames[k] for k in np.flatnonzero(~key)]
-            height, width = cheap[0].shape[:2]
-            zoom = min(self.detector.zoom(height, width), self.side / max(height, width))
-            parts.append(_renumbered(self.detector.detect(cheap, 0, zoom=zoom), numbers[~key]))
+            height, width = frames[0].shape[:2]
+            zoom = min(self.detector.zoom(height, width), self.cfg.cheap_side / max(height, width))
+            cheap = np.flatnonzero(~key)
+            if self.cfg.regions:
+                start = recent.start if recent is not None else first_index
+                known = Detections.concat([recent.dets if recent is not None else Detections.empty(), *parts])
+                for k in cheap:
+                    found = self._cheap_regions(frames[k], int(numbers[k]), zoom, start, known)
+                    known = Detections.concat([known, found])
+                    parts.append(found)
+            else:
+                found = self.detector.detect([frames[k] for k in cheap], 0, zoom=zoom)
+                parts.append(_renumbered(found, numbers[cheap]))
         dets = Detections.concat(parts)
         return dets.select(np.lexsort((-dets.score, dets.frame)))
+
+    def _cheap_regions(self, frame: np.ndarray, number: int, zoom: float, start: int, known: Detections
+                       ) -> Detections:
+        """The cheap pass of frame `number` over the regions of the faces `known` since the last
+        full pass; the whole frame where that pass lies before `start` or the regions cover too much."""
+        height, width = frame.shape[:2]
+        last_full = number - number % self.cfg.full_every
+        if last_full < start or number % self.cfg.region_sweep == 0:
+            return self.detector.detect([frame], number, zoom=zoom)
+        seen = known.select((known.frame >= last_full) & (known.frame < number) & (known.cls == FACE)
+                            & (known.score >= self.cfg.threshold))
+        rects = regions(seen, number, (height, width), self.cfg)
+        area = float(np.prod(rects[:, 2:] - rects[:, :2], axis=1).sum()) if len(rects) else 0.0
+        if area > self.cfg.region_max_share * height * width:
+            return self.detector.detect([frame], number, zoom=zoom)
+        found = []
+        for x0, y0, x1, y1 in rects:
+            part = self.detector.detect([frame[y0:y1, x0:x1]], number, zoom=zoom)
+            found.append(Detections.build(part.frame, part.xyxy + np.array([x0, y0, x0, y0], np.float32),
+                                          part.score, part.cls))
+        return Detections.concat(found)
+
+
+def regions(seen: Detections, number: int, size_hw: tuple[int, int], cfg: FaceConfig) -> np.ndarray:
+    """int64 (n, 4) x0, y0, x1, y1: frame regions around the boxes `seen` on earlier frames where
+    frame `number` may show them, merged until none overlap, sides rounded up to _QUANTUM px."""
+    height, width = size_hw
+    if not len(seen):
+        return np.zeros((0, 4), np.int64)
+    xyxy = seen.xyxy.astype(np.float64)
+    grow = cfg.region_grow * np.max(xyxy[:, 2:] - xyxy[:, :2], axis=1) \
+        + cfg.region_motion * max(height, width) * (number - seen.frame)
+    rects = _fit(np.c_[xyxy[:, :2] - grow[:, None], xyxy[:, 2:] + grow[:, None]], height, width)
+    while True:  # merge overlapping groups into their bounding rects (a crowd: in a few rounds)
+        x0, y0, x1, y1 = rects.T
+        touch = ((x0[:, None] < x1[None]) & (x0[None] < x1[:, None])
+                 & (y0[:, None] < y1[None]) & (y0[None] < y1[:, None]))
+        if touch.sum() == len(rects):  # each touches only itself
+            return rects
+        group = np.arange(len(rects))
+        while True:  # connected groups: every rect takes the lowest label it touches
+            lowest = np.where(touch, group[None], len(rects)).min(axis=1)
+            if np.array_equal(lowest, group):
+                break
+            group = lowest
+        labels = np.unique(group)
+        merged = np.array([np.r_[rects[group == g, :2].min(axis=0), rects[group == g, 2:].max(axis=0)] for g in labels])
+        rects = _fit(merged.astype(np.float64), height, width)
+
+
+def _fit(rects: np.ndarray, height: int, width: int) -> np.ndarray:
+    """int64 `rects` grown to whole _QUANTUM sides (or the frame's), kept inside the frame."""
+    x0 = np.maximum(0, np.floor(rects[:, 0])).astype(np.int64)
+    y0 = np.maximum(0, np.floor(rects[:, 1])).astype(np.int64)
+    x1 = np.minimum(width, np.ceil(rects[:, 2])).astype(np.int64)
+    y1 = np.minimum(height, np.ceil(rects[:, 3])).astype(np.int64)
+    w = np.minimum(width, -(-(x1 - x0) // _QUANTUM) * _QUANTUM)
+    h = np.minimum(height, -(-(y1 - y0) // _QUANTUM) * _QUANTUM)
+    x0, y0 = np.minimum(x0, width - w), np.minimum(y0, height - h)
+    return np.stack([x0, y0, x0 + w, y0 + h], axis=1)

@@ -18,7 +18,7 @@ import numpy as np
 from anon_ray.config import AppConfig, MaskConfig
 from anon_ray.core import mask, refine
 from anon_ray.core.streamed import StreamedBoxes
-from anon_ray.detect import Detector
+from anon_ray.detect import Detector, Recent
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes
 from anon_ray.media import image as image_io
 from anon_ray.media import rotation
@@ -136,6 +136,7 @@ class Worker:
         `clock` gets the seconds of detection and of the camera's measure."""
         clock = clock or StageClock()
         camera = CameraMeter(self.cfg.track.camera_width) if self.cfg.track.camera and not photo else None
+        recent: Recent | None = None  # the boxes of the frames since the last full face pass (cascade.py)
         for batch in _batched(frames, max(1, self.cfg.detect.face.batch)):
             deadline.check()
             shown = [rotation.to_display(rgb, rot) for _, rgb in batch]
@@ -143,7 +144,11 @@ class Worker:
             if [i for i, _ in batch] != list(range(first, first + len(batch))):
                 raise AssetError("decoder skipped frames inside a batch")
             with clock("detect"):
-                dets = self.detector.detect(shown, first_index=first, photo=photo)
+                dets = self.detector.detect(shown, first_index=first, photo=photo, recent=recent)
+            if not photo:
+                since = first + len(batch) - self.cfg.detect.face.full_every
+                seen = Detections.concat([recent.dets, dets]) if recent is not None else dets
+                recent = Recent(recent.start if recent is not None else first, seen.select(seen.frame >= since))
             if rot:
                 dets = Detections(dets.frame, rotation.boxes_to_stored(dets.xyxy, rot, *size_wh).astype(np.float32),
                                   dets.score, dets.cls, dets.track)

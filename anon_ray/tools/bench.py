@@ -27,7 +27,6 @@ import onnxruntime as ort
 import psutil
 
 from anon_ray.config import BenchConfig, SegmentConfig
-from anon_ray.detect import Detector
 from anon_ray.io.inventory import local_asset
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
@@ -87,16 +86,12 @@ def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int, size: tuple[int, i
 
 
 def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:
-    detector = Detector(cfg.detect, cfg.models)
+    """Decoding and detection alone, batched and streamed as a job's worker does it."""
+    worker = Worker(cfg)
     index = packets.scan_packets(src)
-    batch: list[np.ndarray] = []
-    for i, _, rgb in decode(src, None, index, 0, n):
-        batch.append(rgb)
-        if len(batch) == cfg.detect.face.batch:
-            detector.detect(batch, i)
-            batch = []
-    if batch:
-        detector.detect(batch, 0)
+    info = probe(src, index)
+    frames = ((i, rgb) for i, _, rgb in decode(src, None, index, 0, n))
+    worker.detect_stream(frames, 0, (info.width, info.height))
     return n
 
 
