@@ -124,7 +124,12 @@ class FaceConfig:
     # frames, within track.max_gap), for ~9% less detection than 4 (a full 720p pass costs
     # ~2.5 cheap ones).
     full_every: int = 6
-    cheap_side: int = 800
+    # With `regions` below, faces only on videos_gt, cheap_side 640 / 704 / 736 / 768 / 800 leak
+    # 0.0077 / 0.0074 / 0.0074 / 0.0085 / 0.0085 of face-frames >= 16 px (per minute 60 / 50 / 52
+    # / 50 / 60; over-masking 0.138 / 0.130 / 0.128 / 0.124 / 0.122; flicker 0): 736 px fills the
+    # network input with the least padding (414 of 416 rows; 800 px: 450 of 480), so its shrunk
+    # pass costs ~20% less (the bench clip in process 24.8 -> 23.2 s).
+    cheap_side: int = 736
     # Cheap frames searched only around the faces seen since the last full pass, the whole shrunk
     # frame on every `region_sweep`-th (detect/cascade.py). videos_gt faces only: leaked face-frames
     # >= 16 px 0.0085 as without (per minute 60 against 64, flicker 0); without the sweep 0.0090
@@ -136,7 +141,8 @@ class FaceConfig:
     region_sweep: int = 3
     region_grow: float = 1.0  # of a box's long side, on each side
     region_motion: float = 0.02  # of the frame's long side, on each side, per frame since the box
-    region_max_share: float = 0.5  # regions covering more of the frame: the whole shrunk frame
+    # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster).
+    region_max_share: float = 0.5
     # A photo's face box at least `confirm_height` px tall scoring under `confirm_below` is kept only
     # where another of the photo's passes (tiles, the 1.5x pass, mirrored) found it too
     # (tiling.confirmed): on every 4th faces_wider photo, over-masking from faces 0.135 -> 0.102

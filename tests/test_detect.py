@@ -505,7 +505,7 @@ def test_cascade_regions_search_cheap_frames_around_recent_faces_only():
     assert [seen(found, second, f) for f in range(7, 12)] == [False, False, True, True, True]
     for f in (7, 8):  # around the face of frame 6: its box about as the whole shrunk frame has it
         a, b = found.select(found.frame == f), whole.select((whole.frame == f) & (whole.xyxy[:, 0] > 640))
-        assert len(a) == len(b) == 1 and iou(a.xyxy[0], b.xyxy[0]) > 0.9
+        assert len(a) == len(b) == 1 and iou(a.xyxy[0], b.xyxy[0]) > 0.8
     started = cascade.detect(frames[1:], first_index=7)  # a stream from frame 7: its last full pass unknown
     for f in range(7, 12):
         np.testing.assert_array_equal(started.for_frame(f).xyxy, whole.for_frame(f).xyxy)
