@@ -28,6 +28,7 @@ import numpy as np
 
 from anon_ray.config import FaceConfig
 from anon_ray.detect.tiling import MultiPass, ZoomableDetector
+from anon_ray.track.matching import iou_matrix
 from anon_ray.types import FACE, Detections
 
 _QUANTUM = 64  # region sides are rounded up to this many frame pixels: few network input shapes
@@ -115,9 +116,7 @@ def regions(seen: Detections, number: int, size_hw: tuple[int, int], cfg: FaceCo
         + cfg.region_motion * max(height, width) * (number - seen.frame)
     rects = _fit(np.c_[xyxy[:, :2] - grow[:, None], xyxy[:, 2:] + grow[:, None]], height, width)
     while True:  # merge overlapping groups into their bounding rects (a crowd: in a few rounds)
-        x0, y0, x1, y1 = rects.T
-        touch = ((x0[:, None] < x1[None]) & (x0[None] < x1[:, None])
-                 & (y0[:, None] < y1[None]) & (y0[None] < y1[:, None]))
+        touch = iou_matrix(rects, rects) > 0
         if touch.sum() == len(rects):  # each touches only itself
             return rects
         group = np.arange(len(rects))
