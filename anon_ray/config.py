@@ -179,6 +179,13 @@ class PlateConfig:
     # cut-off 0.066 but over-masking 0.139, big false boxes from the shrunk frame).
     photo_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
     shrink_threshold: float = 0.5  # score cut-off of the boxes of scales below 1 (0: the class's own)
+    # A model with free input sides (fastanpr, safelicensing: models/yolo_pt.py) may take a frame
+    # padded only to the next multiple of its stride, a 16:9 frame as 640 x 384 instead of the
+    # square 640 x 640 it was trained on: its plate pass costs ~40% less, but it finds other boxes
+    # near the cut-off (every-frame pass, a pan over Open Images photos: 26 of the square input's
+    # 671 boxes lost, 6 gained; plates_openimages leak >= 16 px 0.053 -> 0.058, plates/ 0.010 ->
+    # 0.007; 2026-12-06). Recall first: off, except in the fast preset.
+    tight_letterbox: bool = False
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
     # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size

@@ -23,6 +23,7 @@ from conftest import annotations
 
 from anon_ray.config import ModelsConfig, PlateConfig, SessionConfig
 from anon_ray.detect import PlateDetector
+from anon_ray.detect import plates as plates_module
 from anon_ray.io import files
 from anon_ray.models import build
 from anon_ray.models.pt_reader import Layer, Opaque, module_tree, read_checkpoint
@@ -157,11 +158,28 @@ def plate_set(eval_data: Path) -> list[tuple[np.ndarray, list[float]]]:
             for name in PLATE_IMAGES]
 
 
+@pytest.mark.parametrize("tight", [False, True])
 @pytest.mark.parametrize("name", CONVERTED)
-def test_converted_model_finds_labelled_plates(name, plate_set):
-    detector = PlateDetector(resolve(name, CFG).path, PlateConfig(), SessionConfig(intra_op_threads=2))
+def test_converted_model_finds_labelled_plates(name, tight, plate_set, monkeypatch):
+    """By default every photo goes in as the square 640 x 640 the model was trained on; with
+    tight_letterbox the 4:3 ones go in as 640 x 480 (free input sides): the grid of anchor points
+    computed in the graph must put the box on the plate either way."""
+    detector = PlateDetector(resolve(name, CFG).path, PlateConfig(tight_letterbox=tight),
+                             SessionConfig(intra_op_threads=2))
     assert detector.coeffs == 0  # task=detect: no mask coefficients after the class score
+    shapes = []
+    real = plates_module.run_checked
+    monkeypatch.setattr(plates_module, "run_checked",
+                        lambda session, out, feed: (shapes.append(next(iter(feed.values())).shape[2:]),
+                                                    real(session, out, feed))[1])
     for k, (image, truth) in enumerate(plate_set):
         found = detector.detect([image], first_index=k)
-        best = iou_matrix(found.xyxy, np.array([truth])).max(initial=0.0)
-        assert best >= 0.5, f"{name} on {PLATE_IMAGES[k]}: best IoU {best:.2f}"
+        truth = np.array([truth], np.float32)
+        best = iou_matrix(found.xyxy, truth).max(initial=0.0)
+        inner = np.c_[np.maximum(found.xyxy[:, :2], truth[:, :2]), np.minimum(found.xyxy[:, 2:], truth[:, 2:])]
+        covered = (np.clip(inner[:, 2:] - inner[:, :2], 0, None).prod(axis=1)).max(initial=0.0)
+        share = covered / float(np.prod(truth[0, 2:] - truth[0, :2]))
+        # fastanpr's boxes run loose around the plate (IoU 0.47-0.77 here), so coverage decides,
+        # at the share the eval counts as masked (DESIGN.md section 5).
+        assert share >= 0.9 and best >= 0.4, f"{name} on {PLATE_IMAGES[k]}: covers {share:.2f}, IoU {best:.2f}"
+    assert shapes == ([(480, 640)] * 2 if tight else [(640, 640)] * 2) + [(640, 640)]

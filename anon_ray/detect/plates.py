@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 
@@ -27,13 +28,20 @@ class PlateDetector:
         model_input = self.session.get_inputs()[0]
         self.input = model_input.name
         self.dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        meta = self.session.get_modelmeta().custom_metadata_map
         self.height, self.width = model_input.shape[2:]
+        # A model with free input sides (models/yolo_pt.py) fits frames to its training size and
+        # pads them to that whole size or, with tight_letterbox, to the next multiple of its stride.
+        self.stride = 0  # 0: pad to the whole input
         if not (isinstance(self.height, int) and isinstance(self.width, int)):
-            raise ValueError(f"plate model {model_path} must have a fixed input size, got {model_input.shape}")
+            try:
+                (self.height, self.width), stride = ast.literal_eval(meta["imgsz"]), int(meta["stride"])
+            except (KeyError, ValueError, SyntaxError) as e:
+                raise ValueError(f"plate model {model_path} has free input sides but no imgsz and stride") from e
+            self.stride = stride if cfg.tight_letterbox else 0
         self.output = self.session.get_outputs()[0].name
         # Ultralytics exports record their task; a detect-only model (a user's override) has no mask rows.
-        task = self.session.get_modelmeta().custom_metadata_map.get("task", "segment")
-        self.coeffs = SEG_COEFFS if task == "segment" else 0
+        self.coeffs = SEG_COEFFS if meta.get("task", "segment") == "segment" else 0
 
     def for_photos(self) -> "PlateDetector":
         """The same session with the photos' whole-frame scales (PlateConfig.photo_scales)."""
@@ -74,8 +82,10 @@ class PlateDetector:
         """
         height, width = frame.shape[:2]
         inner_w, inner_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-        left, top = (self.width - inner_w) // 2, (self.height - inner_h) // 2
-        canvas = np.full((self.height, self.width, 3), PAD_VALUE, np.uint8)
+        canvas_w, canvas_h = (-(-inner_w // self.stride) * self.stride, -(-inner_h // self.stride) * self.stride) \
+            if self.stride else (self.width, self.height)
+        left, top = (canvas_w - inner_w) // 2, (canvas_h - inner_h) // 2
+        canvas = np.full((canvas_h, canvas_w, 3), PAD_VALUE, np.uint8)
         if (inner_w, inner_h) != (width, height):
             frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
         canvas[top:top + inner_h, left:left + inner_w] = frame

@@ -1,10 +1,12 @@
 """Ultralytics YOLOv8 detect checkpoint (.pt) -> ONNX, with numpy and onnx only (no torch, no ultralytics).
 
-The graph matches an Ultralytics ONNX export: input `images` (1, 3, size, size) RGB in [0, 1], output
-`output0` (1, 4 + classes, anchors) holding cx, cy, w, h in input pixels then sigmoid class scores,
-and metadata task=detect and names, which is what PlateDetector reads. BatchNorm is folded into
-the convolutions (in float64, rounded once to float32) as Ultralytics does before exporting.
-Only the layer types of YOLOv8 detect models are known; any other is an error, never a guess.
+The graph matches an Ultralytics ONNX export: input `images` (1, 3, height, width) RGB in [0, 1],
+output `output0` (1, 4 + classes, anchors) holding cx, cy, w, h in input pixels then sigmoid class
+scores, and metadata task=detect, names, imgsz and stride, which is what PlateDetector reads. Unlike
+an Ultralytics export the input sides are free (multiples of the stride; `imgsz` is the training
+size), so a frame is letterboxed only to the next multiple of the stride, as Ultralytics' own
+rectangular inference does. BatchNorm is folded into the convolutions (in float64, rounded once to
+float32) as Ultralytics does before exporting. Only the layer types of YOLOv8 detect models are known; any other is an error, never a guess.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ class GraphBuilder:
 @dataclass(frozen=True)
 class Head:
     classes: int
-    anchors: int
     stride: int  # the largest: input sizes must be a multiple of it
 
 
@@ -160,25 +161,39 @@ def detect_head(g: GraphBuilder, layer: Layer, xs: list[str], size: int) -> Head
             branches.append(plain_conv2d(g, convs[2], conv_bn_silu(g, convs[1], conv_bn_silu(g, convs[0], x))))
         level = g.op("Concat", branches, axis=1)
         levels.append(g.op("Reshape", [level, g.const([1, 4 * bins + classes, -1], np.int64)]))
-        cells = size // stride
-        # Anchor points are cell centres, in grid units (Ultralytics make_anchors, offset 0.5).
-        cy, cx = np.meshgrid(np.arange(cells) + 0.5, np.arange(cells) + 0.5, indexing="ij")
-        anchors.append(np.stack([cx.ravel(), cy.ravel()]))
-        anchor_strides.append(np.full(cells * cells, stride))
-    count = sum(len(s) for s in anchor_strides)
+        anchor, anchor_stride = anchor_points(g, level, stride)
+        anchors.append(anchor)
+        anchor_strides.append(anchor_stride)
     dist, logits = g.split(g.op("Concat", levels, axis=2), [4 * bins, classes], axis=1)
     # DFL: each box side is the expectation of a softmax over `bins` distances, projected by the
     # DFL layer's fixed 1x1 conv weights (0 .. bins-1).
     projection = child(child(layer, "dfl", "DFL"), "conv", "Conv2d").tensors["weight"].reshape(1, 1, bins, 1)
-    probs = g.op("Softmax", [g.op("Reshape", [dist, g.const([1, 4, bins, count], np.int64)])], axis=2)
+    probs = g.op("Softmax", [g.op("Reshape", [dist, g.const([1, 4, bins, -1], np.int64)])], axis=2)
     sides = g.op("ReduceSum", [g.op("Mul", [probs, g.const(projection)]), g.const([2], np.int64)], keepdims=0)
     left_top, right_bottom = g.split(sides, [2, 2], axis=1)
-    centre = g.op("Add", [g.const(np.concatenate(anchors, axis=1)[None]),
+    centre = g.op("Add", [g.op("Concat", anchors, axis=2),
                           g.op("Mul", [g.op("Sub", [right_bottom, left_top]), g.const(0.5)])])
     extent = g.op("Add", [left_top, right_bottom])
-    xywh = g.op("Mul", [g.op("Concat", [centre, extent], axis=1), g.const(np.concatenate(anchor_strides)[None, None])])
+    xywh = g.op("Mul", [g.op("Concat", [centre, extent], axis=1), g.op("Concat", anchor_strides, axis=2)])
     g.nodes.append(helper.make_node("Concat", [xywh, g.op("Sigmoid", [logits])], [OUTPUT], name=OUTPUT, axis=1))
-    return Head(classes, count, max(strides))
+    return Head(classes, max(strides))
+
+
+def anchor_points(g: GraphBuilder, level: str, stride: int) -> tuple[str, str]:
+    """(1, 2, h * w) cell centres in grid units (Ultralytics make_anchors, offset 0.5; x varies
+    fastest) and (1, 1, h * w) the level's stride, for the feature map `level` (1, c, h, w) of
+    whatever size the input has: computed in the graph, so one model takes any input whose sides
+    are multiples of the stride (a 16:9 frame letterboxed to 640 x 384, not 640 x 640)."""
+    shape = g.op("Shape", [level])
+    sides = [g.op("Gather", [shape, g.const(axis, np.int64)], axis=0) for axis in (2, 3)]
+    ys, xs = (g.op("Add", [g.op("Cast", [g.op("Range", [g.const(0, np.int64), side, g.const(1, np.int64)])],
+                                to=TensorProto.FLOAT), g.const(0.5)]) for side in sides)
+    grid = g.op("Slice", [shape, g.const([2], np.int64), g.const([4], np.int64)])
+    flat = g.const([1, 1, -1], np.int64)
+    cx = g.op("Reshape", [g.op("Expand", [g.op("Reshape", [xs, g.const([1, -1], np.int64)]), grid]), flat])
+    cy = g.op("Reshape", [g.op("Expand", [g.op("Reshape", [ys, g.const([-1, 1], np.int64)]), grid]), flat])
+    strides = g.op("Expand", [g.const([[[stride]]]), g.op("Shape", [cx])])
+    return g.op("Concat", [cx, cy], axis=1), strides
 
 
 # Layers that take one input (`f` an index; -1 is the previous layer).
@@ -224,8 +239,8 @@ def detection_model_onnx(root: Layer, origin: str, size: int = 640) -> bytes:
     if head is None:
         raise ModelError(f"{root.path}: no Detect head")
     graph = helper.make_graph(
-        g.nodes, "yolov8_detect", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, 4 + head.classes, head.anchors])],
+        g.nodes, "yolov8_detect", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, 4 + head.classes, "anchors"])],
         initializer=g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="anon_ray.yolo_pt", ir_version=IR_VERSION)
