@@ -182,9 +182,9 @@ class PlateConfig:
     # A model with free input sides (fastanpr, safelicensing: models/yolo_pt.py) may take a frame
     # padded only to the next multiple of its stride, a 16:9 frame as 640 x 384 instead of the
     # square 640 x 640 it was trained on: its plate pass costs ~40% less, but it finds other boxes
-    # near the cut-off (every-frame pass, a pan over Open Images photos: 26 of the square input's
-    # 671 boxes lost, 6 gained; plates_openimages leak >= 16 px 0.053 -> 0.058, plates/ 0.010 ->
-    # 0.007; 2026-12-06). Recall first: off, except in the fast preset.
+    # near the cut-off, and misses more labelled plates: plates_openimages leak >= 16 px 0.053 ->
+    # 0.058 (plates/ 0.010 -> 0.007; the fast preset's 0.027 -> 0.042), a pan over 16 Open Images
+    # photos at 720p 0.239 -> 0.246 (2026-12-06). Recall first: off in every preset.
     tight_letterbox: bool = False
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
