@@ -172,6 +172,9 @@ class PlateConfig:
     fuse: bool = True
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
+    # Above 1 the frame is enlarged past the 640 px input (free-sided models only): on a 720p pan
+    # over labelled photos (tools/pan_video.py) [2.0, 1.0] took plates < 16 px from 0.55 to 0.19
+    # leaked but >= 16 px stayed 0.30 (README), for a 1280 x 736 pass (~2.3x the 640 one) a frame.
     scales: list[float] = field(default_factory=lambda: [1.0])
     # Photos add the half-scale pass: close-up plates fill a photo more often than a video frame,
     # and a photo pays it once (plates_openimages, with shrink_threshold 0.5: leak >= 16 px

@@ -18,6 +18,7 @@ from anon_ray.config import (AppConfig, DetectConfig, FaceConfig, ImageConfig, M
                              SessionConfig, TilingConfig)
 from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
+from anon_ray.detect import plates as plates_module
 from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
@@ -393,6 +394,32 @@ def test_merge_suppresses_across_passes_per_frame_and_class():
     assert fused.xyxy[1].tolist() == pytest.approx([(0.8 * 1 + 0) / 1.4, (0.8 * 1 + 0) / 1.4, 10, 10])
     assert fused.xyxy[2].tolist() == pytest.approx([0, 0, 10, 10])  # the plate is not fused with the faces
     assert fused.score.tolist() == pytest.approx(merged.score.tolist())
+
+
+def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, monkeypatch):
+    """detect.plate.scales [2.0, 1.0] on a 720p frame: the whole frame at 1x goes in as 1280 x 736
+    (fastanpr's sides are free) beside the usual fit into the square 640 px, and finds a plate 19 px
+    tall that the fitted pass, which halves it, misses."""
+    image, truth = plate_set[0]
+    small = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[100:100 + small.shape[0], 200:200 + small.shape[1]] = small
+    plate = np.array(truth, np.float64) * 0.25 + [200, 100, 200, 100]
+    shapes = []
+    real = plates_module.run_checked
+    monkeypatch.setattr(plates_module, "run_checked",
+                        lambda session, out, feed: (shapes.append(next(iter(feed.values())).shape[2:]),
+                                                    real(session, out, feed))[1])
+    best = {}
+    for scales in ([1.0], [2.0, 1.0]):
+        found = Detector(DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(scales=scales),
+                                      session=SESSION), ModelsConfig()).detect([frame])
+        best[len(scales)] = max((iou(box, plate) for box in found.xyxy), default=0.0)
+    assert best[1] < 0.1 and best[2] > 0.5, best
+    assert shapes == [(640, 640), (736, 1280), (640, 640)]
+    fixed = PlateDetector(resolve("platedet", ModelsConfig()).path, PlateConfig(scales=[2.0]), SESSION)
+    with pytest.raises(ValueError, match="fixed input"):  # platedet's input is 640 x 640, no larger
+        fixed.detect([frame])
 
 
 def test_plate_passes_are_fused_so_a_tiles_tight_box_does_not_win(eval_data):

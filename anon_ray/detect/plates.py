@@ -31,14 +31,14 @@ class PlateDetector:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.height, self.width = model_input.shape[2:]
         # A model with free input sides (models/yolo_pt.py) fits frames to its training size and
-        # pads them to that whole size or, with tight_letterbox, to the next multiple of its stride.
-        self.stride = 0  # 0: pad to the whole input
+        # pads them to that whole size or, with tight_letterbox, to the next multiple of its
+        # stride; a frame enlarged past the training size goes in whole.
+        self.stride = 0  # 0: a fixed input size
         if not (isinstance(self.height, int) and isinstance(self.width, int)):
             try:
-                (self.height, self.width), stride = ast.literal_eval(meta["imgsz"]), int(meta["stride"])
+                (self.height, self.width), self.stride = ast.literal_eval(meta["imgsz"]), int(meta["stride"])
             except (KeyError, ValueError, SyntaxError) as e:
                 raise ValueError(f"plate model {model_path} has free input sides but no imgsz and stride") from e
-            self.stride = stride if cfg.tight_letterbox else 0
         self.output = self.session.get_outputs()[0].name
         # Ultralytics exports record their task; a detect-only model (a user's override) has no mask rows.
         self.coeffs = SEG_COEFFS if meta.get("task", "segment") == "segment" else 0
@@ -74,6 +74,15 @@ class PlateDetector:
         keep = nms(xyxy, score, self.cfg.nms_iou)
         return Detections.build(index, xyxy[keep], score[keep], PLATE)
 
+    def _canvas(self, inner_w: int, inner_h: int) -> tuple[int, int]:
+        """(width, height) of the network input a frame resized to inner_w x inner_h is padded to."""
+        if not self.stride:
+            if inner_w > self.width or inner_h > self.height:
+                raise ValueError(f"a {inner_w}x{inner_h} frame exceeds the plate model's fixed input")
+            return self.width, self.height
+        tight = -(-inner_w // self.stride) * self.stride, -(-inner_h // self.stride) * self.stride
+        return tight if self.cfg.tight_letterbox else (max(tight[0], self.width), max(tight[1], self.height))
+
     def _at_ratio(self, frame: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and scores with the frame resized by `ratio` and letterboxed into the network input.
 
@@ -82,8 +91,7 @@ class PlateDetector:
         """
         height, width = frame.shape[:2]
         inner_w, inner_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-        canvas_w, canvas_h = (-(-inner_w // self.stride) * self.stride, -(-inner_h // self.stride) * self.stride) \
-            if self.stride else (self.width, self.height)
+        canvas_w, canvas_h = self._canvas(inner_w, inner_h)
         left, top = (canvas_w - inner_w) // 2, (canvas_h - inner_h) // 2
         canvas = np.full((canvas_h, canvas_w, 3), PAD_VALUE, np.uint8)
         if (inner_w, inner_h) != (width, height):
