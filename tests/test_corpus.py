@@ -38,7 +38,7 @@ from anon_ray.io.files import TMP_MARKER
 from anon_ray.media import MediaError
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import check_writable
-from anon_ray.media import packets
+from anon_ray.media import concat, packets
 from anon_ray.media.packets import scan_packets
 from anon_ray.media.sampletable import read_sample_table
 from anon_ray.media.probe import probe
@@ -712,3 +712,29 @@ def test_webm_output_is_refused_before_any_work(tmp_path):
     mkv = tmp_path / "x.mkv"
     _clip(mkv, n=2)
     check_writable(str(mkv), probe(str(mkv)), "libx264")
+
+
+def test_finalize_check_decodes_avi_to_see_frames_show_in_time_order(tmp_path):
+    """An H.264 AVI with B-frames: its sorted packet times match the source's, but the frames come
+    out of the decoder out of time order. The check finalize runs on AVI outputs fails it; the
+    packet times alone would not (the AVI outputs we write carry no B-frames)."""
+    path = tmp_path / "bframes.avi"
+    _clip(path, n=24, fmt="avi", options={"bf": "2"})
+    index, info = scan_packets(str(path)), probe(str(path))
+    concat._verify(str(path), index, {}, info, check_start=False)
+    with pytest.raises(MediaError, match="time order"):
+        concat._verify(str(path), index, {}, info, check_start=False, check_shown=True)
+    plain = tmp_path / "plain.avi"
+    _clip(plain, n=24, fmt="avi", options={"bf": "0"})
+    concat._verify(str(plain), scan_packets(str(plain)), {}, probe(str(plain)), check_start=False, check_shown=True)
+
+
+def test_finalize_check_compares_the_last_frames_duration(tmp_path):
+    """A VFR clip's last frame must not come out lengthened to the average frame's."""
+    path = tmp_path / "clip.mp4"
+    _clip(path, n=12)
+    index, info = scan_packets(str(path)), probe(str(path))
+    assert index.last_duration
+    concat._verify(str(path), index, {}, info)
+    with pytest.raises(MediaError, match="last frame lasts"):
+        concat._verify(str(path), dataclasses.replace(index, last_duration=index.last_duration * 3), {}, info)

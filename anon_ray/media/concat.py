@@ -204,18 +204,37 @@ def _first_dts(path: str, tb: Fraction) -> int:
     raise MediaError(f"{path} has no video packet with a decode time")
 
 
+def _shown_in_order(path: str, frames: int) -> None:
+    """Decode the output and fail unless its `frames` frames come out with rising times. In a
+    container that stores no presentation times (AVI) a frame's time is its packet's slot, so
+    B-frames would show out of order (1, 4, 3, 5, 2, ...) while the sorted packet times match."""
+    with open_input(path) as container:
+        stream = main_video_stream(container)
+        stream.thread_type = "AUTO"
+        shown = [frame.pts for frame in container.decode(stream)]
+    if len(shown) != frames or None in shown or any(b <= a for a, b in zip(shown, shown[1:])):
+        raise MediaError(f"output frames do not show in time order ({len(shown)} decoded of {frames})")
+
+
 def _verify(path: str, src_index: PacketIndex, muxed: dict[int, _StreamDigest], info: VideoInfo,
-            check_start: bool = True) -> None:
+            check_start: bool = True, check_shown: bool = False) -> None:
     """`check_start` False: the output's start is not read back (AVI: an output's first frame is
-    put in the source's first slot, and FFmpeg reads H.264 there a slot late, MPEG-4 not)."""
+    put in the source's first slot, and FFmpeg reads H.264 there a slot late, MPEG-4 not).
+    `check_shown`: also decode the output to see its frames come out in time order (AVI)."""
     index, digests, rotation = _read_back(path)
     if len(index) != len(src_index):
         raise MediaError(f"output has {len(index)} frames, the source {len(src_index)}")
+    if check_shown:
+        _shown_in_order(path, len(index))
     src_tb = Fraction(src_index.time_base_num, src_index.time_base_den)
     out_tb = Fraction(index.time_base_num, index.time_base_den)
     expected = np.asarray([_rescale(int(p), src_tb, out_tb) for p in src_index.pts], np.int64)
     if not np.array_equal(index.pts - index.pts[0], expected - expected[0]):
         raise MediaError("output frame timestamps differ from the source's")
+    if src_index.last_duration and index.last_duration:  # where both containers store it
+        last = (src_index.last_duration * src_tb, index.last_duration * out_tb)
+        if abs(last[0] - last[1]) > max(Fraction(1, 1000), out_tb):
+            raise MediaError(f"output's last frame lasts {float(last[1]):.4f} s, the source's {float(last[0]):.4f} s")
     # Within half a frame: the MP4 muxer's edit lists count in milliseconds.
     half = Fraction(int(np.diff(src_index.pts).min()), 2) * src_tb if len(src_index) > 1 else Fraction(0)
     if check_start and abs((int(index.pts[0]) - int(expected[0])) * out_tb) > half:
@@ -299,7 +318,7 @@ def finalize(parts: list[str], src: str, dst: str, info: VideoInfo, keep_audio: 
             late = _first_dts(parts[0], src_tb) + offsets[0] - _first_dts(src, src_tb)
             offsets = [o - late for o in offsets]
         frames, muxed, dropped = _mux(parts, offsets, src, tmp, info, src_index, copied)
-        _verify(tmp, src_index, muxed, info, check_start=not avi)
+        _verify(tmp, src_index, muxed, info, check_start=not avi, check_shown=avi)
         commit_file(tmp, dst)
     except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV refusing a stream for this container
         remove_quietly(tmp)
