@@ -245,6 +245,10 @@ class MaskConfig:
 @dataclass
 class TrackConfig:
     high_threshold: float = 0.5
+    # The score that starts a plate track. 0.3 on a 720p pan over labelled plates
+    # (tools/pan_video.py): plate-frames >= 16 px leaked 0.298 -> 0.271, over-masking 0.169 ->
+    # 0.212 (false plates tracked and padded): max_recall only.
+    plate_high_threshold: float = 0.5
     match_iou: float = 0.2
     max_age: int = 15  # frames a lost track is kept for re-association
     max_gap: int = 15  # gaps up to this many frames are filled by interpolation

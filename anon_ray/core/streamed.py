@@ -46,7 +46,7 @@ class StreamedBoxes:
         ids = np.full(len(raw), -1, np.int64)
         scene = in_scene(raw, self.path)
         for cls, rows in class_rows(raw):
-            tracker = self.trackers.setdefault(cls, ByteTracker(self.cfg, first_id=cls * _CLASS_ID_BASE))
+            tracker = self.trackers.setdefault(cls, ByteTracker(self.cfg, cls * _CLASS_ID_BASE, cls))
             step_frames(tracker, scene, rows, ids)
         self.window = Detections.concat([self.window, raw.with_track(ids)])
         final = self.frames.stop if seen_to >= self.frames.stop else seen_to - self.reach

@@ -2,7 +2,8 @@
 
 Stage 1 matches confident detections (score >= high_threshold) to every live track; stage 2 gives
 the remaining tracks a chance at the low-score detections, which are mostly the same objects
-partly occluded, blurred or turned away. Only confident detections start tracks. Low-score
+partly occluded, blurred or turned away. Only confident detections start tracks (plates have a
+cut-off of their own, track.plate_high_threshold). Low-score
 detections that match nothing keep track -1: they are still masked (recall first), they just do
 not seed tracks that would then be interpolated and padded.
 
@@ -18,14 +19,15 @@ from anon_ray.config import TrackConfig
 from anon_ray.track import kalman
 from anon_ray.track.camera import stabilized
 from anon_ray.track.matching import assign, iou_matrix
-from anon_ray.types import CameraPath, Detections
+from anon_ray.types import FACE, PLATE, CameraPath, Detections
 
 
 class ByteTracker:
     """Tracks of one class. IDs come from this instance's counter, starting at `first_id`."""
 
-    def __init__(self, cfg: TrackConfig, first_id: int = 0) -> None:
+    def __init__(self, cfg: TrackConfig, first_id: int = 0, cls: int = FACE) -> None:
         self.cfg = cfg
+        self.high = cfg.plate_high_threshold if cls == PLATE else cfg.high_threshold
         self.next_id = first_id
         self._frame: int | None = None
         self._ids = np.zeros(0, np.int64)
@@ -44,7 +46,7 @@ class ByteTracker:
         self._predict_to(frame)
         xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
         ids = np.full(len(xyxy), -1, np.int64)
-        high = np.asarray(score) >= self.cfg.high_threshold
+        high = np.asarray(score) >= self.high
         free = np.ones(len(self._ids), bool)
         predicted = kalman.cxcywh_to_xyxy(self._mean[:, :4])
         for stage in (high, ~high):
@@ -101,7 +103,7 @@ def track(dets: Detections, cfg: TrackConfig, frames: range, path: CameraPath | 
     next_id = 0
     scene = in_scene(dets, path)
     for cls, rows in class_rows(dets):
-        tracker = ByteTracker(cfg, first_id=next_id)
+        tracker = ByteTracker(cfg, first_id=next_id, cls=cls)
         step_frames(tracker, scene, rows, ids)
         next_id = tracker.next_id
     return dets.with_track(ids)
