@@ -56,3 +56,19 @@ def mux_stereo_tone(out, stream, samples: int) -> None:
         frame.sample_rate, frame.pts = 48000, k
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
+
+
+@pytest.fixture
+def plate_input_shapes(monkeypatch) -> list[tuple[int, int]]:
+    """The (height, width) of every network input the plate detectors run, in order."""
+    from anon_ray.detect import plates
+
+    shapes: list[tuple[int, int]] = []
+    real = plates.run_checked
+
+    def recording(session, outputs, feed):
+        shapes.append(next(iter(feed.values())).shape[2:])
+        return real(session, outputs, feed)
+
+    monkeypatch.setattr(plates, "run_checked", recording)
+    return shapes

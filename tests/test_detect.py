@@ -18,7 +18,6 @@ from anon_ray.config import (AppConfig, DetectConfig, FaceConfig, ImageConfig, M
                              SessionConfig, TilingConfig)
 from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
-from anon_ray.detect import plates as plates_module
 from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import providers
@@ -396,7 +395,7 @@ def test_merge_suppresses_across_passes_per_frame_and_class():
     assert fused.score.tolist() == pytest.approx(merged.score.tolist())
 
 
-def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, monkeypatch):
+def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, plate_input_shapes):
     """detect.plate.scales [2.0, 1.0] on a 720p frame: the whole frame at 1x goes in as 1280 x 736
     (fastanpr's sides are free) beside the usual fit into the square 640 px, and finds a plate 19 px
     tall that the fitted pass, which halves it, misses."""
@@ -405,11 +404,7 @@ def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, monkeyp
     frame = np.zeros((720, 1280, 3), np.uint8)
     frame[100:100 + small.shape[0], 200:200 + small.shape[1]] = small
     plate = np.array(truth, np.float64) * 0.25 + [200, 100, 200, 100]
-    shapes = []
-    real = plates_module.run_checked
-    monkeypatch.setattr(plates_module, "run_checked",
-                        lambda session, out, feed: (shapes.append(next(iter(feed.values())).shape[2:]),
-                                                    real(session, out, feed))[1])
+    shapes = plate_input_shapes
     best = {}
     for scales in ([1.0], [2.0, 1.0]):
         found = Detector(DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(scales=scales),

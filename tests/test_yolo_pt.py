@@ -23,7 +23,6 @@ from conftest import annotations
 
 from anon_ray.config import ModelsConfig, PlateConfig, SessionConfig
 from anon_ray.detect import PlateDetector
-from anon_ray.detect import plates as plates_module
 from anon_ray.io import files
 from anon_ray.models import build
 from anon_ray.models.pt_reader import Layer, Opaque, module_tree, read_checkpoint
@@ -160,18 +159,14 @@ def plate_set(eval_data: Path) -> list[tuple[np.ndarray, list[float]]]:
 
 @pytest.mark.parametrize("tight", [False, True])
 @pytest.mark.parametrize("name", CONVERTED)
-def test_converted_model_finds_labelled_plates(name, tight, plate_set, monkeypatch):
+def test_converted_model_finds_labelled_plates(name, tight, plate_set, plate_input_shapes):
     """By default every photo goes in as the square 640 x 640 the model was trained on; with
     tight_letterbox the 4:3 ones go in as 640 x 480 (free input sides): the grid of anchor points
     computed in the graph must put the box on the plate either way."""
     detector = PlateDetector(resolve(name, CFG).path, PlateConfig(tight_letterbox=tight),
                              SessionConfig(intra_op_threads=2))
     assert detector.coeffs == 0  # task=detect: no mask coefficients after the class score
-    shapes = []
-    real = plates_module.run_checked
-    monkeypatch.setattr(plates_module, "run_checked",
-                        lambda session, out, feed: (shapes.append(next(iter(feed.values())).shape[2:]),
-                                                    real(session, out, feed))[1])
+    shapes = plate_input_shapes
     for k, (image, truth) in enumerate(plate_set):
         found = detector.detect([image], first_index=k)
         truth = np.array([truth], np.float32)

@@ -4,9 +4,10 @@ The graph matches an Ultralytics ONNX export: input `images` (1, 3, height, widt
 output `output0` (1, 4 + classes, anchors) holding cx, cy, w, h in input pixels then sigmoid class
 scores, and metadata task=detect, names, imgsz and stride, which is what PlateDetector reads. Unlike
 an Ultralytics export the input sides are free (multiples of the stride; `imgsz` is the training
-size), so a frame is letterboxed only to the next multiple of the stride, as Ultralytics' own
-rectangular inference does. BatchNorm is folded into the convolutions (in float64, rounded once to
-float32) as Ultralytics does before exporting. Only the layer types of YOLOv8 detect models are known; any other is an error, never a guess.
+size): a frame may be letterboxed only to the next multiple of the stride (detect.plate.
+tight_letterbox) or enlarged past the training size. BatchNorm is folded into the convolutions (in
+float64, rounded once to float32) as Ultralytics does before exporting. Only the layer types of
+YOLOv8 detect models are known; any other is an error, never a guess.
 """
 
 from __future__ import annotations
