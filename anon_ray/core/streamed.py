@@ -24,6 +24,11 @@ from anon_ray.types import CameraPath, Detections
 _CLASS_ID_BASE = 1 << 40
 
 
+def streamed_reach(cfg: TrackConfig) -> int:
+    """Frames detection must have passed a frame by before its boxes are final."""
+    return max(cfg.max_gap + 1, cfg.pad)
+
+
 class StreamedBoxes:
     """Feed detections in frame order with `add`; it returns the frames that became final."""
 
@@ -32,7 +37,7 @@ class StreamedBoxes:
         self.owned_from = owned_from  # refine.mask_boxes's
         self.frames = frames
         self.frame_size = frame_size
-        self.reach = max(cfg.max_gap + 1, cfg.pad)
+        self.reach = streamed_reach(cfg)
         self.trackers: dict[int, ByteTracker] = {}
         self.window = Detections.empty()
         self.path = CameraPath.empty()

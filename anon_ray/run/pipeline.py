@@ -17,7 +17,7 @@ import numpy as np
 
 from anon_ray.config import AppConfig, MaskConfig
 from anon_ray.core import mask, refine
-from anon_ray.core.streamed import StreamedBoxes
+from anon_ray.core.streamed import StreamedBoxes, streamed_reach
 from anon_ray.detect import Detector, Recent
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes
 from anon_ray.media import image as image_io
@@ -26,6 +26,7 @@ from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.packets import Source
 from anon_ray.run import heap
+from anon_ray.run import held as held_frames
 from anon_ray.run.errors import AssetError, Timeout
 from anon_ray.run.prefetch import prefetch
 from anon_ray.run.stages import StageClock
@@ -175,10 +176,13 @@ class Worker:
                            output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes,
                            stage_seconds=clock.totals(), frame_size=(w, h))
 
-    def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex,
-                        clock: StageClock) -> Iterator[tuple[int, np.ndarray]]:
-        frames = decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end)
-        return ((i, rgb) for i, _, rgb in clock.timed("decode", frames))
+    def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex, clock: StageClock,
+                        held: held_frames.HeldFrames | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """The context range's frames for detection; the owned ones also go to `held`, if given."""
+        for i, pts, rgb in clock.timed("decode", decode(src, seg.seek_pts, index, seg.ctx_start, seg.ctx_end)):
+            if held is not None and seg.start <= i < seg.end:
+                held.put(i, pts, rgb)
+            yield i, rgb
 
     def _refine(self, raw: Detections, path: CameraPath, seg: SegmentPlan, info: VideoInfo) -> Detections:
         ctx = range(seg.ctx_start, seg.ctx_end)
@@ -186,13 +190,14 @@ class Worker:
                                  (info.width, info.height), path, seg.start)
 
     def _final_frames(self, src: Source, seg: SegmentPlan, info: VideoInfo, index: PacketIndex,
-                      deadline: Deadline, raw: list[Detections], paths: list[CameraPath], clock: StageClock
-                      ) -> Iterator[tuple[int, Detections]]:
+                      deadline: Deadline, raw: list[Detections], paths: list[CameraPath], clock: StageClock,
+                      held: held_frames.HeldFrames | None) -> Iterator[tuple[int, Detections]]:
         """(frame, its mask boxes) over the context range, each as soon as it is final (streamed.py);
-        every batch's raw detections and camera path are appended to `raw` and `paths`."""
+        every batch's raw detections and camera path are appended to `raw` and `paths`, and the
+        owned frames go to `held` as they are decoded."""
         ctx = range(seg.ctx_start, seg.ctx_end)
         stream = StreamedBoxes(self.cfg.track, ctx, (info.width, info.height), seg.start)
-        decoded = prefetch(self._decode_context(src, seg, index, clock))
+        decoded = prefetch(self._decode_context(src, seg, index, clock, held))
         for seen_to, dets, path in self.detect_batches(decoded, info.rotation, (info.width, info.height), deadline,
                                                        clock=clock):
             raw.append(dets)
@@ -211,9 +216,9 @@ class Worker:
         (detected, tracked, gaps filled, padded), as the evaluator scores them.
 
         Detection runs in a thread of its own; each owned frame is masked and encoded as soon as
-        its boxes are final, so encoding overlaps detection. The frames are decoded twice (for
-        detection, then for encoding) to keep memory bounded by the batch size instead of the
-        segment length (I3); decoding is cheap next to detection. Before the part is published,
+        its boxes are final, so encoding overlaps detection. Owned frames are decoded once and held
+        from detection to encoding (held.py), a bounded number at a time (I3); frames too large to
+        hold that many (4K and up) are decoded a second time for encoding. Before the part is published,
         the boxes used on every owned frame are checked against a whole-segment refinement (the
         track table returned), so streaming can never mask less than it. Past `deadline` it raises
         Timeout, leaving no part. `codec`: the part's encoder (VideoPlan.codec); "" = video.codec.
@@ -232,22 +237,29 @@ class Worker:
         used: dict[int, Detections] = {}
         written = 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
+        cap = held_frames.capacity(streamed_reach(self.cfg.track), max(1, self.cfg.detect.face.batch))
+        held = held_frames.HeldFrames(cap) if held_frames.fits(cap, info.width, info.height) else None
         # Boxes are small: the queue holds a whole segment's, so detection never waits for encoding.
-        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths, clock),
+        final = prefetch(self._final_frames(src, seg, info, index, deadline, raw, paths, clock, held),
                          depth=seg.ctx_end - seg.ctx_start + 1)
+        owned = None if held else prefetch(clock.timed("decode_again",
+                                                       decode(src, seg.seek_pts, index, seg.start, seg.end)))
         try:
             with VideoWriter(tmp, info, self.cfg.video, codec) as writer:
-                owned = clock.timed("decode_again", decode(src, seg.seek_pts, index, seg.start, seg.end))
-                for i, pts, rgb in prefetch(owned):
+                for i in range(seg.start, seg.end):
                     deadline.check()
-                    if i != seg.start + written:
-                        raise AssetError(f"segment {seg.index}: frame {seg.start + written} missing from decode")
                     for f, boxes in final:
                         if f == i:
                             used[i] = boxes
                             break
                     else:
                         raise AssetError(f"segment {seg.index}: no boxes for frame {i}")
+                    if held is not None:
+                        pts, rgb = held.take(i)
+                    elif (got := next(owned, None)) is None or got[0] != i:
+                        raise AssetError(f"segment {seg.index}: frame {i} missing from decode")
+                    else:
+                        pts, rgb = got[1:]
                     with clock("mask"):
                         mask.apply(rgb, used[i], self.cfg.mask)
                     with clock("encode"):
@@ -257,12 +269,14 @@ class Worker:
                 pass
             with clock("track"):  # the detection thread has ended: the clock's "track" is free again
                 boxes = self._refine(Detections.concat(raw), CameraPath.concat(paths), seg, info)
-            if written != seg.end - seg.start:
-                raise AssetError(f"segment {seg.index}: decoded {written} of {seg.end - seg.start} frames")
             _check_streamed(used, boxes, seg)
             os.replace(tmp, part_path)
         finally:
+            if held is not None:
+                held.close()  # first: the decoding thread may wait for room
             final.close()
+            if owned is not None:
+                owned.close()
             if os.path.exists(tmp):
                 os.remove(tmp)
         return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written,

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 # Stage names, in pipeline order: plan (packet scan, probe, cuts), decode (frames for detection),
 # detect, camera (the pan measured for tracking), track (tracking and refinement), decode_again
-# (the same frames for encoding: decoded twice to bound memory, I3), mask, encode, finalize
-# (joining parts, muxing, verifying, publishing). A photo: read, detect, mask, write.
+# (the owned frames again for encoding, only where they are too large to hold: run/held.py), mask,
+# encode, finalize (joining parts, muxing, verifying, publishing). A photo: read, detect, mask, write.
 
 
 class StageClock:
