@@ -304,6 +304,11 @@ CASES = [
     Case("FLV, written as .flv.mkv", "clip.flv", clip(fmt="flv", codec="flv", audio=True), PROCESSED),
     Case("MPEG-2 in MXF (broadcast), written as .mxf.mkv", "clip.mxf", clip(fmt="mxf", codec="mpeg2video"),
          PROCESSED),
+    Case("MPEG-2 in VOB (DVD), written as .vob.mkv", "clip.vob", clip(fmt="vob", codec="mpeg2video"), PROCESSED),
+    Case("MPEG-1 in MPEG-PS, written as .mpg.mkv", "mpeg1.mpg", clip(fmt="mpeg", codec="mpeg1video"), PROCESSED),
+    # No container: no timestamps to keep, nothing to mux audio with.
+    Case("raw MPEG-2 elementary stream (.m2v)", "clip.m2v", clip(fmt="mpeg2video", codec="mpeg2video"), SKIPPED,
+         "unsupported_format: MPEG-1/2 video elementary stream"),
     Case("vp9 in webm (written as VP9 WebM)", "vp9.webm", clip(codec="libvpx-vp9"), PROCESSED),
     Case("vp9 in webm with an Opus track", "opus.webm", _webm_with_opus, PROCESSED),
     # ---- wrong extensions
@@ -324,6 +329,7 @@ CASES = [
     Case("HEIC photo", "photo.heic", _bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)),
          SKIPPED, "unsupported_format: HEIF/HEIC image"),
     Case("JPEG named .jfif", "photo.jfif", image("JPEG", quality=90), PROCESSED),
+    Case("JPEG named .jpe", "photo.jpe", image("JPEG", quality=90), PROCESSED),
     Case("JPEG under a name that is no media name", "photo.jpg_large", image("JPEG", quality=90), PROCESSED),
     Case("text sidecar", "notes.txt", _bytes(b"shot list, reel 4"), SKIPPED, "not_media: content is not"),
     Case("animated WebP", "anim.webp", _animated("WEBP"), ERROR, "animated WebP"),
@@ -578,7 +584,7 @@ def test_case_outcome(corpus, case):
     row = corpus.rows.get(case.name)
     detail = f"{row['error_class']}: {row['error']}" if row and row["error"] else ""
     assert got == case.expect, f"{case.kind}: expected {case.expect}, got {got} {detail}"
-    remuxed = case.name.endswith((".mpg", ".wmv", ".flv", ".mxf"))
+    remuxed = case.name.endswith((".mpg", ".vob", ".wmv", ".flv", ".mxf"))
     dst = corpus.out / (case.name + (".mkv" if remuxed else ""))
     if case.expect == PROCESSED:
         assert row["output_uri"] == str(dst)
