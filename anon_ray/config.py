@@ -93,6 +93,11 @@ class FaceConfig:
     # threshold 0.05 lower it misses at most 1 in 100 of the faces the float model finds on the
     # eval clips.
     model: str = "centerface_int8"
+    # On x86 CPUs without VNNI, ONNX Runtime runs INT8 in its precision mode (detect/session.py),
+    # where the INT8 model took 124 ms a 720p frame, more than the float one: a job whose driver
+    # runs on such a CPU loads this model instead, on every worker ("" = `model` on every CPU).
+    # The float model finds at least what the INT8 one finds at the same threshold.
+    model_without_vnni: str = "centerface"
     # Recall first: with tracks that follow the camera, 0.075 leaks a third fewer face-frames on
     # videos_gt than 0.1 (0.021 -> 0.014; over-masking 0.120 -> 0.136) at the same job speed
     # (8.2 against 8.1 frames/s in process, 720p).

@@ -41,7 +41,8 @@ def test_profile_of_the_in_process_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     profile = json.loads(proc.stdout.strip().splitlines()[-1])["profile_in_process"]
     shares = profile["shares"]
-    assert {"plan", "decode", "detect", "camera", "track", "decode_again", "mask", "encode", "finalize"} <= set(shares)
+    assert {"plan", "decode", "detect", "camera", "track", "mask", "encode", "finalize"} <= set(shares)
+    assert "decode_again" not in shares  # a 640x360 clip's owned frames are held for the encoder (run/held.py)
     assert abs(sum(shares.values()) - 1) < 0.01 and shares["detect"] == max(shares.values()), profile
     assert 0 < profile["workers_busy"] <= 1 and 0 < profile["cores_busy"] <= 1, profile
 

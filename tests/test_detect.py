@@ -20,7 +20,8 @@ from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
-from anon_ray.detect.session import int8_saturates, providers
+from anon_ray.detect.session import providers
+from anon_ray.models.cpu import int8_saturates
 from anon_ray.media.image import read_image
 from anon_ray.detect.tiling import confirmed, flipped, merge, tile_windows
 from anon_ray.models import build

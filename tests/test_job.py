@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -283,3 +284,29 @@ def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path,
     assert done.matches("a", "v4", "c1") and not done.matches("a", "v3", "c1") and not done.matches("a", "v1", "c1")
     assert done.matches("0", "v1", "c1") and done.matches("e", "v1", "c1") and done.matches("b", "v2", "c1")
     assert done.matches("c", "v1", "c1") and done.matches("d", "v1", "c1")
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_the_driver_picks_the_float_face_model_where_int8_sums_saturate(tmp_path, monkeypatch, saturates):
+    """Without VNNI the INT8 model runs in precision mode, slower than the float one: every worker
+    of the job gets the float model, and the manifest names it."""
+    from anon_ray.models import cpu
+
+    monkeypatch.setattr(cpu, "int8_saturates", lambda: saturates)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
+    loaded = []
+    real = Detector.__init__
+    monkeypatch.setattr(Detector, "__init__", lambda self, cfg, models: (loaded.append(cfg.face.model),
+                                                                         real(self, cfg, models))[1])
+    cfg = AppConfig(input=str(src), output=str(out))
+    summary = job.run(replace(cfg, detect=replace(cfg.detect, plate=replace(cfg.detect.plate, enabled=False))),
+                      run_local, out=io.StringIO())
+    assert summary.ok == 1
+    want = "centerface" if saturates else "centerface_int8"
+    assert loaded == [want]
+    (row,) = manifest.read_manifest(str(out), StorageConfig()).to_pylist()
+    assert list(json.loads(row["models"])) == [want]
+    assert cpu.for_this_cpu(replace(cfg, detect=replace(cfg.detect, face=replace(
+        cfg.detect.face, model_without_vnni="")))).detect.face.model == "centerface_int8"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from anon_ray.config import SessionConfig
+from anon_ray.models.cpu import int8_saturates
 
 CPU = "CPUExecutionProvider"
 
@@ -28,26 +27,6 @@ def make_session(path: str, cfg: SessionConfig) -> ort.InferenceSession:
     options.add_session_config_entry("session.x64quantprecision", "1" if int8_saturates() else "0")
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.spin else "0")
     return ort.InferenceSession(path, sess_options=options, providers=providers(cfg))
-
-
-def int8_saturates(cpuinfo: str | None = None) -> bool:
-    """Whether ORT's u8 x s8 int8 kernels saturate on this CPU, so sessions need its precision mode.
-
-    x86 CPUs with AVX2 but no VNNI (many AMD EPYC before Zen 4, older Xeons) sum pairs of products
-    in 16 bits: the INT8 face model then lost 17 of 184 hamilton faces the float model finds (9%);
-    precision mode (u8 x u8 kernels) loses 1. With AVX-512 VNNI or AVX-VNNI the sums are 32-bit and
-    precision mode only costs: the INT8 face model took 82 against 43 ms a 1280x736 frame (Xeon, 2
-    cores) for identical outputs. An x86 CPU whose flags cannot be read gets the precise path.
-    """
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False  # the setting is x86-only
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-    flags = next((line.partition(":")[2].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
 class DetectionError(RuntimeError):

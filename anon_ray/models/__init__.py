@@ -1,1 +1,2 @@
-"""Models: the manifest resolved at run time (registry) and the build steps that fill its cache (build)."""
+"""Models: the manifest resolved at run time (registry), the build steps that fill its cache (build), and
+the choice this CPU runs best (cpu)."""

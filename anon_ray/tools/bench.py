@@ -27,6 +27,7 @@ import onnxruntime as ort
 import psutil
 
 from anon_ray.config import BenchConfig, SegmentConfig
+from anon_ray.models.cpu import for_this_cpu
 from anon_ray.io.inventory import local_asset
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
@@ -283,6 +284,7 @@ def main(cfg: BenchConfig, job_overrides: list[str]) -> None:
     the anon-ray command line the reference races against."""
     if not (cfg.input or cfg.memory_minutes):
         raise SystemExit("anon-ray-bench: give input=VIDEO (and/or memory_minutes=[1,10])")
+    cfg = for_this_cpu(cfg)  # as the anon-ray command line it races does
     result = run(cfg, job_overrides) if cfg.input else {}
     if cfg.memory_minutes:
         with tempfile.TemporaryDirectory(prefix="anon-ray-bench-mem-") as tmp:

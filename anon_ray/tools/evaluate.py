@@ -29,6 +29,7 @@ import numpy as np
 from anon_ray.config import EvalConfig
 from anon_ray.core import consistency, mask
 from anon_ray.detect import Detector, cutoffs
+from anon_ray.models.cpu import for_this_cpu
 from anon_ray.io.inventory import VIDEO_EXTS, local_asset
 from anon_ray.media.image import read_image
 from anon_ray.media.probe import probe
@@ -287,7 +288,7 @@ def _fmt(x) -> str:
 
 
 def main(cfg: EvalConfig) -> None:
-    summary = evaluate(cfg)
+    summary = evaluate(for_this_cpu(cfg))
     print(f"dataset: {cfg.dataset} ({summary['target']}s, {summary['n_images']} images or frames, "
           f"{summary['n_boxes']} boxes)")
     if summary["n_images"]:
