@@ -18,8 +18,8 @@ import pyarrow as pa
 from anon_ray import __version__
 from anon_ray.config import AppConfig, ReviewConfig
 from anon_ray.core import overrides, risk
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.io import inventory, manifest, review, storage
+from anon_ray.models.cpu import for_this_cpu
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 

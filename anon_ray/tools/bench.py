@@ -27,12 +27,12 @@ import onnxruntime as ort
 import psutil
 
 from anon_ray.config import BenchConfig, SegmentConfig
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.io.inventory import local_asset
 from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.probe import probe
+from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run import engine, lifecycle
 from anon_ray.run.local import run_local
 from anon_ray.run.pipeline import Worker

@@ -29,10 +29,10 @@ import numpy as np
 from anon_ray.config import EvalConfig
 from anon_ray.core import consistency, mask
 from anon_ray.detect import Detector, cutoffs
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.io.inventory import VIDEO_EXTS, local_asset
 from anon_ray.media.image import read_image
 from anon_ray.media.probe import probe
+from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run import lifecycle
 from anon_ray.run.pipeline import Worker
 from anon_ray.tools import metrics
