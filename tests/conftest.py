@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -45,6 +46,28 @@ def annotations(folder: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLES
+
+
+@contextlib.contextmanager
+def ordinary_scheduling():
+    """Undo what an encoder does to the calling thread's scheduling. SVT-AV1, run as root, switches
+    the thread that opens it to SCHED_FIFO at the top priority for good; every thread and process
+    started from it later inherits that (ONNX Runtime's pool, whose idle threads spin, and a Ray
+    cluster's workers), and on two cores a spinning real-time thread starved the rest: the suite hung."""
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+@pytest.fixture(autouse=True)
+def no_test_leaves_real_time_scheduling():
+    yield
+    policy = os.sched_getscheduler(0)
+    if policy != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        pytest.fail(f"the test left the process in scheduling policy {policy} (wrap encoders in ordinary_scheduling)")
 
 
 def mux_stereo_tone(out, stream, samples: int) -> None:
