@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from anon_ray.cli import CONF_DIR, _register
+from anon_ray.media.encode import ordinary_scheduling
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "anon_ray" / "samples"
@@ -49,16 +50,12 @@ def sample_dir() -> Path:
 
 
 @contextlib.contextmanager
-def ordinary_scheduling():
-    """Undo what an encoder does to the calling thread's scheduling. SVT-AV1, run as root, switches
-    the thread that opens it to SCHED_FIFO at the top priority for good; every thread and process
-    started from it later inherits that (ONNX Runtime's pool, whose idle threads spin, and a Ray
-    cluster's workers), and on two cores a spinning real-time thread starved the rest: the suite hung."""
+def ordinary_scheduling_after():
+    """Clips written here with SVT-AV1 leave the pytest process real-time otherwise (encode.ordinary_scheduling)."""
     try:
         yield
     finally:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        ordinary_scheduling()
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +63,8 @@ def no_test_leaves_real_time_scheduling():
     yield
     policy = os.sched_getscheduler(0)
     if policy != os.SCHED_OTHER:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        pytest.fail(f"the test left the process in scheduling policy {policy} (wrap encoders in ordinary_scheduling)")
+        ordinary_scheduling()
+        pytest.fail(f"the test left the process in scheduling policy {policy} (see encode.ordinary_scheduling)")
 
 
 def mux_stereo_tone(out, stream, samples: int) -> None:

@@ -29,7 +29,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import mux_stereo_tone, ordinary_scheduling
+from conftest import mux_stereo_tone, ordinary_scheduling_after
 from PIL import Image, ImageOps
 
 from anon_ray.config import AppConfig, SegmentConfig
@@ -72,8 +72,8 @@ def _clip(path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p", n: int =
           container_options: dict | None = None, options: dict | None = None, pts: list[int] | None = None,
           time_base: Fraction | None = None, rotation: int = 0, audio: bool = False, video_stream: bool = True,
           latin1_title: str = "", size: tuple[int, int] = (W, H), fps: int = FPS) -> None:
-    with ordinary_scheduling(), av.open(str(path), "w", format=fmt, container_options=container_options or {},
-                                        metadata_encoding="latin-1") as out:
+    with ordinary_scheduling_after(), av.open(str(path), "w", format=fmt, container_options=container_options or {},
+                                              metadata_encoding="latin-1") as out:
         if latin1_title:
             out.metadata["title"] = latin1_title  # stored as Latin-1 bytes: invalid UTF-8
         v = out.add_stream(codec, rate=fps, options=options or {}) if video_stream else None

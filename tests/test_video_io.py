@@ -286,6 +286,16 @@ def test_writer_leaves_nothing_on_error(clips, tmp_path):
     assert not target.exists() and _no_temp_files(str(tmp_path))
 
 
+def test_an_av1_writer_puts_its_thread_back_on_the_ordinary_scheduler(clips, tmp_path):
+    # SVT-AV1 opened by root leaves the opening thread SCHED_FIFO at priority 99 (encode.ordinary_scheduling).
+    info = probe(clips["mp4"])
+    with VideoWriter(str(tmp_path / "av1.mp4"), info, VideoConfig(codec="libsvtav1", preset="12")) as writer:
+        writer.write(_frame(0), 0)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        writer.write(_frame(1), 512)
+    assert len(scan_packets(str(tmp_path / "av1.mp4"))) == 2
+
+
 def test_transcode_floor_keeps_frames_timestamps_and_rotation(clips, tmp_path):
     dst = str(tmp_path / "floor.mp4")
     assert transcode_floor(clips["mp4"], dst, CFG) == N_FRAMES

@@ -136,6 +136,15 @@ def output_changes(info: VideoInfo, codec: str, cfg: VideoConfig) -> tuple[str, 
     return tuple(changes)
 
 
+def ordinary_scheduling() -> None:
+    """Put the calling thread back on the ordinary scheduler. SVT-AV1 (video.codec=libsvtav1), opened
+    by root, switches the thread that opens it to SCHED_FIFO at the top priority for good, and
+    threads and processes started from it later inherit that: an idle ONNX Runtime thread spinning
+    at that priority starves the worker's other threads of their core (a whole test run hung so)."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 class VideoWriter:
     """Encode RGB frames with given pts into a new file (`.mp4` parts keep any time base exactly).
 
@@ -203,6 +212,9 @@ class VideoWriter:
             self._container.mux(self._stream.encode(frame))
         except av.FFmpegError as exc:
             raise MediaError(f"encoding pts {pts} failed: {exc}") from exc
+        finally:
+            if not self.frames:  # the first frame opens the encoder
+                ordinary_scheduling()
         self._last_pts = pts
         self.frames += 1
 
