@@ -245,7 +245,9 @@ class MaskConfig:
     face_margin_top: float | None = 0.25
     face_margin_bottom: float | None = 0.3
     # 0.15: the plate model's boxes fall a few px short of a plate's ends (plates_openimages
-    # under-covered >= 16 px 0.025 at 0.1, 0.019 at 0.15; over-masking +0.015).
+    # under-covered >= 16 px 0.025 at 0.1, 0.019 at 0.15; over-masking +0.015). With every photo
+    # pass since (2026-12-06, same detections): >= 16 px 0.053 at 0.15 and 0.2, 0.049 at 0.25 and
+    # 0.3 (two of 486 plates fewer under-covered), over-masking 0.127 / 0.142 / 0.156 / 0.168: kept.
     plate_margin: float = 0.15
     feather: float = 0.1  # share of the mask's short side that fades into the background
     blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
