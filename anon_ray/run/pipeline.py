@@ -235,7 +235,6 @@ class Worker:
         raw: list[Detections] = []
         paths: list[CameraPath] = []
         used: dict[int, Detections] = {}
-        written = 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
         cap = held_frames.capacity(streamed_reach(self.cfg.track), max(1, self.cfg.detect.face.batch))
         held = held_frames.HeldFrames(cap) if held_frames.fits(cap, info.width, info.height) else None
@@ -264,7 +263,6 @@ class Worker:
                         mask.apply(rgb, used[i], self.cfg.mask)
                     with clock("encode"):
                         writer.write(rgb, pts)
-                    written += 1
             for _ in final:  # the context frames after the owned ones
                 pass
             with clock("track"):  # the detection thread has ended: the clock's "track" is free again
@@ -279,7 +277,7 @@ class Worker:
                 owned.close()
             if os.path.exists(tmp):
                 os.remove(tmp)
-        return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=written,
+        return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=writer.frames,
                              seconds=clock.totals())
 
 
