@@ -244,11 +244,13 @@ class MaskConfig:
     # to cover 90% of it (README, "How the defaults were chosen").
     face_margin_top: float | None = 0.25
     face_margin_bottom: float | None = 0.3
-    # 0.15: the plate model's boxes fall a few px short of a plate's ends (plates_openimages
-    # under-covered >= 16 px 0.025 at 0.1, 0.019 at 0.15; over-masking +0.015). With every photo
-    # pass since (2026-12-06, same detections): >= 16 px 0.053 at 0.15 and 0.2, 0.049 at 0.25 and
-    # 0.3 (two of 486 plates fewer under-covered), over-masking 0.127 / 0.142 / 0.156 / 0.168: kept.
-    plate_margin: float = 0.15
+    # The plate model's boxes fall a few px short of a plate's ends, and of a tilted plate's top and
+    # bottom. Chosen on plates/ and plates_openimages together (one detection run each, 2026-12-06),
+    # plates >= 16 px left uncovered of 406 / 486 and over-masking, at 0.15: 3 / 26, 0.099 / 0.127;
+    # 0.2: 3 / 26; 0.25: 1 / 24, 0.124 / 0.156; 0.3: 1 / 24. Growing plates only above and below
+    # (0.15 beside, 0.25 above and below: 3 / 24, 0.113 / 0.144) or less beside them (0.1 and 0.25:
+    # 4 / 24) leaves more uncovered. faces_wider's over-masking (false plates): 0.143 -> 0.149.
+    plate_margin: float = 0.25
     feather: float = 0.1  # share of the mask's short side that fades into the background
     blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
     fill_color: list[int] = field(default_factory=lambda: [0, 0, 0])
