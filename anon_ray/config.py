@@ -267,6 +267,15 @@ class TrackConfig:
     max_age: int = 15  # frames a lost track is kept for re-association
     max_gap: int = 15  # gaps up to this many frames are filled by interpolation
     pad: int = 10  # frames a track is extended before its first and after its last detection
+    # Frames a face / plate detection that joined no track (one under its high threshold) is also
+    # masked on, before and after its own: the detector finds such faint ones on some frames only.
+    # On the 64-photo plate pan (tools/pan_video.py), both classes padded: plate-frames >= 16 px
+    # leaked 0.163 / 0.139 / 0.127 at 0 / 1 / 2 (< 16 px 0.297 / 0.219 / 0.185), over-masking
+    # 0.204 / 0.226 / 0.248. Faces on videos_gt at 2: leaked face-frames >= 16 px 0.007 -> 0.002,
+    # but over-masking 0.155 -> 0.243 (false faces under 0.5 held 5 frames): plates only, which on
+    # the pan gives 0.129 (< 16 px 0.191, >= 96 px 0.113 -> 0.086), over-masking 0.221 (2026-12-06).
+    lone_pad: int = 0
+    plate_lone_pad: int = 2
     # Follow the camera (track/camera.py): tracks match, and boxes between and around detections
     # move, with the picture's measured shift as well as held still. On the ground-truth clips it
     # halved the leaked face-frames (most leaks are faces blurred by a pan).

@@ -7,7 +7,8 @@ from anon_ray.core.stitch import asset_tracks, global_ids
 from anon_ray.io.manifest import track_table
 from anon_ray.track import track
 from anon_ray.track.matching import iou_matrix
-from anon_ray.types import FACE, PLATE, Detections, PacketIndex, SegmentPlan
+from anon_ray.run.pipeline import count_objects
+from anon_ray.types import FACE, PLATE, CameraPath, Detections, PacketIndex, SegmentPlan
 
 CFG = TrackConfig()
 
@@ -60,6 +61,26 @@ def test_untracked_detections_masked_as_is_and_empty_input():
     np.testing.assert_array_equal(out.xyxy, d.xyxy)
     np.testing.assert_array_equal(out.track, [-1, -1])
     assert len(mask_boxes(Detections.empty(), CFG, range(10), (100, 100))) == 0
+
+
+def test_untracked_plates_padded_plate_lone_pad_frames_each_side_held_and_with_the_picture():
+    d = build([5], [[100, 100, 140, 120]], 0.2, PLATE, -1)
+    out = mask_boxes(d, CFG, range(6), (1000, 1000))  # plate_lone_pad 2; frames 6 and 7 are out of range
+    assert out.frame.tolist() == [3, 4, 5] and (out.track == -1).all()
+    np.testing.assert_allclose(out.score, [0, 0, 0.2])
+    grow = np.array([-20, -10, 20, 10]) * PAD_GROWTH  # half the box's w and h per frame of distance
+    np.testing.assert_allclose(out.select(out.frame == 3).xyxy[0], [100, 100, 140, 120] + 2 * grow, atol=1e-4)
+    # A picture moving 10 px a frame right: each pad is also drawn where the scene carried it.
+    path = CameraPath(np.arange(10), np.c_[np.arange(10) * 10.0, np.zeros(10)])
+    moved = mask_boxes(d, CFG, range(10), (1000, 1000), path)
+    assert sorted(moved.frame.tolist()) == [3, 3, 4, 4, 5, 6, 6, 7, 7]
+    np.testing.assert_allclose(np.sort(moved.select(moved.frame == 7).xyxy[:, 0]), [98, 118], atol=1e-4)
+    assert count_objects(out) == (0, 1)
+    # Faces get no such pads by default (lone_pad 0); either class can be set.
+    face = build([5], [[100, 100, 140, 120]], 0.2, FACE, -1)
+    assert len(mask_boxes(face, CFG, range(10), (1000, 1000))) == 1
+    assert len(mask_boxes(face, TrackConfig(lone_pad=1), range(10), (1000, 1000))) == 3
+    assert len(mask_boxes(d, TrackConfig(plate_lone_pad=0), range(10), (1000, 1000))) == 1
 
 
 def segment_plan(index, start, end, ctx_start, ctx_end, count=2):
@@ -164,5 +185,5 @@ def test_cut_independence_of_track_and_refine():
             assert coverage(whole, cut) >= 0.995, (seed, seconds, coverage(whole, cut))
             assert coverage(cut, whole) >= 0.995, (seed, seconds, coverage(cut, whole))
             # Every detection is masked on its frame (clipped to it), whatever the cut.
-            clipped = mask_boxes(dets.with_track(np.full(len(dets), -1)), CFG, range(n), size)
+            clipped = mask_boxes(dets.with_track(np.full(len(dets), -1)), TrackConfig(plate_lone_pad=0), range(n), size)
             assert coverage(clipped, cut, min_iou=0.999) == 1.0

@@ -137,12 +137,13 @@ def test_untracked_detections_before_a_segments_first_owned_frame_are_padded_acr
 
 def test_plate_tracks_start_at_their_own_score():
     """A plate seen every 3rd frame at 0.3: below high_threshold it seeds no track and is masked
-    on those frames only; with track.plate_high_threshold 0.25 it is tracked and the frames
-    between are filled. Faces at 0.3 seed no track either way."""
+    on those frames only (here without the lone pads); with track.plate_high_threshold 0.25 it is
+    tracked and the frames between are filled. Faces at 0.3 seed no track either way."""
     frames = [0, 3, 6, 9]
     boxes = path(frames, (100, 100), (6, 0), size=(60, 20))
-    low = TrackConfig(plate_high_threshold=0.25)
-    for cls, cfg, tracked in ((PLATE, CFG, False), (PLATE, low, True), (FACE, low, False)):
+    plain = TrackConfig(plate_lone_pad=0)
+    low = TrackConfig(plate_high_threshold=0.25, plate_lone_pad=0)
+    for cls, cfg, tracked in ((PLATE, plain, False), (PLATE, low, True), (FACE, low, False)):
         found = track(dets(frames, boxes, 0.3, cls), cfg, range(12))
         assert bool(np.all(found.track >= 0)) == tracked
         masked = mask_boxes(found, cfg, range(12), (1280, 720))

@@ -20,7 +20,9 @@ detection in the `pad` frames before a segment's first owned frame is padded for
 track ended there: the segment masks at least the pads the earlier run drew (invariant I2), at
 the cost of a few extra boxes in the `pad` frames after a cut.
 
-Otherwise untracked detections (track -1) are masked as they are. Synthetic boxes (interpolated or padded)
+Otherwise an untracked detection (track -1) is masked as it is, and `lone_pad` (a plate:
+`plate_lone_pad`) frames before and after its own as well, held and grown like a run's pads (and
+moved with the picture). Synthetic boxes (interpolated or padded)
 carry their track's id and class and score 0, which tells them apart from detections. Margin
 dilation is the masker's job, not done here.
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from anon_ray.config import TrackConfig
-from anon_ray.types import CameraPath, Detections
+from anon_ray.types import PLATE, CameraPath, Detections
 
 PAD_GROWTH = 0.05  # relative growth of w and h per padded frame (50% at the default pad of 10)
 
@@ -54,11 +56,14 @@ def mask_boxes(tracked: Detections, cfg: TrackConfig, frames: range, frame_size:
     pairs = np.flatnonzero(linked & (missing > 0))
     lead = tracked.select(tracked.track < 0)
     before = np.flatnonzero((lead.frame >= owned_from - cfg.pad) & (lead.frame < owned_from))
+    lone = [(np.flatnonzero(lead.cls != PLATE), cfg.lone_pad), (np.flatnonzero(lead.cls == PLATE), cfg.plate_lone_pad)]
     parts = [_interpolate(t, pairs, missing), _pad(t, run_start, -1, cfg.pad), _pad(t, run_end, +1, cfg.pad),
              _pad(lead, before, +1, cfg.pad)]
+    parts += [_pad(lead, rows, d, n) for rows, n in lone for d in (-1, +1)]
     if path is not None and np.any(path.xy):
         parts += [_interpolate(t, pairs, missing, path), _pad(t, run_start, -1, cfg.pad, path),
                   _pad(t, run_end, +1, cfg.pad, path), _pad(lead, before, +1, cfg.pad, path)]
+        parts += [_pad(lead, rows, d, n, path) for rows, n in lone for d in (-1, +1)]
     synthetic = Detections.concat(parts)
     out = Detections.concat([tracked, synthetic])
     w, h = frame_size

@@ -3,8 +3,8 @@ segment's first frames while it detects its later ones.
 
 A frame's mask boxes (tracking, then refine.mask_boxes) depend only on detections a bounded
 distance around it: gap filling links detections at most max_gap + 1 frames apart, padding
-reaches `pad` frames, and ByteTrack is online. So once detection has passed frame f by
-max(max_gap + 1, pad) frames, f is final, and refining a window that reaches as far behind it
+reaches `pad` (or a lone detection's pad) frames, and ByteTrack is online. So once detection has passed frame f by
+max(max_gap + 1, pad, the lone pads) frames, f is final, and refining a window that reaches as far behind it
 gives exactly the boxes a refinement of the whole segment gives. The worker
 still checks this against the whole-segment result before it publishes a part.
 """
@@ -26,7 +26,7 @@ _CLASS_ID_BASE = 1 << 40
 
 def streamed_reach(cfg: TrackConfig) -> int:
     """Frames detection must have passed a frame by before its boxes are final."""
-    return max(cfg.max_gap + 1, cfg.pad)
+    return max(cfg.max_gap + 1, cfg.pad, cfg.lone_pad, cfg.plate_lone_pad)
 
 
 class StreamedBoxes:

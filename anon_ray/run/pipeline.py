@@ -71,12 +71,13 @@ NO_DEADLINE = Deadline()
 
 
 def count_objects(dets: Detections) -> tuple[int, int]:
-    """Objects masked per class: one per track, plus each detection that joined no track."""
+    """Objects masked per class: one per track, plus each detection that joined no track (its
+    pads, synthetic boxes of score 0, not counted again)."""
 
     def count(cls: int) -> int:
         sel = dets.cls == cls
         tracked = dets.track[sel]
-        return int(len(np.unique(tracked[tracked >= 0])) + np.count_nonzero(tracked < 0))
+        return int(len(np.unique(tracked[tracked >= 0])) + np.count_nonzero((tracked < 0) & (dets.score[sel] > 0)))
 
     return count(FACE), count(PLATE)
 
