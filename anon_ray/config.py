@@ -166,7 +166,10 @@ class PlateConfig:
     # over-masking 0.177 -> 0.190). In the fast preset: pan 0.229 against 0.224, plates/ 0.032
     # against 0.027, plates_openimages 0.173 against 0.177. Not taken by any preset.
     model: str = "fastanpr"
-    threshold: float = 0.1
+    # Video frames' cut-off, with `every` below: the plate pass on every 2nd frame cut at 0.05
+    # misses fewer plates than on every frame at 0.1 (boxes that joined no track are masked 2
+    # frames before and after anyway, track.plate_lone_pad), for ~1/3 less job time.
+    threshold: float = 0.05
     # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075
     # leaks 0.078 of plates >= 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001.
     # With every photo pass since: 0.05 leaves >= 16 px at 0.053 (not detected 0.045 -> 0.043,
@@ -199,6 +202,13 @@ class PlateConfig:
     # 0.058 (plates/ 0.010 -> 0.007; the fast preset's 0.027 -> 0.042), a pan over 16 Open Images
     # photos at 720p 0.239 -> 0.246 (2026-12-06). Recall first: off in every preset.
     tight_letterbox: bool = False
+    # Video frames get the plate passes on every `every`-th frame only (detect/cascade.py: Cadence).
+    # The 64-photo plate pan (tools/pan_video.py), plate-frames >= 16 px leaked (16-32 px; < 16
+    # px), over-masking, frames a second in process (the bench clip, 720p, 2 cores): every frame
+    # at 0.1, 0.129 (0.201; 0.191), 0.221, 11.1; every 2nd at 0.1, 0.145 (0.229; 0.227), 0.212,
+    # 15.2; every 2nd at 0.05, 0.116 (0.166; 0.199), 0.220, 15.2; every frame at 0.05 (as in
+    # max_recall), 0.098 (0.140; 0.154), 0.233, ~11 (2026-12-06).
+    every: int = 2
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
     # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size

@@ -168,7 +168,7 @@ def test_photos_get_the_half_scale_plate_pass_and_video_frames_do_not(plate_set,
     one_model = PlateConfig(photo_extra_model="")
     detector = Detector(DetectConfig(face=FaceConfig(enabled=False), plate=one_model, session=SESSION), ModelsConfig())
     (video,), (photo,) = detector.detectors, detector.photo_detectors
-    assert video.detector.session is photo.detector.session
+    assert video.inner.detector.session is photo.detector.session
     ratios: list[float] = []
     real = PlateDetector._at_ratio
     monkeypatch.setattr(PlateDetector, "_at_ratio", lambda self, f, r: (ratios.append(r), real(self, f, r))[1])
@@ -180,6 +180,31 @@ def test_photos_get_the_half_scale_plate_pass_and_video_frames_do_not(plate_set,
     detector.detect([image], photo=True)
     whole = [r for r in ratios if r <= fit * 1.001]  # the rest are the photo's tiles
     assert sorted(whole) == [pytest.approx(fit / 2), pytest.approx(fit)]
+
+
+def test_plate_cadence_runs_video_plate_passes_on_every_nth_frame_by_absolute_number(plate_set, eval_data):
+    """detect.plate.every=2: video frames numbered by a multiple of 2 get the plate passes, with the
+    boxes every frame would get; the others none (wherever the batch starts, I2); photos all."""
+    cfg = DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(photo_extra_model=""), session=SESSION)
+    every, halved = Detector(cfg, ModelsConfig()), Detector(replace(cfg, plate=replace(cfg.plate, every=2)),
+                                                            ModelsConfig())
+    images = [image for image, _ in plate_set] * 2
+    for start in (5, 6):
+        found, reference = halved.detect(images, start), every.detect(images, start)
+        assert set(found.frame.tolist()) == {f for f in range(start, start + 6) if f % 2 == 0}
+        for f in range(start, start + 6):
+            if f % 2 == 0:
+                assert len(reference.for_frame(f)) > 0
+                np.testing.assert_array_equal(found.for_frame(f).xyxy, reference.for_frame(f).xyxy)
+    photos = halved.detect(images, 5, photo=True)
+    assert set(photos.frame.tolist()) == set(range(5, 11))
+    # Video frames cut lower than photos leave photos as they were: no box under the photo cut-off
+    # enters a photo's passes, where fusion would let it widen the kept boxes.
+    assert cfg.plate.threshold < cfg.plate.photo_threshold
+    car = read_image(str(eval_data / "plates" / "kagglecars_Cars114.jpg"), ImageConfig()).rgb  # a box at ~0.07
+    video = halved.detectors[0].detect([car], 6)
+    fused = halved.photo_detectors[0].detect([car], 6, photo=True)  # before the Detector's cut-off
+    assert video.score.min() < cfg.plate.photo_threshold <= fused.score.min()
 
 
 def test_int8_precision_mode_only_where_sums_saturate(faces):

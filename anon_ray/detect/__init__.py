@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from anon_ray.config import DetectConfig, ModelsConfig
-from anon_ray.detect.cascade import Cascade, Recent
+from anon_ray.detect.cascade import Cadence, Cascade, Recent
 from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
@@ -26,7 +26,7 @@ class Detector:
     def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
         self.cfg = cfg
         self.models: dict[str, ModelInfo] = {}
-        self.detectors: list[MultiPass | Cascade] = []
+        self.detectors: list[Cadence | Cascade] = []
         self.photo_detectors: list[MultiPass] = []  # the same sessions, with passes for photos
         if cfg.face.enabled:
             info = self.models[cfg.face.model] = resolve(cfg.face.model, models)
@@ -42,8 +42,8 @@ class Detector:
             info = self.models[cfg.plate.model] = resolve(cfg.plate.model, models)
             low = replace(cfg.plate, threshold=min(cfg.plate.threshold, cfg.plate.photo_threshold))
             plate = PlateDetector(info.path, low, cfg.session)
-            self.detectors.append(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou,
-                                            fuse=cfg.plate.fuse))
+            self.detectors.append(Cadence(MultiPass(plate, [cfg.plate.tiling], cfg.plate.flip, cfg.plate.nms_iou,
+                                                    fuse=cfg.plate.fuse), cfg.plate.every))
             self.photo_detectors.append(MultiPass(plate.for_photos(), [cfg.plate.tiling], cfg.plate.flip,
                                                   cfg.plate.nms_iou, fuse=cfg.plate.fuse))
             if cfg.plate.photo_extra_model:

@@ -1,4 +1,5 @@
-"""A cheaper face pass on most video frames, the full passes on every n-th one.
+"""A cheaper face pass on most video frames, the full passes on every n-th one; plates' passes
+on every n-th frame only (`Cadence`).
 
 Detection is most of a CPU worker's time (README, "where the time goes"). On video a face seen
 on one frame is carried to its neighbours by tracking, gap filling and padding (track/, core/refine.py),
@@ -46,6 +47,27 @@ class Recent:
 def _renumbered(dets: Detections, frames: np.ndarray) -> Detections:
     """Boxes of frames numbered 0.. in a subset, numbered as the subset's `frames` say."""
     return Detections(frames[dets.frame], dets.xyxy, dets.score, dets.cls, dets.track)
+
+
+class Cadence:
+    """A detector's passes on video frames whose absolute number is a multiple of `every` only
+    (photos: always), so a costly class's pass runs on fewer frames; tracking, gap filling and
+    the padding of boxes that joined no track (track.plate_lone_pad) carry its boxes between.
+    Absolute numbers keep the choice independent of where a video is cut (I2)."""
+
+    def __init__(self, inner: MultiPass, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"a detection cadence needs every >= 1, got {every}")
+        self.inner, self.every = inner, every
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False) -> Detections:
+        if photo or self.every == 1:
+            return self.inner.detect(frames, first_index, photo)
+        numbers = np.arange(first_index, first_index + len(frames))
+        key = np.flatnonzero(numbers % self.every == 0)
+        if not len(key):
+            return Detections.empty()
+        return _renumbered(self.inner.detect([frames[k] for k in key], 0), numbers[key])
 
 
 class Cascade:

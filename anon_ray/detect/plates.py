@@ -44,9 +44,12 @@ class PlateDetector:
         self.coeffs = SEG_COEFFS if meta.get("task", "segment") == "segment" else 0
 
     def for_photos(self) -> "PlateDetector":
-        """The same session with the photos' whole-frame scales (PlateConfig.photo_scales)."""
+        """The same session with the photos' whole-frame scales (PlateConfig.photo_scales), never
+        cut below photo_threshold: boxes under it must not widen a photo's kept boxes when passes
+        are fused, however low video frames are cut."""
         twin = copy.copy(self)
-        twin.cfg = dataclasses.replace(self.cfg, scales=list(self.cfg.photo_scales))
+        twin.cfg = dataclasses.replace(self.cfg, scales=list(self.cfg.photo_scales),
+                                       threshold=max(self.cfg.threshold, self.cfg.photo_threshold))
         return twin
 
     def zoom(self, height: int, width: int) -> float:
