@@ -185,9 +185,11 @@ def test_photos_get_the_half_scale_plate_pass_and_video_frames_do_not(plate_set,
 def test_plate_cadence_runs_video_plate_passes_on_every_nth_frame_by_absolute_number(plate_set, eval_data):
     """detect.plate.every=2: video frames numbered by a multiple of 2 get the plate passes, with the
     boxes every frame would get; the others none (wherever the batch starts, I2); photos all."""
-    cfg = DetectConfig(face=FaceConfig(enabled=False), plate=PlateConfig(photo_extra_model=""), session=SESSION)
+    one_model = PlateConfig(photo_extra_model="", every=1)
+    cfg = DetectConfig(face=FaceConfig(enabled=False), plate=one_model, session=SESSION)
     every, halved = Detector(cfg, ModelsConfig()), Detector(replace(cfg, plate=replace(cfg.plate, every=2)),
                                                             ModelsConfig())
+    assert set(every.detect([plate_set[0][0]] * 2, 5).frame.tolist()) == {5, 6}  # the reference: every frame
     images = [image for image, _ in plate_set] * 2
     for start in (5, 6):
         found, reference = halved.detect(images, start), every.detect(images, start)
