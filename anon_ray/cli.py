@@ -165,7 +165,7 @@ def _run(dcfg: DictConfig) -> None:
               f"{in_flight}, and the rest of the input was not started. Finished assets keep their outputs "
               f"and manifest rows; run the same command again to process what is left.", file=sys.stderr)
     if not cfg.dry_run:
-        print(f"outputs: {cfg.output}\nmanifest: {os.path.join(cfg.output, '_anon_ray', 'manifest.parquet')}")
+        print(f"outputs: {cfg.output}\nmanifest: {os.path.join(cfg.output, '_anon_ray', 'manifest')} (a file per run)")
     _exit_code = summary.exit_code
 
 

@@ -92,3 +92,24 @@ def plate_input_shapes(monkeypatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(plates, "run_checked", recording)
     return shapes
+
+
+def manifest_rows(out: Path | str) -> list[dict]:
+    """Every manifest row of a local output, oldest run first (io/manifest.py's layout)."""
+    from anon_ray.config import StorageConfig
+    from anon_ray.io.manifest import read_manifest
+
+    return read_manifest(str(out), StorageConfig()).to_pylist()
+
+
+def s3_manifest_rows(client, bucket: str, out_prefix: str) -> list[dict]:
+    """Every manifest row of an output in a bucket, read with the test's own client: the runs'
+    files under `<out_prefix>/_anon_ray/manifest/`, oldest first."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{out_prefix}/_anon_ray/manifest/")
+    keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    return [row for key in keys
+            for row in pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pylist()]

@@ -5,8 +5,8 @@
 Each driver scenario runs in a fresh child process and reports its peak RSS (ru_maxrss), the
 interpreter and imports included:
 - `first`: a fake listing of N photos, every one new, an engine that returns at once: the
-  listing, skip checks, manifest chunks and the fold at close;
-- `rerun`: the same N again over the manifest the first run left: the done index, N skips.
+  listing, skip checks, manifest chunks, and at close the fold of the run's chunks and its skip index;
+- `rerun`: the same N again over what the first run left: its saved skip index, N skips and their rows.
 `plan24h`: a packet index of a 24 h 29.97 fps recording with packet positions (2-second GOPs), cut
 by the default segment config: plan_segments time, the plan's size as Ray ships it once, and the
 packet scan's rate on a real mp4 so the scan of such a file can be read beside it; then the job's

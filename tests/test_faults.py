@@ -33,9 +33,8 @@ import boto3
 import cv2
 import numpy as np
 import onnxruntime as ort
-import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SAMPLES
+from conftest import REPO, SAMPLES, manifest_rows, s3_manifest_rows
 from s3server import DUMMY_AWS_ENV, moto_s3_server
 
 from anon_ray.config import AppConfig, StorageConfig
@@ -64,8 +63,8 @@ def leftovers(root: Path) -> list[Path]:
             bad.append(p)
         elif p.name.startswith(".") or p.name.endswith(".tmp"):
             bad.append(p)
-        elif p.parent.name in ("manifest", "tracks") and p.parent.parent.name == "_anon_ray":
-            bad.append(p)  # chunk files: ManifestWriter.close folds them into manifest.parquet
+        elif p.parent.name in ("manifest", "tracks") and re.search(r"-\d{5}\.parquet$", p.name):
+            bad.append(p)  # chunk files: ManifestWriter.close folds them into the run's file
     return bad
 
 
@@ -73,9 +72,9 @@ def media_outputs(out: Path) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "_anon_ray" not in p.parts}
 
 
-def manifest_rows(out: Path) -> dict[str, dict]:
+def latest_rows(out: Path) -> dict[str, dict]:
     """Latest row per relpath."""
-    rows = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    rows = manifest_rows(out)
     return {r["relpath"]: r for r in sorted(rows, key=lambda r: r["finished_at"])}
 
 
@@ -151,7 +150,7 @@ def mixed_input(tmp_path) -> Path:
 def stop_state(out: Path, total: int) -> dict[str, dict]:
     """What must hold after a stopped run; returns the manifest rows."""
     assert not leftovers(out), leftovers(out)
-    rows = manifest_rows(out)
+    rows = latest_rows(out)
     check_manifest_true(out, rows)
     assert len(rows) < total, "the stop took no effect: every asset was processed"
     for name, row in rows.items():
@@ -198,7 +197,7 @@ def test_second_sigterm_cancels_in_flight_and_rerun_completes(mixed_input, tmp_p
     assert f"{8 - len(done)} ok, 0 failed, {len(done)} skipped" in err
     assert media_outputs(out) == {p.name for p in mixed_input.iterdir()}
     assert not leftovers(out)
-    assert {r["status"] for r in manifest_rows(out).values()} <= {"ok", "skipped"}
+    assert {r["status"] for r in latest_rows(out).values()} <= {"ok", "skipped"}
 
 
 # ---------------------------------------------------------------- a full output disk
@@ -243,7 +242,7 @@ def test_full_disk_fails_only_what_does_not_fit(small_disk, tmp_path):
     shutil.copy(SAMPLES / "astronaut_pan.mp4", src / "e_clip.mp4")
     summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (3, 2), summary.failures
-    rows = manifest_rows(out)
+    rows = latest_rows(out)
     for name in ("b_noise.png", "d_noise.mp4"):
         row = rows[name]
         assert row["status"] == "failed" and "No space left on device" in row["error"], row
@@ -426,11 +425,12 @@ def test_object_store_500s_and_slow_responses(s3_env, tmp_path):
         assert {k for k in keys if "_anon_ray" not in k} == {"out/a_flaky.jpg", "out/c_slow.jpg", "out/d_clip.mp4"}
         runs = {k for k in keys if k.startswith("out/_anon_ray/runs/") and k.endswith(".json")}
         assert len(runs) == 1, keys  # the run's resolved config
+        [run_id] = [k.rsplit("/", 1)[1].removesuffix(".json") for k in runs]
         assert keys - {"out/a_flaky.jpg", "out/c_slow.jpg", "out/d_clip.mp4"} - runs == \
-            {"out/_anon_ray/manifest.parquet", "out/_anon_ray/tracks.parquet"}, keys  # no parts, no chunks
+            {f"out/_anon_ray/{d}/{run_id}.{ext}" for d, ext in
+             (("manifest", "parquet"), ("tracks", "parquet"), ("done", "npz"))}, keys  # no parts, no chunks
         assert not direct.list_multipart_uploads(Bucket=bucket).get("Uploads")
-        rows = {r["relpath"]: r for r in pq.read_table(io.BytesIO(direct.get_object(
-            Bucket=bucket, Key="out/_anon_ray/manifest.parquet")["Body"].read())).to_pylist()}
+        rows = {r["relpath"]: r for r in s3_manifest_rows(direct, bucket, "out")}
         assert rows["b_broken.jpg"]["status"] == "failed" and not rows["b_broken.jpg"]["output_uri"]
         assert all(rows[k]["status"] == "ok" for k in ("a_flaky.jpg", "c_slow.jpg", "d_clip.mp4"))
         scratch = [p for p in (tmp_path / "scratch").rglob("*") if p.is_file() and ".part-" in p.name]
@@ -468,7 +468,7 @@ def test_nan_or_error_from_the_detector_fails_the_asset(tmp_path, monkeypatch):
     monkeypatch.setattr(ort.InferenceSession, "run", run)
     summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (2, 2), summary.failures
-    rows = manifest_rows(out)
+    rows = latest_rows(out)
     assert rows["b_nan.jpg"]["error_class"] == "DetectionError" and "NaN" in rows["b_nan.jpg"]["error"]
     assert rows["d_clip.mp4"]["error_class"] == "DetectionError"
     assert "injected ONNX Runtime failure" in rows["d_clip.mp4"]["error"]
@@ -489,7 +489,7 @@ def test_local_engine_times_out_a_video_and_goes_on(tmp_path):
     cfg = faces_only(AppConfig(input=str(src), output=str(out), asset_timeout_s=limit))
     summary = job.run(replace(cfg, segment=replace(cfg.segment, seconds=1.0)), run_local, out=io.StringIO())
     assert (summary.ok, summary.failed) == (1, 1), summary.failures
-    rows = manifest_rows(out)
+    rows = latest_rows(out)
     video = rows["a_clip.mp4"]
     assert (video["status"], video["error_class"]) == ("failed", "Timeout"), video
     assert video["error"] == "still open after asset_timeout_s=0.3 s"  # the Ray engine's words
@@ -558,7 +558,7 @@ def test_stop_ends_the_listing_keeps_finished_rows_and_rerun_completes(tmp_path)
     summary = job.run(cfg, _copying_engine(2, stop), out=io.StringIO(), stop=stop)
     assert (summary.ok, summary.failed, summary.interrupted) == (2, 0, 0)
     assert summary.stopped_by == signal.SIGTERM and summary.exit_code == 143
-    rows = manifest_rows(out)
+    rows = latest_rows(out)
     assert set(rows) == {"p0.jpg", "p1.jpg"} and not leftovers(out)
     check_manifest_true(out, rows)
 
@@ -590,7 +590,7 @@ def test_interrupted_assets_are_counted_apart_and_give_the_signal_exit_code(tmp_
     summary = job.run(faces_only(AppConfig(input=str(src), output=str(out))), engine, out=report, stop=stop)
     assert (summary.ok, summary.failed, summary.interrupted, summary.exit_code) == (0, 0, 1, 130)
     assert "INTERRUPTED p0.jpg" in report.getvalue()
-    assert manifest_rows(out)["p0.jpg"]["error_class"] == job.INTERRUPTED
+    assert latest_rows(out)["p0.jpg"]["error_class"] == job.INTERRUPTED
 
 
 def test_stop_request_grace_and_second_signal():

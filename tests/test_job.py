@@ -14,9 +14,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SAMPLES
+from conftest import REPO, SAMPLES, manifest_rows
 from PIL import Image
 
 from anon_ray.config import AppConfig, StorageConfig
@@ -105,7 +104,7 @@ def test_masked_output_rescanned_has_no_face(photo_run):
 
 def test_manifest_rows(photo_run):
     _, out, _, _ = photo_run
-    table = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    table = manifest_rows(out)
     rows = {r["relpath"]: r for r in table}
     assert set(rows) == {"astro.png", "sub/astro_gps.jpg", "odd.webp", "broken.jpg", "notes.txt"}
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["error_class"]
@@ -117,8 +116,8 @@ def test_manifest_rows(photo_run):
         assert r["status"] == "ok" and r["faces"] >= 1
         assert len(r["input_sha256"]) == 64 and len(r["output_sha256"]) == 64 and r["config_hash"]
         assert "centerface" in r["models"]
-    text = (out / "_anon_ray" / "manifest.parquet").read_bytes()
-    assert b"SecretCam" not in text
+    files = list((out / "_anon_ray" / "manifest").glob("*.parquet"))
+    assert len(files) == 1 and b"SecretCam" not in files[0].read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +236,7 @@ def test_each_run_saves_its_resolved_config_beside_the_manifest(photo_run, tmp_p
     from anon_ray.io import manifest
 
     _, out, _, _ = photo_run
-    rows = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    rows = manifest_rows(out)
     [path] = (out / "_anon_ray" / "runs").glob("*.json")
     doc = json.loads(path.read_text())
     assert path.stem == doc["run_id"] == rows[0]["run_id"]
@@ -250,19 +249,21 @@ def test_each_run_saves_its_resolved_config_beside_the_manifest(photo_run, tmp_p
     assert "hunter22" not in saved and '"endpoint_url": "http://***@minio:9000"' in saved
 
 
+def _row(rel: str, version: str, failed: bool = False):
+    """A manifest row of config "c1" for asset `rel` at `version`, ok or failed."""
+    asset = Asset(uri=f"in/{rel}", relpath=rel, size=1, version=version, kind="image")
+    res = AssetResult(asset, f"out/{rel}", failure=Failure("X", "boom") if failed else None)
+    return job.record("r1", res, "c1", "{}")
+
+
 def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path, monkeypatch):
     """The skip index keeps each name's latest successful row (a later failure does not undo it,
     a later success replaces it, in the same merge or a later one) and sorts only the rows pending,
     never the whole index: a re-run over a million assets peaks in these merges (scale_figures)."""
-    def row(rel: str, version: str, failed: bool = False):
-        asset = Asset(uri=f"in/{rel}", relpath=rel, size=1, version=version, kind="image")
-        res = AssetResult(asset, f"out/{rel}", failure=Failure("X", "boom") if failed else None)
-        return job.record("r1", res, "c1", "{}")
-
     writer = manifest.ManifestWriter(str(tmp_path), "r1", StorageConfig())
     for rel, version, failed in [("a", "v1", False), ("b", "v1", False), ("c", "v1", False),
                                  ("b", "v2", False), ("a", "v9", True), ("d", "v1", False)]:
-        writer.add(row(rel, version, failed))
+        writer.add(_row(rel, version, failed))
     writer.close()
     sorts = []
     latest = manifest._latest
@@ -276,7 +277,7 @@ def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path,
     # A later run's chunk, not folded yet: merged into the index the folded file made.
     later = manifest.ManifestWriter(str(tmp_path), "r2", StorageConfig())
     for rel, version in [("a", "v3"), ("0", "v1"), ("e", "v1"), ("a", "v4")]:
-        later.add(row(rel, version))
+        later.add(_row(rel, version))
     later.flush()
     sorts.clear()
     done = manifest.DoneIndex.read(str(tmp_path), StorageConfig())
@@ -284,6 +285,42 @@ def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path,
     assert done.matches("a", "v4", "c1") and not done.matches("a", "v3", "c1") and not done.matches("a", "v1", "c1")
     assert done.matches("0", "v1", "c1") and done.matches("e", "v1", "c1") and done.matches("b", "v2", "c1")
     assert done.matches("c", "v1", "c1") and done.matches("d", "v1", "c1")
+
+
+def test_a_run_folds_only_its_own_rows_and_the_next_reads_its_saved_index(tmp_path, monkeypatch):
+    """No run rewrites the rows of the runs before it (the history grows by a row per listed asset
+    per run), and a job's next run reads the skip index the job saved plus the rows of runs after
+    it (a re-render saves none), not every row; an unreadable index costs a read of every row."""
+    out, cfg = str(tmp_path), StorageConfig()
+    audit = tmp_path / "_anon_ray"
+    first = manifest.ManifestWriter(out, "r1", cfg, done=manifest.DoneIndex.read(out, cfg))
+    for rel in ("a", "b"):
+        first.add(_row(rel, "v1"))
+    first.close()
+    folded = (audit / "manifest" / "r1.parquet").stat()
+    second = manifest.ManifestWriter(out, "r2", cfg, done=manifest.DoneIndex.read(out, cfg))
+    second.add(_row("a", "v2"))
+    second.add(_row("c", "v1", failed=True))
+    second.close()
+    after = (audit / "manifest" / "r1.parquet").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (folded.st_ino, folded.st_mtime_ns)
+    assert sorted(p.name for p in (audit / "manifest").iterdir()) == ["r1.parquet", "r2.parquet"]
+    assert [p.name for p in (audit / "done").iterdir()] == ["r2.npz"]
+    rerender = manifest.ManifestWriter(out, "r3", cfg)
+    rerender.add(_row("b", "v3"))
+    rerender.close()
+    read = []
+    batches = manifest._batches
+    monkeypatch.setattr(manifest, "_batches", lambda uri, *a: (read.append(uri.rsplit("/", 1)[1]), batches(uri, *a))[1])
+    done = manifest.DoneIndex.read(out, cfg)
+    assert read == ["r3.parquet"]
+    assert len(done) == 2 and done.matches("a", "v2", "c1") and done.matches("b", "v3", "c1")
+    assert not done.matches("a", "v1", "c1") and not done.matches("b", "v1", "c1") and not done.matches("c", "v1", "c1")
+    (audit / "done" / "r2.npz").write_bytes(b"PK not an index")
+    read.clear()
+    again = manifest.DoneIndex.read(out, cfg)
+    assert read == ["manifest.parquet", "r1.parquet", "r2.parquet", "r3.parquet"]
+    assert again.keys.tolist() == done.keys.tolist() and again.values.tolist() == done.values.tolist()
 
 
 @pytest.mark.parametrize("saturates", [True, False])

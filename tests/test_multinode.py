@@ -24,9 +24,8 @@ from pathlib import Path
 
 import boto3
 import psutil
-import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SAMPLES
+from conftest import REPO, SAMPLES, s3_manifest_rows
 from s3server import DUMMY_AWS_ENV, aws_env, moto_s3_server
 from test_cut_independence import HAMILTON, MODELS
 from test_ranged import moov_size, reencode
@@ -172,9 +171,7 @@ def objects(client, prefix: str) -> dict[str, bytes]:
 
 
 def manifest(client, out: str) -> dict[str, dict]:
-    data = client.get_object(Bucket=BUCKET, Key=f"{out}/_anon_ray/manifest.parquet")["Body"].read()
-    import io
-    return {r["relpath"]: r for r in pq.read_table(io.BytesIO(data)).to_pylist()}
+    return {r["relpath"]: r for r in s3_manifest_rows(client, BUCKET, out)}
 
 
 def media(found: dict[str, bytes]) -> dict[str, bytes]:

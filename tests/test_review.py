@@ -10,9 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, manifest_rows
 
 from anon_ray import detect
 from anon_ray.config import AppConfig, DetectConfig, FaceConfig, PlateConfig, ReviewConfig
@@ -140,12 +139,12 @@ def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_
         before, after = first[i][face].astype(float), second[i][face].astype(float)
         assert np.abs(before - after).mean() > 8  # masked now, and it was not before
         assert np.abs(second[i][:20, :20].astype(float) - first[i][:20, :20]).mean() < 2  # background kept
-    rows = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()
+    rows = manifest_rows(out)
     assert rows[-1]["overrides_sha256"] == overrides.sha256(ov_path.read_bytes()) and rows[-1]["status"] == "ok"
     assert all(r["overrides_sha256"] == "" for r in rows[:-1])
 
     assert rerender.rerender(cfg, io.StringIO()).skipped == 1  # nothing new to apply: nothing written
-    assert len(pq.read_table(out / "_anon_ray" / "manifest.parquet")) == len(rows)
+    assert len(manifest_rows(out)) == len(rows)
 
     # A later job that processes the asset again (forced, detection on) renders the reviewed boxes
     # instead of detecting: the correction stays published and the stored boxes stay the reviewed run's.
@@ -156,7 +155,7 @@ def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_
     assert job.run(seeing, run_local, out=log).ok == 1 and "detect" not in calls, log.getvalue()
     assert all(np.array_equal(a, b) for a, b in zip(corrected, _frames(out / "clip.mp4")))
     assert review.read_boxes(review.boxes_uri(str(out), "clip.mp4"), cfg.storage)[1]["run_id"] == meta["run_id"]
-    last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    last = manifest_rows(out)[-1]
     assert (last["status"], last["overrides_sha256"]) == ("ok", rows[-1]["overrides_sha256"])
     assert job.run(replace(seeing, force=False), run_local, out=io.StringIO()).skipped == 1
     assert rerender.rerender(cfg, io.StringIO()).skipped == 1
@@ -168,14 +167,14 @@ def test_missed_face_masked_by_an_override_and_a_rerender_without_detectors(tmp_
 
     ov_path.write_bytes(_doc(exclude=True))
     assert rerender.rerender(cfg, io.StringIO()).ok == 1 and not (out / "clip.mp4").exists()
-    last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    last = manifest_rows(out)[-1]
     assert (last["status"], last["error_class"], last["output_uri"]) == ("skipped", job.EXCLUDED, "")
     # The exclusion outlives later job runs, forced or with another config: the asset stays unpublished.
     log = io.StringIO()
     again = job.run(replace(cfg, force=True, detect=DetectConfig()), run_local, out=log)
     assert (again.ok, again.skipped) == (0, 1) and "EXCLUDED clip.mp4" in log.getvalue()
     assert not (out / "clip.mp4").exists()
-    assert pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]["error_class"] == job.EXCLUDED
+    assert manifest_rows(out)[-1]["error_class"] == job.EXCLUDED
 
 
 def test_rerender_without_corrections_writes_what_the_job_wrote(tmp_path):
@@ -222,7 +221,7 @@ def test_a_failed_rerender_leaves_no_output_whether_refused_or_failing_while_ren
         log = io.StringIO()
         assert rerender.rerender(cfg, log).failed == 1 and words in log.getvalue(), log.getvalue()
         assert not (out / "a.jpg").exists()
-        last = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+        last = manifest_rows(out)[-1]
         assert (last["status"], last["output_sha256"]) == ("failed", "")
         mends()
         assert rerender.rerender(cfg, io.StringIO()).ok == 1 and (out / "a.jpg").exists()
@@ -262,7 +261,7 @@ def test_job_rows_carry_the_review_queue(tmp_path):
     src.mkdir()
     shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
     assert job.run(AppConfig(input=str(src), output=str(out)), run_local, out=io.StringIO()).ok == 1
-    row = pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist()[-1]
+    row = manifest_rows(out)[-1]
     assert json.loads(row["review_frames"]) == [0] and isinstance(json.loads(row["risk_reasons"]), dict)
     assert row["risk"] >= 0
 
@@ -283,7 +282,7 @@ def test_report_lists_the_queue_and_writes_sheets_of_the_masked_output(tmp_path,
     text = capsys.readouterr().out
     queue = text.split("review queue", 1)[1]
     assert "clip.mp4" in queue and "photo.jpg" in queue and "low_score" in queue
-    row = next(r for r in pq.read_table(out / "_anon_ray" / "manifest.parquet").to_pylist() if r["kind"] == "video")
+    row = next(r for r in manifest_rows(out) if r["kind"] == "video")
     frames = json.loads(row["review_frames"])
     assert len(frames) == ReviewConfig().sheet_frames
     sheet = cv2.imread(str(out / "_anon_ray" / "review" / "sheets" / "clip.mp4.jpg"))[:, :, ::-1]

@@ -9,9 +9,8 @@ from pathlib import Path
 import av
 import boto3
 import cv2
-import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, s3_manifest_rows
 from s3server import aws_env, moto_s3_server
 
 from anon_ray.config import AppConfig, StorageConfig
@@ -52,8 +51,7 @@ def _keys(client, prefix: str) -> dict[str, str]:
 
 
 def _manifest(client) -> list[dict]:
-    data = client.get_object(Bucket="archive", Key="out/_anon_ray/manifest.parquet")["Body"].read()
-    return pq.read_table(io.BytesIO(data)).to_pylist()
+    return s3_manifest_rows(client, "archive", "out")
 
 
 @pytest.fixture(scope="module")

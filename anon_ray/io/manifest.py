@@ -1,8 +1,14 @@
 """The audit manifest: Parquet rows per asset per run, written as the run goes (crash-safe).
 
-Rows are flushed in small chunk files under `_anon_ray/rows/` while a run is going, and folded
-into `_anon_ray/manifest.parquet` when it ends; readers take both, so a crashed run's finished
-assets still count as done on the next run (I4).
+Layout under `_anon_ray/` (`tracks/` is laid out as `manifest/`):
+- `manifest/<run_id>-<seq>.parquet`: chunks flushed while a run goes, so a crashed run's finished
+  assets still count as done on the next run (I4);
+- `manifest/<run_id>.parquet`: a run's chunks folded into one file when it ends. A run writes
+  only its own rows: no run rewrites the history, which grows by a row per listed asset per run;
+- `manifest.parquet`: everything, as versions before per-run files folded it; still read first;
+- `done/<run_id>.npz`: the skip index (`DoneIndex`) as of that run's end, so the next run reads
+  16 bytes per asset instead of the rows of every run before it.
+Run ids sort in start order, so files read in name order are read oldest first.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 import time
 import urllib.parse
 import uuid
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,10 +38,15 @@ from anon_ray.io.files import remove_quietly
 from anon_ray.io.inventory import INTERNAL_DIR
 from anon_ray.types import AssetRecord, Detections
 
+log = logging.getLogger(__name__)
+
 # AssetRecord's annotations are strings (postponed evaluation), hence the keys.
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.type]) for f in dataclasses.fields(AssetRecord)])
-BATCH_ROWS = 16_384  # rows read or written at a time when paging through a manifest
+BATCH_ROWS = 16_384  # rows a row group of a folded manifest holds
+# Rows decoded at a time when paging through a manifest: Arrow's reader holds buffers for a whole
+# batch of every column read, so 16,384 rows of all 30 columns peaked at 26 MB in its pool (2,048: 9).
+READ_ROWS = 2_048
 # track_table's columns, plus where the rows come from; the box lists stay null unless
 # audit.boxes is on (box positions are personal data's location).
 TRACK_SCHEMA = pa.schema([
@@ -135,16 +149,24 @@ def _write_table(uri: str, table: pa.Table, cfg: StorageConfig) -> None:
     storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), cfg)
 
 
-def _chunks(output: str, name: str, cfg: StorageConfig) -> list[str]:
+def _run_of(uri: str) -> str:
+    """The run a file of `manifest/` or `tracks/` holds rows of: `<run_id>.parquet` (folded) or
+    `<run_id>-<seq>.parquet` (a chunk; run ids end in 8 hex digits, seqs are 5 digits)."""
+    stem = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+    return re.sub(r"-\d{5}$", "", stem)
+
+
+def _run_files(output: str, name: str, cfg: StorageConfig) -> list[str]:
+    """The folded runs and the chunks of runs not folded yet, oldest run first."""
     return sorted(u for u in storage.list_uris(storage.join(_dir(output), name), cfg) if u.endswith(".parquet"))
 
 
 def _files(output: str, name: str, cfg: StorageConfig) -> list[str]:
-    """The folded file, then the chunks of runs not folded yet, oldest first (run ids sort by time)."""
-    return [storage.join(_dir(output), f"{name}.parquet"), *_chunks(output, name, cfg)]
+    """Every file of rows, oldest first: the file folded by earlier versions, then the runs'."""
+    return [storage.join(_dir(output), f"{name}.parquet"), *_run_files(output, name, cfg)]
 
 
-def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig) -> Iterator[pa.Table]:
     """The rows of one Parquet file in `schema`, a batch at a time (none if the file is absent):
     a manifest of millions of rows is paged through, never held."""
     try:
@@ -154,7 +176,7 @@ def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig, batch_rows: int = 
             # through a million-row manifest, which it reads in seconds anyway.
             pf = pq.ParquetFile(path, pre_buffer=False)
             present = [n for n in schema.names if n in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=present, use_threads=False):
+            for batch in pf.iter_batches(batch_size=READ_ROWS, columns=present, use_threads=False):
                 yield _conform(batch, schema)
     except FileNotFoundError:
         return
@@ -188,30 +210,17 @@ def _latest(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return keys[last], values[last]
 
 
-def _merged(keys: np.ndarray, values: np.ndarray, new_keys: np.ndarray,
-            new_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted unique index (keys, values) updated with rows newer than it, in any order (a
-    key's latest value wins): only the new rows are sorted, and the index is copied once, by the
-    insertion (sorting the concatenation took four copies: a million assets' peak).
-    `values` is updated in place."""
-    new_keys, new_values = _latest(new_keys, new_values)
-    at = np.searchsorted(keys, new_keys)
-    known = at < len(keys)
-    known[known] = keys[at[known]] == new_keys[known]
-    values[at[known]] = new_values[known]
-    fresh = ~known
-    return np.insert(keys, at[fresh], new_keys[fresh]), np.insert(values, at[fresh], new_values[fresh])
-
-
 class DoneIndex:
     """relpath -> (input_version, config_hash) of its latest successful row, held as two sorted
     arrays of 64-bit hashes: 16 bytes per asset however long its name, so the driver of a run
     over millions of assets keeps the skip decision in a few tens of MB.
 
     A false skip needs a collision of both hashes at once (about 1e-19 for a million names).
+    Each job saves the index as of its end (`save`), so the next reads that file and only the rows
+    of runs after it; a file that cannot be read costs a read of every row, never a wrong skip.
     """
 
-    MERGE_ROWS = 262_144  # fold pending rows into the index this often: memory stays O(assets), not O(rows)
+    MERGE_ROWS = 65_536  # fold pending rows into the index this often: memory stays O(assets), not O(rows)
 
     def __init__(self, keys: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
         self.keys = np.zeros(0, np.uint64) if keys is None else keys
@@ -226,29 +235,80 @@ class DoneIndex:
 
     @classmethod
     def read(cls, output: str, cfg: StorageConfig) -> DoneIndex:
+        """The index the latest job saved, updated with the rows of every run after it; without
+        one (outputs of earlier versions, or an unreadable file), built from every row."""
+        saved = sorted(u for u in storage.list_uris(storage.join(_dir(output), "done"), cfg) if u.endswith(".npz"))
+        index, since = cls(), None
+        if saved:
+            try:
+                index, since = cls._load(saved[-1], cfg), saved[-1].rsplit("/", 1)[-1].removesuffix(".npz")
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                log.warning("skip index %s unreadable (%s): reading every manifest row instead", saved[-1], exc)
+        files = _files(output, "manifest", cfg) if since is None else \
+            [u for u in _run_files(output, "manifest", cfg) if _run_of(u) > since]
+        index.absorb(files, cfg)
+        return index
+
+    @classmethod
+    def _load(cls, uri: str, cfg: StorageConfig) -> DoneIndex:
+        with storage.local_copy(uri, cfg) as path, np.load(path, allow_pickle=False) as saved:
+            keys, values = saved["keys"], saved["values"]
+        if keys.dtype != np.uint64 or values.dtype != np.uint64 or keys.shape != values.shape or keys.ndim != 1 \
+                or not bool(np.all(keys[1:] > keys[:-1])):
+            raise ValueError("not a sorted index of 64-bit keys and values")
+        return cls(keys, values)
+
+    def absorb(self, uris: list[str], cfg: StorageConfig) -> None:
+        """Update the index with the successful rows of these manifest files, newer than it, oldest first."""
         wanted = pa.schema([SCHEMA.field(c) for c in ("relpath", "status", "input_version", "config_hash")])
-        index, pending, rows = cls(), [], 0
+        pending, rows = [], 0
 
         def merge() -> None:
             keys, values = (np.concatenate([p[i] for p in pending]) for i in (0, 1))
             pending.clear()
-            index.keys, index.values = _merged(index.keys, index.values, keys, values)
+            self._update(keys, values)
 
-        for uri in _files(output, "manifest", cfg):
+        for uri in uris:
             for batch in _batches(uri, wanted, cfg):
                 ok = batch.filter(pc.equal(batch["status"], "ok"))  # a mask: no Acero plan and its threads
                 if not ok.num_rows:
                     continue
                 rel, ver, chash = (ok.column(c).to_pylist() for c in ("relpath", "input_version", "config_hash"))
-                pending.append((_hash64(rel), cls._value(ver, chash)))
+                pending.append((_hash64(rel), self._value(ver, chash)))
                 rows += ok.num_rows
-                if rows >= cls.MERGE_ROWS:
+                if rows >= self.MERGE_ROWS:
                     merge()
                     rows = 0
         if pending:
             merge()
         pa.default_memory_pool().release_unused()  # the pages the read freed, back to the system
-        return index
+
+    def _update(self, new_keys: np.ndarray, new_values: np.ndarray) -> None:
+        """Take rows newer than the index, in any order (a key's latest value wins): only the new
+        rows are sorted, and the index is copied once, by the insertion, keys then values (sorting
+        the concatenation took four copies: a million assets' peak)."""
+        new_keys, new_values = _latest(new_keys, new_values)
+        at = np.searchsorted(self.keys, new_keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == new_keys[known]
+        self.values[at[known]] = new_values[known]
+        fresh = ~known
+        self.keys = np.insert(self.keys, at[fresh], new_keys[fresh])
+        self.values = np.insert(self.values, at[fresh], new_values[fresh])
+
+    def save(self, output: str, run_id: str, cfg: StorageConfig) -> None:
+        """Publish the index as `done/<run_id>.npz` (whole, I1), then remove the older ones."""
+        folder = storage.join(_dir(output), "done")
+        older = [u for u in storage.list_uris(folder, cfg) if u.endswith(".npz")]
+        fd, tmp = tempfile.mkstemp(prefix=".anon-ray-done-", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, keys=self.keys, values=self.values)
+            storage.publish_file(tmp, storage.join(folder, f"{run_id}.npz"), cfg)
+        finally:
+            remove_quietly(tmp)
+        for uri in older:
+            storage.remove(uri, cfg)
 
     def matches(self, relpath: str, version: str, config_hash: str) -> bool:
         """Whether `relpath`'s latest successful row was made from `version` with `config_hash`."""
@@ -258,14 +318,16 @@ class DoneIndex:
 
 
 class ManifestWriter:
-    """Buffers rows and flushes them in chunks; `close` folds chunks into the main files."""
+    """Buffers rows and flushes them in chunks; `close` folds the run's chunks into its file and,
+    given the run's skip index (`done`), saves it updated with the run's rows."""
 
     # Rows not flushed when a driver dies are assets done again by the next run (their outputs are
     # complete, I1): the time bound keeps that to seconds of work, the row bound the chunk count low.
     def __init__(self, output: str, run_id: str, cfg: StorageConfig, flush_rows: int = 2048,
-                 flush_seconds: float = 10.0):
+                 flush_seconds: float = 10.0, done: DoneIndex | None = None):
         self.output, self.run_id, self.cfg = output, run_id, cfg
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.done = done
         self.rows: list[AssetRecord] = []
         self.tracks: list[pa.Table] = []
         self.seq = 0
@@ -290,19 +352,23 @@ class ManifestWriter:
         self.rows, self.tracks, self.last = [], [], time.monotonic()
 
     def close(self) -> None:
-        """Fold the chunks into the main file, streamed through a local temp file: written in row
-        groups of BATCH_ROWS, published whole (I1), then the chunks removed."""
+        """Fold the run's chunks into its file, streamed through a local temp file: written in row
+        groups of BATCH_ROWS, published whole (I1), then the chunks removed (a crash between the
+        two leaves rows twice, never none); then the skip index, if any, with the run's rows."""
         self.flush()
+        folded = {}
         for name, schema in (("manifest", SCHEMA), ("tracks", TRACK_SCHEMA)):
-            chunks = _chunks(self.output, name, self.cfg)
+            target = storage.join(_dir(self.output), name, f"{self.run_id}.parquet")
+            chunks = [u for u in _run_files(self.output, name, self.cfg) if _run_of(u) == self.run_id and u != target]
             if not chunks:
                 continue
+            folded[name] = target
             fd, tmp = tempfile.mkstemp(prefix=f".anon-ray-{name}-", suffix=".parquet")
             os.close(fd)
             try:
                 with pq.ParquetWriter(tmp, schema) as writer:
                     group, rows = [], 0
-                    for uri in _files(self.output, name, self.cfg):
+                    for uri in [target, *chunks]:  # rows folded by an earlier close, if any
                         for batch in _batches(uri, schema, self.cfg):
                             group.append(batch)
                             rows += batch.num_rows
@@ -311,9 +377,12 @@ class ManifestWriter:
                                 group, rows = [], 0
                     if group:
                         writer.write_table(pa.concat_tables(group))
-                storage.publish_file(tmp, storage.join(_dir(self.output), f"{name}.parquet"), self.cfg)
+                storage.publish_file(tmp, folded[name], self.cfg)
             finally:
                 remove_quietly(tmp)
                 pa.default_memory_pool().release_unused()
             for uri in chunks:
                 storage.remove(uri, self.cfg)
+        if self.done is not None and "manifest" in folded:
+            self.done.absorb([folded["manifest"]], self.cfg)
+            self.done.save(self.output, self.run_id, self.cfg)

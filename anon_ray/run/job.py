@@ -195,7 +195,8 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     models = model_hashes(cfg)
     chash = manifest.config_hash(cfg, models)
     models_json = json.dumps(models, sort_keys=True)
-    done = manifest.DoneIndex() if cfg.force else manifest.DoneIndex.read(cfg.output, cfg.storage)
+    # Read with `force` too: the index this run saves must still hold what earlier runs did.
+    done = manifest.DoneIndex.read(cfg.output, cfg.storage)
     reviewed, kept_out = reviewed_files(cfg, out)
     # Assets a reviewer corrected that this run would process again: rendered from their stored
     # boxes and overrides after the engine's work, never detected again (detection alone would
@@ -205,7 +206,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
         storage.abort_stale_uploads(cfg.output, cfg.storage)  # left by workers killed mid-upload
         manifest.write_run_config(cfg, run_id, chash, models)
     summary = Summary(fail_on_unsupported=cfg.fail_on_unsupported)
-    writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage)
+    writer = manifest.ManifestWriter(cfg.output, run_id, cfg.storage, done=done)
     started = time.time()
 
     def finish(res: AssetResult, detected: bool = True) -> None:
@@ -250,7 +251,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
         return cut_short
 
     # Asked only of assets done before: with none, nothing is listed or looked up.
-    output_exists = storage.output_index(cfg.input, cfg.output, cfg.storage) if len(done) else None
+    output_exists = storage.output_index(cfg.input, cfg.output, cfg.storage) if len(done) and not cfg.force else None
 
     def todo() -> Iterator[tuple[Asset, str]]:
         nonlocal listed
@@ -279,7 +280,7 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
                     storage.remove(dst, cfg.storage)
                     writer.add(record(run_id, AssetResult(excluded_asset(asset), ""), chash, models_json))
                 continue
-            done_before = done.matches(inventory.display_path(asset.relpath), asset.version, chash)
+            done_before = not cfg.force and done.matches(inventory.display_path(asset.relpath), asset.version, chash)
             if done_before and output_exists(asset, dst):
                 summary.skipped += 1
                 if not cfg.dry_run:
