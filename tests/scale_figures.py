@@ -6,7 +6,8 @@ Each driver scenario runs in a fresh child process and reports its peak RSS (ru_
 interpreter and imports included:
 - `first`: a fake listing of N photos, every one new, an engine that returns at once: the
   listing, skip checks, manifest chunks, and at close the fold of the run's chunks and its skip index;
-- `rerun`: the same N again over what the first run left: its saved skip index, N skips and their rows.
+- `rerun`: the same N again over what the first run left: its saved skip index, N skips and their rows;
+- `report`: `anon-ray-report` of what both runs left (2 N rows), reduced as it is read.
 `plan24h`: a packet index of a 24 h 29.97 fps recording with packet positions (2-second GOPs), cut
 by the default segment config: plan_segments time, the plan's size as Ray ships it once, and the
 packet scan's rate on a real mp4 so the scan of such a file can be read beside it; then the job's
@@ -18,8 +19,10 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import pickle
 import resource
 import subprocess
@@ -67,6 +70,16 @@ def driver(n: int, out: str, rerun: bool) -> dict:
     started = time.time()
     summary = job.run(cfg, _instant_engine, out=open("/dev/null", "w"))
     return {"seconds": round(time.time() - started, 1), "ok": summary.ok, "skipped": summary.skipped,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def report_figure(out: str) -> dict:
+    from anon_ray.tools import report
+
+    started = time.time()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        assert report.main([f"output={out}"]) == 0
+    return {"seconds": round(time.time() - started, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -143,9 +156,15 @@ def _long_mp4(path: str, frames: int, gop: int = 60) -> None:
             out.mux(packet)
 
 
+def _call(scenario: str, n: int, out: str, hours: float) -> str:
+    if scenario in ("first", "rerun"):
+        return f"driver({n}, {out!r}, {scenario == 'rerun'})"
+    return {"baseline": "baseline()", "plan24h": f"plan24h({hours!r})", "report": f"report_figure({out!r})"}[scenario]
+
+
 def child(scenario: str, n: int, out: str, hours: float) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import scale_figures as s; "
-            f"print(json.dumps(s.{'baseline()' if scenario == 'baseline' else 'plan24h(%r)' % hours if scenario == 'plan24h' else 'driver(%d, %r, %r)' % (n, out, scenario == 'rerun')}))")
+            f"print(json.dumps(s.{_call(scenario, n, out, hours)}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -154,16 +173,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--assets", type=int, default=1_000_000)
     parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--scenario", choices=["all", "first", "rerun", "plan24h"], default="all")
+    parser.add_argument("--scenario", choices=["all", "first", "rerun", "report", "plan24h"], default="all")
     args = parser.parse_args()
     figures: dict = {"assets": args.assets}
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out")
-        if args.scenario in ("all", "first", "rerun"):
+        if args.scenario in ("all", "first", "rerun", "report"):
             figures["baseline"] = child("baseline", 0, out, 0)
             figures["first"] = child("first", args.assets, out, 0)
-        if args.scenario in ("all", "rerun"):
+        if args.scenario in ("all", "rerun", "report"):
             figures["rerun"] = child("rerun", args.assets, out, 0)
+        if args.scenario in ("all", "report"):
+            figures["report"] = child("report", 0, out, 0)
         if args.scenario in ("all", "plan24h"):
             figures["plan24h"] = child("plan24h", 0, out, args.hours)
     print(json.dumps(figures))

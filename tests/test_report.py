@@ -18,6 +18,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 from anon_ray.config import AppConfig, AuditConfig
+from anon_ray.io import manifest
 from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA, new_run_id
 from anon_ray.run import job
 from anon_ray.run.local import run_local
@@ -201,3 +202,18 @@ def test_run_ids_sort_in_start_order_within_a_second():
     (report.latest sorts by run id): ids carry microseconds before their random part."""
     ids = [new_run_id() for _ in range(200)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_per_run_files_read_page_by_page_give_the_same_report(archive: Path, tmp_path: Path, capsys, monkeypatch):
+    """The report reduces the manifest as it reads it (its memory follows the assets, not the runs
+    over them): over per-run files, read a row at a time and reduced after every row, it says the same."""
+    whole = _report(capsys, f"output={archive}")
+    split = tmp_path / "split"
+    for name, schema, rows in (("manifest", SCHEMA, MANIFEST), ("tracks", TRACK_SCHEMA, _tracks(boxes=True))):
+        (split / "_anon_ray" / name).mkdir(parents=True)
+        for run in (R0, R1):
+            pq.write_table(pa.Table.from_pylist([r for r in rows if r["run_id"] == run], schema=schema),
+                           split / "_anon_ray" / name / f"{run}.parquet")
+    monkeypatch.setattr(manifest, "READ_ROWS", 1)
+    monkeypatch.setattr(report, "REDUCE_ROWS", 1)
+    assert _report(capsys, f"output={split}") == whole.replace(str(archive), str(split))

@@ -182,18 +182,36 @@ def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig) -> Iterator[pa.Tab
         return
 
 
-def _read_all(output: str, name: str, schema: pa.Schema, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    target = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    tables = [t for uri in _files(output, name, cfg) for t in _batches(uri, target, cfg)]
-    return pa.concat_tables(tables) if tables else target.empty_table()
+def _columns(schema: pa.Schema, columns: list[str] | None) -> pa.Schema:
+    return pa.schema([schema.field(c) for c in columns]) if columns else schema
+
+
+def _pages(output: str, name: str, schema: pa.Schema, cfg: StorageConfig) -> Iterator[pa.Table]:
+    for uri in _files(output, name, cfg):
+        yield from _batches(uri, schema, cfg)
+
+
+def manifest_pages(output: str, cfg: StorageConfig, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Every manifest row, oldest run first, a page of rows at a time: for readers that reduce the
+    rows as they go (a month of nightly runs over a large archive is tens of millions of rows)."""
+    return _pages(output, "manifest", _columns(SCHEMA, columns), cfg)
+
+
+def tracks_pages(output: str, cfg: StorageConfig) -> Iterator[pa.Table]:
+    return _pages(output, "tracks", TRACK_SCHEMA, cfg)
+
+
+def _concat(pages: Iterator[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = list(pages)
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    return _read_all(output, "manifest", SCHEMA, cfg, columns)
+    return _concat(manifest_pages(output, cfg, columns), _columns(SCHEMA, columns))
 
 
 def read_tracks(output: str, cfg: StorageConfig) -> pa.Table:
-    return _read_all(output, "tracks", TRACK_SCHEMA, cfg)
+    return _concat(tracks_pages(output, cfg), TRACK_SCHEMA)
 
 
 def _hash64(texts: list[str]) -> np.ndarray:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from anon_ray.config import StorageConfig, TrackConfig
-from anon_ray.io.manifest import read_manifest, read_tracks
+from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA, manifest_pages, tracks_pages
 from anon_ray.types import CLASS_NAMES
 
 if TYPE_CHECKING:  # matplotlib is needed only for figures (the HTML report and the notebook)
@@ -41,6 +42,14 @@ MANY_FRAMES = 250
 # Bounds on what is listed or plotted, so the report of a large archive stays readable.
 MAX_LISTED = 50
 MAX_PLOTTED = 20
+# The manifest columns the report shows or reduces on; the others (hashes, input URIs, model
+# lists, stage seconds) are not read: they are most of a row's weight.
+COLUMNS = ["run_id", "relpath", "kind", "status", "error_class", "error", "faces", "plates", "frames", "seconds",
+           "finished_at", "output_uri", "risk", "risk_reasons", "review_frames"]
+SUMMED = ("faces", "plates", "frames", "seconds")
+# Rows taken in before those pending are reduced to one per asset: memory follows the assets, not
+# the runs over them (a month of nightly runs over a million assets is 30 million rows).
+REDUCE_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,15 @@ class Report:
     queue: list[dict]  # review queue: current outputs with a risk, riskiest first (core/risk.py)
 
 
+@dataclass(frozen=True)
+class Scan:
+    """The manifest as the report needs it, reduced while it is read."""
+
+    runs: list[RunRow]
+    status: dict[str, int]  # of each asset's latest row
+    now: pa.Table  # each asset's latest processed row (`_processed`): its output as it is now
+
+
 def fps(frames: int, seconds: float) -> float:
     return frames / seconds if seconds > 0 else 0.0
 
@@ -82,19 +100,19 @@ def latest(table: pa.Table) -> pa.Table:
     """Each relpath's last row. Run ids start with a UTC timestamp, so they sort in time order."""
     if not table.num_rows:
         return table
-    t = table.sort_by([("relpath", "ascending"), ("run_id", "ascending"), ("finished_at", "ascending")])
-    rel = t.column("relpath").to_numpy(zero_copy_only=False)
-    return t.filter(pa.array(np.r_[rel[1:] != rel[:-1], True]))
+    # Sorted indices, then the rows kept taken once: sorting the table would copy every column of
+    # every row first (the reduction of a large manifest runs this on millions of rows).
+    order = pc.sort_indices(table, [("relpath", "ascending"), ("run_id", "ascending"), ("finished_at", "ascending")])
+    rel = table.column("relpath").take(order)
+    last = pa.concat_arrays([pc.not_equal(rel.slice(1), rel.slice(0, len(rel) - 1)).combine_chunks(), pa.array([True])])
+    return table.take(order.filter(last))
 
 
-def current(manifest: pa.Table) -> pa.Table:
-    """Each asset's latest processed row: the one that made (or, failed, removed) its output, or
-    said why it was not processed (a skipped row with its reason as error class).
-
-    A skipped row without a reason only confirms an earlier result and carries no counts, so it
-    is passed over.
-    """
-    return latest(manifest.filter((pc.field("status") != "skipped") | (pc.field("error_class") != "")))
+def _processed(manifest: pa.Table) -> pa.Table:
+    """The rows that made (or, failed, removed) an output, or said why an asset was not processed
+    (a skipped row with its reason as error class); a skipped row without a reason only confirms
+    an earlier result and carries no counts."""
+    return manifest.filter((pc.field("status") != "skipped") | (pc.field("error_class") != ""))
 
 
 def _status_counts(table: pa.Table) -> dict[str, int]:
@@ -108,15 +126,42 @@ def _sum(table: pa.Table, column: str) -> int | float:
     return pc.sum(table.column(column)).as_py() or 0
 
 
-def runs(manifest: pa.Table) -> list[RunRow]:
+def scan(pages: Iterable[pa.Table], schema: pa.Schema) -> Scan:
+    """Per-run counts and sums, each asset's latest row's status and its latest processed row,
+    from manifest pages of `schema` read oldest run first."""
     counts: dict[str, dict[str, int]] = {}
-    for row in manifest.group_by(["run_id", "status"]).aggregate([("relpath", "count")]).to_pylist():
-        counts.setdefault(row["run_id"], dict.fromkeys(STATUSES, 0))[row["status"]] = row["relpath_count"]
-    ok = manifest.filter(pc.field("status") == "ok")
-    summed = ("faces", "plates", "frames", "seconds")
-    sums = {row["run_id"]: row for row in ok.group_by("run_id").aggregate([(c, "sum") for c in summed]).to_pylist()}
-    return [RunRow(run_id, counts[run_id], *(sums.get(run_id, {}).get(f"{c}_sum", 0) for c in summed))
-            for run_id in sorted(counts)]
+    sums: dict[str, dict[str, float]] = {}
+    last: list[pa.Table] = []  # reduced: at most one row per asset, then the pages since
+    now: list[pa.Table] = []
+    rows = 0
+    for page in pages:
+        _add_run_figures(page, counts, sums)
+        last.append(page.select(["relpath", "run_id", "finished_at", "status"]))
+        now.append(_processed(page))
+        rows += page.num_rows
+        if rows >= REDUCE_ROWS:
+            last, now, rows = [latest(pa.concat_tables(last))], [latest(pa.concat_tables(now))], 0
+            pa.default_memory_pool().release_unused()  # the pages and sorts just freed
+    runs = [RunRow(run, counts[run], *(sums.get(run, {}).get(c, 0) for c in SUMMED)) for run in sorted(counts)]
+    status = _status_counts(latest(pa.concat_tables(last))) if last else dict.fromkeys(STATUSES, 0)
+    return Scan(runs, status, latest(pa.concat_tables(now)) if now else schema.empty_table())
+
+
+def scan_manifest(output: str, storage: StorageConfig, columns: list[str] | None = COLUMNS) -> Scan:
+    """`scan` of an output's manifest (`columns`: None reads every column into `now`)."""
+    return scan(manifest_pages(output, storage, columns), pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names]))
+
+
+def _add_run_figures(page: pa.Table, counts: dict[str, dict[str, int]], sums: dict[str, dict[str, float]]) -> None:
+    # One thread: Acero's pool threads each keep a heap of their own, for pages of a few thousand rows.
+    for row in page.group_by(["run_id", "status"], use_threads=False).aggregate([("relpath", "count")]).to_pylist():
+        run = counts.setdefault(row["run_id"], dict.fromkeys(STATUSES, 0))
+        run[row["status"]] = run.get(row["status"], 0) + row["relpath_count"]
+    ok = page.filter(pc.field("status") == "ok")
+    for row in ok.group_by("run_id", use_threads=False).aggregate([(c, "sum") for c in SUMMED]).to_pylist():
+        run = sums.setdefault(row["run_id"], dict.fromkeys(SUMMED, 0))
+        for c in SUMMED:
+            run[c] += row[f"{c}_sum"] or 0
 
 
 def failures(now: pa.Table) -> list[tuple[str, int, str, str]]:
@@ -130,8 +175,14 @@ def failures(now: pa.Table) -> list[tuple[str, int, str, str]]:
 
 def current_tracks(now: pa.Table, tracks: pa.Table) -> pa.Table:
     """The tracks of the outputs as they are now (older runs' tracks of the same asset are stale)."""
-    ok = now.filter(pc.field("status") == "ok")
+    ok = now.select(["run_id", "relpath"]).filter(pc.equal(now.column("status"), "ok"))
     return tracks.filter(pc.is_in(_run_asset(tracks), value_set=_run_asset(ok)))
+
+
+def read_current_tracks(output: str, storage: StorageConfig, now: pa.Table) -> pa.Table:
+    """`current_tracks` of an output, filtered page by page as they are read."""
+    pages = [current_tracks(now, page) for page in tracks_pages(output, storage)]
+    return pa.concat_tables(pages) if pages else TRACK_SCHEMA.empty_table()
 
 
 def _run_asset(table: pa.Table) -> pa.ChunkedArray:
@@ -180,20 +231,23 @@ def asset_flags(now: pa.Table) -> list[Flag]:
 
 def review_queue(now: pa.Table) -> list[dict]:
     """Current outputs the risk signals flagged, riskiest first (ties: by name), as manifest rows."""
-    flagged = now.filter((pc.field("status") == "ok") & (pc.field("risk") > 0))
-    flagged = flagged.sort_by([("risk", "descending"), ("relpath", "ascending")])
-    return flagged.select(["relpath", "kind", "output_uri", "risk", "risk_reasons", "review_frames"]).to_pylist()
+    shown = now.select(["relpath", "kind", "output_uri", "risk", "risk_reasons", "review_frames"])
+    flagged = shown.filter(pc.and_(pc.equal(now.column("status"), "ok"), pc.greater(now.column("risk"), 0)))
+    return flagged.sort_by([("risk", "descending"), ("relpath", "ascending")]).to_pylist()
 
 
-def summarize(output: str, manifest: pa.Table, tracks: pa.Table) -> Report:
-    now = current(manifest)
-    ok = now.filter(pc.field("status") == "ok")
-    worked = now.filter(pc.field("status") != "skipped")
-    slowest = worked.sort_by([("seconds", "descending"), ("relpath", "ascending")]).slice(0, TOP)
+def summarize(output: str, scanned: Scan, tracks: pa.Table) -> Report:
+    now = scanned.now
+    # Only the columns each figure needs are filtered or taken: `now` holds a row per asset.
+    ok = now.select(list(SUMMED)).filter(pc.equal(now.column("status"), "ok"))
+    shown = ["relpath", "kind", "status", "frames", "seconds"]
+    worked = now.select(shown).filter(pc.not_equal(now.column("status"), "skipped"))
+    top = pc.select_k_unstable(worked, TOP, [("seconds", "descending"), ("relpath", "ascending")])
+    slowest = worked.take(top).sort_by([("seconds", "descending"), ("relpath", "ascending")])
     return Report(
-        output=output, runs=runs(manifest), status=_status_counts(latest(manifest)),
+        output=output, runs=scanned.runs, status=scanned.status,
         faces=_sum(ok, "faces"), plates=_sum(ok, "plates"), frames=_sum(ok, "frames"), seconds=_sum(ok, "seconds"),
-        slowest=slowest.select(["relpath", "kind", "status", "frames", "seconds"]).to_pylist(),
+        slowest=slowest.to_pylist(),
         failures=failures(now),
         flags=asset_flags(now) + track_flags(current_tracks(now, tracks)),
         queue=review_queue(now),
@@ -300,8 +354,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{_cells('th', header)}</tr>" + "".join(f"<tr>{_cells('td', r)}</tr>" for r in rows) + "</table>"
 
 
-def to_html(r: Report, manifest: pa.Table, tracks: pa.Table) -> str:
-    now = current(manifest)
+def to_html(r: Report, now: pa.Table, tracks: pa.Table) -> str:
     live = current_tracks(now, tracks)
     # Videos with flags first, then the longest: the ones a reviewer should look at.
     flagged = {f.relpath for f in r.flags}
@@ -351,14 +404,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     storage = StorageConfig(**{name: getattr(args, name) for name in STORAGE_OPTIONS})
-    manifest, tracks = read_manifest(args.output, storage), read_tracks(args.output, storage)
-    if not manifest.num_rows:
+    scanned = scan_manifest(args.output, storage)
+    if not scanned.runs:
         print(f"anon-ray-report: no manifest rows under {args.output.rstrip('/')}/_anon_ray", file=sys.stderr)
         return 1
-    report = summarize(args.output, manifest, tracks)
+    tracks = read_current_tracks(args.output, storage, scanned.now)
+    report = summarize(args.output, scanned, tracks)
     print(format_text(report))
     if args.html:
-        page = to_html(report, manifest, tracks)
+        page = to_html(report, scanned.now, tracks)
         os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
         with open(args.html, "w", encoding="utf-8") as fh:
             fh.write(page)

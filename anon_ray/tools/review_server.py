@@ -28,14 +28,13 @@ import pyarrow.compute as pc
 from anon_ray.config import AppConfig, ImageConfig, StorageConfig
 from anon_ray.core import overrides as ov_
 from anon_ray.io import review, storage
-from anon_ray.io.manifest import read_manifest
 from anon_ray.media import image as image_io
 from anon_ray.media import packets, rotation
 from anon_ray.media.decode import decode
 from anon_ray.media.probe import probe
 from anon_ray.run import rerender
 from anon_ray.run.render import corrected
-from anon_ray.tools.report import current
+from anon_ray.tools.report import scan_manifest
 from anon_ray.tools.review_page import PAGE
 
 EMPTY = json.dumps({"version": ov_.VERSION, "add": [], "suppress": []}).encode()
@@ -93,7 +92,7 @@ class Review:
     def _rows(self) -> dict[str, dict]:
         read = self._read
         if read is None or time.monotonic() - read[0] > ROWS_TTL_S:
-            now = current(read_manifest(self.cfg.output, self.cfg.storage))
+            now = scan_manifest(self.cfg.output, self.cfg.storage, columns=None).now
             ok = now.filter(pc.field("status") == "ok")
             read = self._read = (time.monotonic(), {r["relpath"]: r for r in ok.to_pylist()})
         return read[1]
