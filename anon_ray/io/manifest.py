@@ -24,7 +24,7 @@ import time
 import urllib.parse
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -206,8 +206,11 @@ def _concat(pages: Iterator[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    return _concat(manifest_pages(output, cfg, columns), _columns(SCHEMA, columns))
+def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = None,
+                  where: Callable[[pa.Table], pa.Table] | None = None) -> pa.Table:
+    """The rows (`where`: only the rows it keeps of each page, so the rest are never held at once)."""
+    pages = manifest_pages(output, cfg, columns)
+    return _concat(map(where, pages) if where else pages, _columns(SCHEMA, columns))
 
 
 def read_tracks(output: str, cfg: StorageConfig) -> pa.Table:

@@ -32,10 +32,14 @@ def _done(cfg: AppConfig, relpaths: list[str]) -> dict[str, tuple[str, str]]:
     """relpath -> (input_version, overrides_sha256) when its latest row that changed its output
     rendered or excluded it; one that failed (its output removed) leaves it to render again. A job's
     rows for assets it found done change nothing and are passed over."""
-    rows = manifest.read_manifest(cfg.output, cfg.storage,
-                                  columns=["relpath", "status", "error_class", "input_version", "overrides_sha256"])
-    changed = pc.or_kleene(pc.not_equal(rows["status"], "skipped"), pc.equal(rows["error_class"], job.EXCLUDED))
-    rows = rows.filter(pc.and_(changed, pc.is_in(rows["relpath"], value_set=pa.array(relpaths, pa.string()))))
+    columns = ["relpath", "status", "error_class", "input_version", "overrides_sha256"]
+    wanted = pa.array(relpaths, pa.string())
+
+    def kept(page: pa.Table) -> pa.Table:
+        changed = pc.or_kleene(pc.not_equal(page["status"], "skipped"), pc.equal(page["error_class"], job.EXCLUDED))
+        return page.filter(pc.and_(changed, pc.is_in(page["relpath"], value_set=wanted)))
+
+    rows = manifest.read_manifest(cfg.output, cfg.storage, columns, where=kept)  # not every row of every run
     finished = pc.or_kleene(pc.equal(rows["status"], "ok"), pc.equal(rows["error_class"], job.EXCLUDED)).to_pylist()
     latest = {r: (f, v, o or "") for r, v, o, f in
               zip(*(rows[c].to_pylist() for c in ("relpath", "input_version", "overrides_sha256")), finished)}

@@ -42,11 +42,11 @@ MANY_FRAMES = 250
 # Bounds on what is listed or plotted, so the report of a large archive stays readable.
 MAX_LISTED = 50
 MAX_PLOTTED = 20
-# The manifest columns the report shows or reduces on; the others (hashes, input URIs, model
-# lists, stage seconds) are not read: they are most of a row's weight.
-COLUMNS = ["run_id", "relpath", "kind", "status", "error_class", "error", "faces", "plates", "frames", "seconds",
-           "finished_at", "output_uri", "risk", "risk_reasons", "review_frames"]
 SUMMED = ("faces", "plates", "frames", "seconds")
+# The manifest columns `scan` reduces on, then those the report shows; the others (hashes, input
+# URIs, model lists, stage seconds) are not read: they are most of a row's weight.
+SCANNED = ["run_id", "relpath", "status", "error_class", "finished_at", *SUMMED]
+COLUMNS = [*SCANNED, "kind", "error", "output_uri", "risk", "risk_reasons", "review_frames"]
 # Rows taken in before those pending are reduced to one per asset: memory follows the assets, not
 # the runs over them (a month of nightly runs over a million assets is 30 million rows).
 REDUCE_ROWS = 262_144
@@ -147,9 +147,9 @@ def scan(pages: Iterable[pa.Table], schema: pa.Schema) -> Scan:
     return Scan(runs, status, latest(pa.concat_tables(now)) if now else schema.empty_table())
 
 
-def scan_manifest(output: str, storage: StorageConfig, columns: list[str] | None = COLUMNS) -> Scan:
-    """`scan` of an output's manifest (`columns`: None reads every column into `now`)."""
-    return scan(manifest_pages(output, storage, columns), pa.schema([SCHEMA.field(c) for c in columns or SCHEMA.names]))
+def scan_manifest(output: str, storage: StorageConfig, columns: list[str] = COLUMNS) -> Scan:
+    """`scan` of an output's manifest, these columns of it."""
+    return scan(manifest_pages(output, storage, columns), pa.schema([SCHEMA.field(c) for c in columns]))
 
 
 def _add_run_figures(page: pa.Table, counts: dict[str, dict[str, int]], sums: dict[str, dict[str, float]]) -> None:

@@ -34,11 +34,14 @@ from anon_ray.media.decode import decode
 from anon_ray.media.probe import probe
 from anon_ray.run import rerender
 from anon_ray.run.render import corrected
-from anon_ray.tools.report import scan_manifest
+from anon_ray.tools.report import SCANNED, scan_manifest
 from anon_ray.tools.review_page import PAGE
 
 EMPTY = json.dumps({"version": ov_.VERSION, "add": [], "suppress": []}).encode()
 ROWS_TTL_S = 2.0  # the manifest is read again after this long (a job may be writing rows meanwhile)
+
+# What the page reads of each asset's current row, beside what finds that row.
+COLUMNS = [*SCANNED, "kind", "output_uri", "output_sha256", "risk", "risk_reasons", "overrides_sha256"]
 
 
 class _Opened:
@@ -92,7 +95,7 @@ class Review:
     def _rows(self) -> dict[str, dict]:
         read = self._read
         if read is None or time.monotonic() - read[0] > ROWS_TTL_S:
-            now = scan_manifest(self.cfg.output, self.cfg.storage, columns=None).now
+            now = scan_manifest(self.cfg.output, self.cfg.storage, columns=COLUMNS).now
             ok = now.filter(pc.field("status") == "ok")
             read = self._read = (time.monotonic(), {r["relpath"]: r for r in ok.to_pylist()})
         return read[1]
