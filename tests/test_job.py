@@ -290,7 +290,8 @@ def test_done_index_latest_success_wins_and_sorts_only_what_is_pending(tmp_path,
 def test_a_run_folds_only_its_own_rows_and_the_next_reads_its_saved_index(tmp_path, monkeypatch):
     """No run rewrites the rows of the runs before it (the history grows by a row per listed asset
     per run), and a job's next run reads the skip index the job saved plus the rows of runs after
-    it (a re-render saves none), not every row; an unreadable index costs a read of every row."""
+    it (a re-render saves none, a crashed run leaves chunks), not every row; an unreadable index
+    costs a read of every row."""
     out, cfg = str(tmp_path), StorageConfig()
     audit = tmp_path / "_anon_ray"
     first = manifest.ManifestWriter(out, "r1", cfg, done=manifest.DoneIndex.read(out, cfg))
@@ -309,17 +310,21 @@ def test_a_run_folds_only_its_own_rows_and_the_next_reads_its_saved_index(tmp_pa
     rerender = manifest.ManifestWriter(out, "r3", cfg)
     rerender.add(_row("b", "v3"))
     rerender.close()
+    crashed = manifest.ManifestWriter(out, "r4", cfg, done=manifest.DoneIndex.read(out, cfg))
+    crashed.add(_row("d", "v1"))
+    crashed.flush()  # its driver dies here: a chunk, no fold, no index
     read = []
     batches = manifest._batches
     monkeypatch.setattr(manifest, "_batches", lambda uri, *a: (read.append(uri.rsplit("/", 1)[1]), batches(uri, *a))[1])
     done = manifest.DoneIndex.read(out, cfg)
-    assert read == ["r3.parquet"]
-    assert len(done) == 2 and done.matches("a", "v2", "c1") and done.matches("b", "v3", "c1")
+    assert read == ["r3.parquet", "r4-00000.parquet"]
+    assert len(done) == 3 and done.matches("a", "v2", "c1") and done.matches("b", "v3", "c1")
+    assert done.matches("d", "v1", "c1")
     assert not done.matches("a", "v1", "c1") and not done.matches("b", "v1", "c1") and not done.matches("c", "v1", "c1")
     (audit / "done" / "r2.npz").write_bytes(b"PK not an index")
     read.clear()
     again = manifest.DoneIndex.read(out, cfg)
-    assert read == ["manifest.parquet", "r1.parquet", "r2.parquet", "r3.parquet"]
+    assert read == ["manifest.parquet", "r1.parquet", "r2.parquet", "r3.parquet", "r4-00000.parquet"]
     assert again.keys.tolist() == done.keys.tolist() and again.values.tolist() == done.values.tolist()
 
 
