@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SAMPLES, manifest_rows
 from PIL import Image
@@ -352,3 +355,21 @@ def test_the_driver_picks_the_float_face_model_where_int8_sums_saturate(tmp_path
     assert list(json.loads(row["models"])) == [want]
     assert cpu.for_this_cpu(replace(cfg, detect=replace(cfg.detect, face=replace(
         cfg.detect.face, model_without_vnni="")))).detect.face.model == "centerface_int8"
+
+
+def test_an_output_of_an_earlier_build_is_read_once_into_the_saved_index(tmp_path, monkeypatch):
+    """Outputs written before per-run files hold one folded manifest.parquet: the first run after
+    the upgrade reads it into its skip index and saves that; the run after reads the index alone."""
+    out, cfg = str(tmp_path), StorageConfig()
+    (tmp_path / "_anon_ray").mkdir()
+    legacy = [dataclasses.asdict(_row(rel, "v1")) for rel in ("a", "b")]
+    pq.write_table(pa.Table.from_pylist(legacy, schema=manifest.SCHEMA), tmp_path / "_anon_ray" / "manifest.parquet")
+    upgraded = manifest.ManifestWriter(out, "r1", cfg, done=manifest.DoneIndex.read(out, cfg))
+    upgraded.add(_row("c", "v1"))
+    upgraded.close()
+    read = []
+    batches = manifest._batches
+    monkeypatch.setattr(manifest, "_batches", lambda uri, *a: (read.append(uri.rsplit("/", 1)[1]), batches(uri, *a))[1])
+    done = manifest.DoneIndex.read(out, cfg)
+    assert read == [] and len(done) == 3
+    assert all(done.matches(rel, "v1", "c1") for rel in ("a", "b", "c"))
