@@ -161,3 +161,31 @@ def test_page_in_chromium_adds_a_box_and_approves(served, tmp_path):
         inside = np.abs(after[i][65:195, 205:325].astype(float) - before[i][65:195, 205:325]).mean()
         outside = np.abs(after[i][250:, 400:].astype(float) - before[i][250:, 400:]).mean()
         assert inside > 8 and outside < 4, (i, inside, outside)  # re-encoding moves the rest a little
+
+
+def test_the_queue_reads_the_manifest_again_only_when_its_files_change(tmp_path, monkeypatch):
+    """Every request lists the manifest's files (after ROWS_TTL_S), but the rows, seconds of reading
+    for a large archive, are read again only when a run has added a file of rows."""
+    from anon_ray.io import manifest
+    from anon_ray.types import Asset, AssetResult
+
+    out = tmp_path / "out"
+    cfg = AppConfig(input=str(tmp_path / "in"), output=str(out))
+
+    def run(run_id: str, relpath: str, flush_only: bool = False) -> None:
+        asset = Asset(uri=f"in/{relpath}", relpath=relpath, size=1, version="v1", kind="image")
+        writer = manifest.ManifestWriter(str(out), run_id, cfg.storage)
+        writer.add(job.record(run_id, AssetResult(asset, str(out / relpath), frames=1), "c1", "{}"))
+        writer.flush() if flush_only else writer.close()
+
+    run("r1", "a.jpg")
+    scans = []
+    scan = review_server.scan_manifest
+    monkeypatch.setattr(review_server, "scan_manifest", lambda *a, **k: (scans.append(1), scan(*a, **k))[1])
+    monkeypatch.setattr(review_server, "ROWS_TTL_S", 0.0)
+    api = review_server.Review(cfg)
+    assert [a["relpath"] for a in api.queue()] == ["a.jpg"] and len(scans) == 1
+    assert [a["relpath"] for a in api.queue()] == ["a.jpg"] and len(scans) == 1
+    run("r2", "b.jpg", flush_only=True)  # a run going on: a chunk of rows
+    assert [a["relpath"] for a in api.queue()] == ["a.jpg", "b.jpg"] and len(scans) == 2
+    assert [a["relpath"] for a in api.queue()] == ["a.jpg", "b.jpg"] and len(scans) == 2

@@ -161,6 +161,14 @@ def _run_files(output: str, name: str, cfg: StorageConfig) -> list[str]:
     return sorted(u for u in storage.list_uris(storage.join(_dir(output), name), cfg) if u.endswith(".parquet"))
 
 
+def manifest_files(output: str, cfg: StorageConfig) -> list[str]:
+    """The files holding manifest rows now: a run adds rows only in new files (chunks, then its
+    fold), so while this list is the same the rows are too (earlier builds rewrote manifest.parquet
+    in place)."""
+    legacy = storage.join(_dir(output), "manifest.parquet")
+    return [*([legacy] if storage.exists(legacy, cfg) else []), *_run_files(output, "manifest", cfg)]
+
+
 def _files(output: str, name: str, cfg: StorageConfig) -> list[str]:
     """Every file of rows, oldest first: the file folded by earlier versions, then the runs'."""
     return [storage.join(_dir(output), f"{name}.parquet"), *_run_files(output, name, cfg)]

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from anon_ray.config import AppConfig, ImageConfig, StorageConfig
 from anon_ray.core import overrides as ov_
 from anon_ray.io import review, storage
+from anon_ray.io.manifest import manifest_files
 from anon_ray.media import image as image_io
 from anon_ray.media import packets, rotation
 from anon_ray.media.decode import decode
@@ -38,7 +39,7 @@ from anon_ray.tools.report import SCANNED, scan_manifest
 from anon_ray.tools.review_page import PAGE
 
 EMPTY = json.dumps({"version": ov_.VERSION, "add": [], "suppress": []}).encode()
-ROWS_TTL_S = 2.0  # the manifest is read again after this long (a job may be writing rows meanwhile)
+ROWS_TTL_S = 2.0  # the manifest is listed again after this long (a job may be writing rows meanwhile)
 
 # What the page reads of each asset's current row, beside what finds that row.
 COLUMNS = [*SCANNED, "kind", "output_uri", "output_sha256", "risk", "risk_reasons", "overrides_sha256"]
@@ -90,15 +91,20 @@ class Review:
         self._lock = threading.Lock()  # one re-render at a time; reads go on meanwhile
         self._video_lock = threading.Lock()  # the open video's decoder serves one request at a time
         self._opened: _Opened | None = None
-        self._read: tuple[float, dict[str, dict]] | None = None  # (when, rows)
+        self._read: tuple[float, list[str], dict[str, dict]] | None = None  # (when listed, files, rows)
 
     def _rows(self) -> dict[str, dict]:
         read = self._read
         if read is None or time.monotonic() - read[0] > ROWS_TTL_S:
-            now = scan_manifest(self.cfg.output, self.cfg.storage, columns=COLUMNS).now
-            ok = now.filter(pc.field("status") == "ok")
-            read = self._read = (time.monotonic(), {r["relpath"]: r for r in ok.to_pylist()})
-        return read[1]
+            # Listed again, but read again only when the files of rows changed: a large archive's
+            # manifest takes seconds to read, the listing a request.
+            files = manifest_files(self.cfg.output, self.cfg.storage)
+            if read is None or files != read[1]:
+                now = scan_manifest(self.cfg.output, self.cfg.storage, columns=COLUMNS).now
+                ok = now.filter(pc.field("status") == "ok")
+                read = (0.0, files, {r["relpath"]: r for r in ok.to_pylist()})
+            read = self._read = (time.monotonic(), files, read[2])
+        return read[2]
 
     def queue(self) -> list[dict]:
         """Every current output, riskiest first; `reviewed` once approved (an overrides hash)."""
