@@ -161,17 +161,16 @@ def _run_files(output: str, name: str, cfg: StorageConfig) -> list[str]:
     return sorted(u for u in storage.list_uris(storage.join(_dir(output), name), cfg) if u.endswith(".parquet"))
 
 
-def manifest_files(output: str, cfg: StorageConfig) -> list[str]:
-    """The files holding manifest rows now: a run adds rows only in new files (chunks, then its
-    fold), so while this list is the same the rows are too (earlier builds rewrote manifest.parquet
-    in place)."""
-    legacy = storage.join(_dir(output), "manifest.parquet")
-    return [*([legacy] if storage.exists(legacy, cfg) else []), *_run_files(output, "manifest", cfg)]
-
-
 def _files(output: str, name: str, cfg: StorageConfig) -> list[str]:
     """Every file of rows, oldest first: the file folded by earlier versions, then the runs'."""
     return [storage.join(_dir(output), f"{name}.parquet"), *_run_files(output, name, cfg)]
+
+
+def manifest_files(output: str, cfg: StorageConfig) -> list[str]:
+    """The files that may hold manifest rows now: a run adds rows only in new files (chunks, then
+    its fold), so while this list is the same the rows are too (only builds before per-run files
+    rewrote manifest.parquet in place)."""
+    return _files(output, "manifest", cfg)
 
 
 def _batches(uri: str, schema: pa.Schema, cfg: StorageConfig) -> Iterator[pa.Table]:
@@ -221,8 +220,10 @@ def read_manifest(output: str, cfg: StorageConfig, columns: list[str] | None = N
     return _concat(map(where, pages) if where else pages, _columns(SCHEMA, columns))
 
 
-def read_tracks(output: str, cfg: StorageConfig) -> pa.Table:
-    return _concat(tracks_pages(output, cfg), TRACK_SCHEMA)
+def read_tracks(output: str, cfg: StorageConfig, where: Callable[[pa.Table], pa.Table] | None = None) -> pa.Table:
+    """The tracks rows (`where`: as read_manifest's)."""
+    pages = tracks_pages(output, cfg)
+    return _concat(map(where, pages) if where else pages, TRACK_SCHEMA)
 
 
 def _hash64(texts: list[str]) -> np.ndarray:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from anon_ray.config import StorageConfig, TrackConfig
-from anon_ray.io.manifest import SCHEMA, TRACK_SCHEMA, manifest_pages, tracks_pages
+from anon_ray.io.manifest import SCHEMA, manifest_pages, read_tracks
 from anon_ray.types import CLASS_NAMES
 
 if TYPE_CHECKING:  # matplotlib is needed only for figures (the HTML report and the notebook)
@@ -181,8 +181,7 @@ def current_tracks(now: pa.Table, tracks: pa.Table) -> pa.Table:
 
 def read_current_tracks(output: str, storage: StorageConfig, now: pa.Table) -> pa.Table:
     """`current_tracks` of an output, filtered page by page as they are read."""
-    pages = [current_tracks(now, page) for page in tracks_pages(output, storage)]
-    return pa.concat_tables(pages) if pages else TRACK_SCHEMA.empty_table()
+    return read_tracks(output, storage, where=lambda page: current_tracks(now, page))
 
 
 def _run_asset(table: pa.Table) -> pa.ChunkedArray:

@@ -99,12 +99,13 @@ class Review:
             # Listed again, but read again only when the files of rows changed: a large archive's
             # manifest takes seconds to read, the listing a request.
             files = manifest_files(self.cfg.output, self.cfg.storage)
-            if read is None or files != read[1]:
-                now = scan_manifest(self.cfg.output, self.cfg.storage, columns=COLUMNS).now
-                ok = now.filter(pc.field("status") == "ok")
-                read = (0.0, files, {r["relpath"]: r for r in ok.to_pylist()})
-            read = self._read = (time.monotonic(), files, read[2])
+            rows = read[2] if read is not None and files == read[1] else self._scan()
+            read = self._read = (time.monotonic(), files, rows)
         return read[2]
+
+    def _scan(self) -> dict[str, dict]:
+        now = scan_manifest(self.cfg.output, self.cfg.storage, columns=COLUMNS).now
+        return {r["relpath"]: r for r in now.filter(pc.field("status") == "ok").to_pylist()}
 
     def queue(self) -> list[dict]:
         """Every current output, riskiest first; `reviewed` once approved (an overrides hash)."""
