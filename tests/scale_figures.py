@@ -7,7 +7,8 @@ interpreter and imports included:
 - `first`: a fake listing of N photos, every one new, an engine that returns at once: the
   listing, skip checks, manifest chunks, and at close the fold of the run's chunks and its skip index;
 - `rerun`: the same N again over what the first run left: its saved skip index, N skips and their rows;
-- `report`: `anon-ray-report` of what both runs left (2 N rows), reduced as it is read.
+- `report`: `anon-ray-report` of what both runs left (2 N rows), reduced as it is read;
+- `review`: anon-ray-review's queue over the same: its first page, then an asset of its last.
 `plan24h`: a packet index of a 24 h 29.97 fps recording with packet positions (2-second GOPs), cut
 by the default segment config: plan_segments time, the plan's size as Ray ships it once, and the
 packet scan's rate on a real mp4 so the scan of such a file can be read beside it; then the job's
@@ -80,6 +81,20 @@ def report_figure(out: str) -> dict:
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         assert report.main([f"output={out}"]) == 0
     return {"seconds": round(time.time() - started, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def review_figure(out: str) -> dict:
+    """The review page's queue over what both runs left: its first page, and one asset's row."""
+    from anon_ray.tools.review_server import Review
+
+    started = time.time()
+    api = Review(AppConfig(output=out))
+    total = api.queue(0, 200)["total"]
+    queued = round(time.time() - started, 1)
+    started = time.time()
+    api._row(api.queue(total - 1, 1)["items"][0]["relpath"])  # the last page's asset, found by name (frames, boxes)
+    return {"seconds": queued, "last_page_seconds": round(time.time() - started, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -159,7 +174,8 @@ def _long_mp4(path: str, frames: int, gop: int = 60) -> None:
 def _call(scenario: str, n: int, out: str, hours: float) -> str:
     if scenario in ("first", "rerun"):
         return f"driver({n}, {out!r}, {scenario == 'rerun'})"
-    return {"baseline": "baseline()", "plan24h": f"plan24h({hours!r})", "report": f"report_figure({out!r})"}[scenario]
+    return {"baseline": "baseline()", "plan24h": f"plan24h({hours!r})", "report": f"report_figure({out!r})",
+            "review": f"review_figure({out!r})"}[scenario]
 
 
 def child(scenario: str, n: int, out: str, hours: float) -> dict:
@@ -173,18 +189,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--assets", type=int, default=1_000_000)
     parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--scenario", choices=["all", "first", "rerun", "report", "plan24h"], default="all")
+    parser.add_argument("--scenario", choices=["all", "first", "rerun", "report", "review", "plan24h"], default="all")
     args = parser.parse_args()
     figures: dict = {"assets": args.assets}
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out")
-        if args.scenario in ("all", "first", "rerun", "report"):
+        if args.scenario in ("all", "first", "rerun", "report", "review"):
             figures["baseline"] = child("baseline", 0, out, 0)
             figures["first"] = child("first", args.assets, out, 0)
-        if args.scenario in ("all", "rerun", "report"):
+        if args.scenario in ("all", "rerun", "report", "review"):
             figures["rerun"] = child("rerun", args.assets, out, 0)
         if args.scenario in ("all", "report"):
             figures["report"] = child("report", 0, out, 0)
+        if args.scenario in ("all", "review"):
+            figures["review"] = child("review", 0, out, 0)
         if args.scenario in ("all", "plan24h"):
             figures["plan24h"] = child("plan24h", 0, out, args.hours)
     print(json.dumps(figures))

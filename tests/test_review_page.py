@@ -67,7 +67,9 @@ def test_api_serves_masked_frames_and_checks_corrections(served):
     base, out = served
     assert _get(base + "/").startswith(b"<!DOCTYPE html>")
     queue = json.loads(_get(base + "/api/queue"))
-    assert [(a["relpath"], a["frames"], a["reviewed"]) for a in queue] == [("clip.mp4", 75, False)]
+    assert [(a["relpath"], a["frames"], a["reviewed"]) for a in queue["items"]] == [("clip.mp4", 75, False)]
+    assert (queue["total"], queue["reviewed"]) == (1, 0)
+    assert json.loads(_get(base + "/api/queue?offset=1"))["items"] == []
     jpeg = cv2.imdecode(np.frombuffer(_get(base + "/api/frame?path=clip.mp4&i=40"), np.uint8), cv2.IMREAD_COLOR)
     masked = _frames(out / "clip.mp4")[40]
     assert jpeg.shape == masked.shape and np.abs(jpeg[:, :, ::-1].astype(float) - masked).mean() < 3
@@ -80,7 +82,8 @@ def test_api_serves_masked_frames_and_checks_corrections(served):
     boxes = json.loads(_get(base + "/api/boxes?path=clip.mp4&i=40"))
     assert [(b["box"], b["added"]) for b in boxes] == [([100.0, 50.0, 200.0, 150.0], True)]
     assert _post(base + "/api/approve?path=clip.mp4") == (200, {"status": "re-rendered"})
-    assert json.loads(_get(base + "/api/queue"))[0]["reviewed"] is True
+    queue = json.loads(_get(base + "/api/queue"))
+    assert queue["items"][0]["reviewed"] is True and queue["reviewed"] == 1
     assert _post(base + "/api/approve?path=nothing.mp4")[0] == 404
 
 
@@ -153,6 +156,8 @@ def test_page_in_chromium_adds_a_box_and_approves(served, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "status").text == "re-rendered")
         label = driver.execute_script('return document.querySelector(\'#queue button[data-path="clip.mp4"]\').textContent')
         assert "(reviewed)" in label
+        assert driver.find_element(By.ID, "count").text == "1 of 1 shown, 1 reviewed"
+        assert not driver.find_element(By.ID, "more").is_displayed()
     finally:
         driver.quit()
     after = _frames(out / "clip.mp4")
@@ -184,8 +189,57 @@ def test_the_queue_reads_the_manifest_again_only_when_its_files_change(tmp_path,
     monkeypatch.setattr(review_server, "scan_manifest", lambda *a, **k: (scans.append(1), scan(*a, **k))[1])
     monkeypatch.setattr(review_server, "ROWS_TTL_S", 0.0)
     api = review_server.Review(cfg)
-    assert [a["relpath"] for a in api.queue()] == ["a.jpg"] and len(scans) == 1
-    assert [a["relpath"] for a in api.queue()] == ["a.jpg"] and len(scans) == 1
+    assert [a["relpath"] for a in api.queue()["items"]] == ["a.jpg"] and len(scans) == 1
+    assert [a["relpath"] for a in api.queue()["items"]] == ["a.jpg"] and len(scans) == 1
     run("r2", "b.jpg", flush_only=True)  # a run going on: a chunk of rows
-    assert [a["relpath"] for a in api.queue()] == ["a.jpg", "b.jpg"] and len(scans) == 2
-    assert [a["relpath"] for a in api.queue()] == ["a.jpg", "b.jpg"] and len(scans) == 2
+    assert [a["relpath"] for a in api.queue()["items"]] == ["a.jpg", "b.jpg"] and len(scans) == 2
+    assert [a["relpath"] for a in api.queue()["items"]] == ["a.jpg", "b.jpg"] and len(scans) == 2
+
+
+def test_the_queue_comes_in_pages_riskiest_first(tmp_path, monkeypatch):
+    """An archive's queue is paged: outputs riskiest first (then by name), each page `limit` long,
+    with the total and the reviewed count; an asset on a later page is found all the same. The
+    page lists one page and appends the next at "more"."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from anon_ray.io import manifest
+    from anon_ray.types import Asset, AssetResult
+
+    out = tmp_path / "out"
+    cfg = AppConfig(input=str(tmp_path / "in"), output=str(out))
+    writer = manifest.ManifestWriter(str(out), "r1", cfg.storage)
+    for name, risk, approved in [("a.jpg", 0.0, False), ("b.jpg", 2.0, True), ("c.jpg", 1.0, False),
+                                 ("d.jpg", 2.0, False), ("e.jpg", 0.5, False)]:
+        asset = Asset(uri=f"in/{name}", relpath=name, size=1, version="v1", kind="image")
+        row = job.record("r1", AssetResult(asset, str(out / name), frames=1), "c1", "{}")
+        writer.add(replace(row, risk=risk, overrides_sha256="ab" * 32 if approved else ""))
+    writer.close()
+    api = review_server.Review(cfg)
+    pages = [api.queue(offset, 2) for offset in (0, 2, 4, 6)]
+    order = ["b.jpg", "d.jpg", "c.jpg", "e.jpg", "a.jpg"]
+    assert [[a["relpath"] for a in p["items"]] for p in pages] == [order[:2], order[2:4], order[4:], []]
+    assert {(p["total"], p["reviewed"]) for p in pages} == {(5, 1)}
+    assert [a["reviewed"] for a in pages[0]["items"]] == [True, False]
+    assert api.overrides("a.jpg") == review_server.EMPTY and api.save("a.jpg", review_server.EMPTY) is None
+    with pytest.raises(KeyError):
+        api.save("f.jpg", review_server.EMPTY)
+
+    monkeypatch.setattr(review_server, "QUEUE_PAGE", 2)
+    server = review_server.serve(replace(cfg, review=ReviewConfig(port=0)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        for n in (2, 4, 5):
+            if n > 2:
+                driver.find_element(By.ID, "more").click()
+            wait.until(lambda d: [b.get_attribute("data-path")
+                                  for b in d.find_elements(By.CSS_SELECTOR, "#queue button")] == order[:n])
+            assert driver.find_element(By.ID, "count").text == f"{n} of 5 shown, 1 reviewed"
+        assert not driver.find_element(By.ID, "more").is_displayed()
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()

@@ -1,6 +1,6 @@
 """The review page served by tools/review_server.py: one HTML document, no external resources.
 
-Left, the queue (riskiest first). Right, the selected asset's masked frame with its boxes drawn
+Left, the queue (riskiest first), a page at a time. Right, the selected asset's masked frame with its boxes drawn
 over it, a frame scrubber, and the corrections so far. Drag on the frame to add a box for the
 frames in "from"/"to" (one frame by default); click a box to suppress it (its whole track when
 it has one). Every change is saved at once; "Approve" re-renders the asset with them.
@@ -12,13 +12,15 @@ PAGE = """<!DOCTYPE html>
 body{font-family:sans-serif;margin:0;display:flex;height:100vh}
 #side{width:20em;overflow:auto;border-right:1px solid #ccc;padding:.5em}
 #side button{display:block;width:100%;text-align:left;margin:2px 0}
+#side button[hidden]{display:none}
 #main{padding:.5em;flex:1;overflow:auto}
 #stage{position:relative;display:inline-block}
 #stage img,#stage canvas{position:absolute;left:0;top:0}
 #scrub{width:100%}
 .reviewed{color:#080}
 </style></head><body>
-<div id="side"><h3>Review queue</h3><ul id="queue" style="list-style:none;padding:0"></ul></div>
+<div id="side"><h3>Review queue</h3><div id="count"></div><ul id="queue" style="list-style:none;padding:0"></ul>
+  <button id="more" hidden>more</button></div>
 <div id="main">
   <div><b id="name">pick an asset</b> <span id="label"></span></div>
   <div id="stage"><img id="frame" alt=""><canvas id="canvas"></canvas></div>
@@ -34,10 +36,14 @@ let asset = null, doc = null, shown = [], drag = null;
 const $ = (id) => document.getElementById(id);
 const q = (p) => "path=" + encodeURIComponent(asset.relpath) + (p === undefined ? "" : "&i=" + p);
 
-async function loadQueue() {
-  const items = await (await fetch("/api/queue")).json();
-  $("queue").innerHTML = "";
-  for (const a of items) {
+// The queue comes a page at a time (an archive's has a million outputs): "more" appends the
+// next page; after an approval the pages shown so far are read again.
+let listed = 0;
+async function loadQueue(more) {
+  const offset = more ? listed : 0, limit = more || !listed ? "" : "&limit=" + listed;
+  const page = await (await fetch("/api/queue?offset=" + offset + limit)).json();
+  if (!more) $("queue").innerHTML = "";
+  for (const a of page.items) {
     const li = document.createElement("li"), b = document.createElement("button");
     b.dataset.path = a.relpath;
     b.textContent = a.risk.toFixed(1) + "  " + a.relpath + (a.reviewed ? "  (reviewed)" : "");
@@ -45,7 +51,11 @@ async function loadQueue() {
     b.onclick = () => open(a);
     li.appendChild(b); $("queue").appendChild(li);
   }
+  listed = offset + page.items.length;
+  $("count").textContent = listed + " of " + page.total + " shown, " + page.reviewed + " reviewed";
+  $("more").hidden = listed >= page.total;
 }
+$("more").onclick = () => loadQueue(true);
 
 async function open(a) {
   asset = a;
