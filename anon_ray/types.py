@@ -158,6 +158,7 @@ class SegmentResult:
     seconds: dict = field(default_factory=dict)
     input_bytes: int = 0  # fetched from object storage for this segment (0: a local or cached file)
     node: str = ""  # the engine's opaque id of the node that ran it ("" in-process)
+    faceless: tuple[int, ...] = ()  # owned frames with people but no face masked (detect/people.py)
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ class AssetResult:
     stage_seconds: dict = field(default_factory=dict)  # run/stages.py: busy seconds per stage, wall, cpu
     overrides_sha256: str = ""  # rendered with a reviewer's overrides file of this hash (run/rerender.py)
     frame_size: tuple[int, int] = (0, 0)  # (w, h) of the stored frames `tracks` are in; (0, 0) unknown
+    faceless: tuple[int, ...] = ()  # frames with people but no face masked (detect/people.py)
 
 
 @dataclass(frozen=True)

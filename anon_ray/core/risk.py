@@ -9,8 +9,10 @@ Signals (counts), each where a model alone is most likely to have let a face or 
 - `low_score`: detections under `low_score` (kept, recall first, but the model was unsure: a
   false mask, or a true face seen badly whose neighbours may be missed);
 - `small`: detections shorter than `small_px`, near the size where detection gives out.
+- `faceless`: sampled frames where a person detector saw someone tall enough to show a face with
+  no face masked over the top of them (detect/people.py): a face turned away, bowed or hidden,
+  which the face model does not find and a reviewer should confirm is not visible.
 Synthetic boxes (interpolated or padded: score 0, core/refine.py) never count as detections.
-Frames with people but no face are not seen: there is no person detector.
 
 The score weighs unmasked frames most; the frames returned are where the signals are, for a
 contact sheet of the masked output.
@@ -25,7 +27,8 @@ import numpy as np
 from anon_ray.config import ReviewConfig
 from anon_ray.types import Detections
 
-WEIGHTS = {"gap_frames": 5.0, "appeared": 2.0, "vanished": 2.0, "low_score": 0.2, "small": 0.2}
+# A faceless frame stands for the ~people_every frames around it.
+WEIGHTS = {"gap_frames": 5.0, "appeared": 2.0, "vanished": 2.0, "low_score": 0.2, "small": 0.2, "faceless": 2.0}
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,13 @@ def _tracks(dets: Detections, n_frames: int, frame_wh: tuple[int, int], cfg: Rev
     return counts, where
 
 
-def assess(dets: Detections, n_frames: int, frame_wh: tuple[int, int], cfg: ReviewConfig) -> Risk:
-    """Risk of one asset from the boxes it was masked with (stored pixels of a `frame_wh` frame)."""
+def assess(dets: Detections, n_frames: int, frame_wh: tuple[int, int], cfg: ReviewConfig,
+           faceless: tuple[int, ...] = ()) -> Risk:
+    """Risk of one asset from the boxes it was masked with (stored pixels of a `frame_wh` frame) and
+    its frames with people but no face."""
     counts, where = _tracks(dets, n_frames, frame_wh, cfg) if frame_wh[0] and frame_wh[1] else ({}, [])
+    counts["faceless"] = len(faceless)
+    where += list(faceless)
     found = dets.select(dets.score > 0)
     low = found.score < cfg.low_score
     small = (found.xyxy[:, 3] - found.xyxy[:, 1]) < cfg.small_px

@@ -295,6 +295,14 @@ def prepare_yolov8_detect_int8(source: bytes) -> bytes:
                      ["Conv", "Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize"])
 
 
+def prepare_ssd_tf_onnx(source: bytes) -> bytes:
+    """A TF Object Detection API SSD frozen graph as ONNX: its network, anchors and box decoding, read
+    without TensorFlow (its own preprocessing loop and NMS are TensorFlow control flow)."""
+    from anon_ray.models.ssd_tf import ssd_onnx
+
+    return ssd_onnx(source)
+
+
 PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
     "none": prepare_none,
     "centerface_dynamic": prepare_centerface_dynamic,
@@ -302,6 +310,7 @@ PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
     "centerface_int8": prepare_centerface_int8,
     "yolov8_detect_onnx": prepare_yolov8_detect_onnx,
     "yolov8_detect_int8": prepare_yolov8_detect_int8,
+    "ssd_tf_onnx": prepare_ssd_tf_onnx,
 }
 
 

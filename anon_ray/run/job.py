@@ -121,7 +121,7 @@ def record(run_id: str, res: AssetResult, chash: str, models_json: str, skipped:
     a = res.asset
     flagged = None
     if not res.failure and res.tracks is not None:
-        flagged = risk.assess(res.tracks, res.frames, res.frame_size, review_cfg or ReviewConfig())
+        flagged = risk.assess(res.tracks, res.frames, res.frame_size, review_cfg or ReviewConfig(), res.faceless)
     text = inventory.display_path  # Parquet text must be UTF-8; undecodable name bytes show as \xNN
     return AssetRecord(
         run_id=run_id, uri=text(a.uri), relpath=text(a.relpath), kind=a.kind,

@@ -146,6 +146,7 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
                            output_sha256=out_sha256, output_size=out_size, seconds=time.time() - started,
                            segment_nodes=tuple(r.node for r in results) if any(r.node for r in results) else (),
                            segment_input_bytes=tuple(r.input_bytes for r in results), changes=vplan.changes,
+                           faceless=tuple(f for r in results for f in r.faceless),
                            stage_seconds=spent, frame_size=(vplan.info.width, vplan.info.height), **counts)
     except Exception as exc:  # noqa: BLE001
         return failed(asset, dst, exc, started, cfg.storage) if dst else \

@@ -19,12 +19,14 @@ from anon_ray.config import AppConfig, MaskConfig
 from anon_ray.core import mask, refine
 from anon_ray.core.streamed import StreamedBoxes, streamed_reach
 from anon_ray.detect import Detector, Recent
+from anon_ray.detect.people import PeopleFinder
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes
 from anon_ray.media import image as image_io
 from anon_ray.media import rotation
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.packets import Source
+from anon_ray.models.registry import resolve
 from anon_ray.run import heap
 from anon_ray.run import held as held_frames
 from anon_ray.run.errors import AssetError, Timeout
@@ -118,6 +120,18 @@ class Worker:
         self.cfg = cfg
         heap.fix_mmap_threshold()  # a worker lives for many segments: its heap must not creep (I3)
         self.detector = Detector(cfg.detect, cfg.models)
+        review = cfg.review
+        self.people = PeopleFinder(resolve(review.people_model, cfg.models).path, review, cfg.detect.session) \
+            if review.people_model and review.people_every > 0 else None
+
+    def faceless(self, rgb: np.ndarray, masked: Detections, rot: int) -> bool:
+        """Whether the frame (stored orientation, `rot` its display rotation) shows a person with
+        no face of `masked` on them; people are looked for upright, as they are shown. Call only
+        with `self.people`."""
+        h, w = rgb.shape[:2]
+        shown = rotation.to_display(rgb, rot) if rot else rgb
+        boxes = rotation.boxes_to_display(masked.xyxy, rot, w, h) if rot else masked.xyxy
+        return self.people.faceless(shown, Detections.build(masked.frame, boxes, masked.score, masked.cls)) > 0
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -167,6 +181,10 @@ class Worker:
             loaded = image_io.read_image(src, self.cfg.image)
         h, w = loaded.rgb.shape[:2]
         dets = self.detect_stream([(0, loaded.rgb)], 0, (w, h), deadline, photo=True, clock=clock)
+        faceless: tuple[int, ...] = ()
+        if self.people is not None:
+            with clock("people"):
+                faceless = (0,) if self.faceless(loaded.rgb, dets, 0) else ()
         with clock("mask"):
             masked, changes = mask_photo(loaded, dets, self.cfg.mask)
         with clock("write"):
@@ -175,7 +193,7 @@ class Worker:
         faces, plates = count_objects(dets)
         return AssetResult(asset, dst, faces=faces, plates=plates, frames=1, segments=1,
                            output_sha256=sha256_bytes(data), output_size=len(data), tracks=dets, changes=changes,
-                           stage_seconds=clock.totals(), frame_size=(w, h))
+                           stage_seconds=clock.totals(), frame_size=(w, h), faceless=faceless)
 
     def _decode_context(self, src: Source, seg: SegmentPlan, index: PacketIndex, clock: StageClock,
                         held: held_frames.HeldFrames | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -236,6 +254,8 @@ class Worker:
         raw: list[Detections] = []
         paths: list[CameraPath] = []
         used: dict[int, Detections] = {}
+        faceless: list[int] = []
+        every = self.cfg.review.people_every if self.people is not None else 0
         tmp = f"{part_path}.tmp{os.getpid()}{os.path.splitext(part_path)[1]}"
         cap = held_frames.capacity(streamed_reach(self.cfg.track), max(1, self.cfg.detect.face.batch))
         held = held_frames.HeldFrames(cap) if held_frames.fits(cap, info.width, info.height) else None
@@ -260,6 +280,10 @@ class Worker:
                         raise AssetError(f"segment {seg.index}: frame {i} missing from decode")
                     else:
                         pts, rgb = got[1:]
+                    if every > 0 and i % every == 0:
+                        with clock("people"):
+                            if self.faceless(rgb, used[i], info.rotation):
+                                faceless.append(i)
                     with clock("mask"):
                         mask.apply(rgb, used[i], self.cfg.mask)
                     with clock("encode"):
@@ -279,7 +303,7 @@ class Worker:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return SegmentResult(plan=seg, part_path=part_path, tracks=boxes, frames_written=writer.frames,
-                             seconds=clock.totals())
+                             seconds=clock.totals(), faceless=tuple(faceless))
 
 
 def _check_streamed(used: dict[int, Detections], boxes: Detections, seg: SegmentPlan) -> None:

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 
 # Stage names, in pipeline order: plan (packet scan, probe, cuts), decode (frames for detection),
 # detect, camera (the pan measured for tracking), track (tracking and refinement), decode_again
-# (the owned frames again for encoding, only where they are too large to hold: run/held.py), mask,
-# encode, finalize (joining parts, muxing, verifying, publishing). A photo: read, detect, mask, write.
+# (the owned frames again for encoding, only where they are too large to hold: run/held.py), people
+# (the review's person detector on sampled frames: detect/people.py), mask, encode, finalize
+# (joining parts, muxing, verifying, publishing). A photo: read, detect, people, mask, write.
 
 
 class StageClock:
