@@ -54,7 +54,7 @@ def test_stage_seconds_reach_the_manifest(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = manifest_stages(str(out))
-    assert {"read", "detect", "mask", "write", "wall", "cpu"} == set(stages), stages
+    assert {"read", "detect", "people", "mask", "write", "wall", "cpu"} == set(stages), stages
     assert stages["detect"] > stages["mask"] and stages["wall"] >= stages["detect"], stages
 
 
