@@ -20,6 +20,7 @@ from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
+from anon_ray.detect import session
 from anon_ray.detect.session import providers
 from anon_ray.models.cpu import int8_saturates
 from anon_ray.media.image import read_image
@@ -209,28 +210,45 @@ def test_plate_cadence_runs_video_plate_passes_on_every_nth_frame_by_absolute_nu
     assert video.score.min() < cfg.plate.photo_threshold <= fused.score.min()
 
 
-def test_int8_precision_mode_only_where_sums_saturate(faces):
-    """AVX2 without VNNI saturates int8 sums (the INT8 default lost 9% of faces); VNNI does not."""
+@pytest.mark.parametrize("saturates", [True, False])
+def test_int8_precision_mode_only_where_sums_saturate(monkeypatch, saturates):
+    """AVX2 without VNNI saturates int8 sums (the 8-bit INT8 model lost 9% of faces); VNNI does
+    not; 7-bit weights cannot make them saturate, nor can a float model."""
     assert int8_saturates("flags\t\t: fpu sse4_2 avx2 fma\n")
     assert not int8_saturates("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
     assert not int8_saturates("flags\t\t: fpu avx2 avx_vnni\n")
-    entry = faces.session.get_session_options().get_session_config_entry("session.x64quantprecision")
-    assert entry == ("1" if int8_saturates() else "0")
+    monkeypatch.setattr(session, "int8_saturates", lambda: saturates)
+    for name, precise in (("centerface_int8", saturates), ("centerface_int8_7bit", False), ("centerface", False)):
+        options = session.make_session(resolve(name, ModelsConfig()).path, SESSION).get_session_options()
+        assert options.get_session_config_entry("session.x64quantprecision") == ("1" if precise else "0"), name
+
+
+def test_seven_bit_face_model_gives_identical_heatmaps_with_and_without_precision_mode(astronaut):
+    """centerface_int8_7bit (the face model on CPUs without VNNI) runs the fast int8 kernels there
+    for exactly the outputs of the precise ones, and still finds the face."""
+    precise, fast = heatmaps_with_and_without_precision_mode("centerface_int8_7bit", astronaut)
+    assert precise.max() > 0.5
+    np.testing.assert_array_equal(precise, fast)
 
 
 @pytest.mark.skipif(int8_saturates(), reason="this CPU needs precision mode: its fast int8 path differs")
 def test_int8_face_model_without_precision_mode_gives_identical_heatmaps(astronaut):
     """Where sessions skip precision mode (VNNI), it would change nothing but the time."""
-    path = resolve("centerface_int8", ModelsConfig()).path
-    frame = cv2.resize(astronaut, (640, 384)).transpose(2, 0, 1)[None].astype(np.float32)
+    precise, fast = heatmaps_with_and_without_precision_mode("centerface_int8", astronaut)
+    assert precise.max() > 0.5  # the astronaut's face is found
+    np.testing.assert_array_equal(precise, fast)
+
+
+def heatmaps_with_and_without_precision_mode(name: str, rgb: np.ndarray) -> list[np.ndarray]:
+    path = resolve(name, ModelsConfig()).path
+    frame = cv2.resize(rgb, (640, 384)).transpose(2, 0, 1)[None].astype(np.float32)
     heatmaps = []
     for precise in ("1", "0"):
         options = ort.SessionOptions()
         options.add_session_config_entry("session.x64quantprecision", precise)
-        session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        heatmaps.append(session.run(None, {session.get_inputs()[0].name: frame})[0])
-    assert heatmaps[0].max() > 0.5  # the astronaut's face is found
-    np.testing.assert_array_equal(heatmaps[0], heatmaps[1])
+        sess = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        heatmaps.append(sess.run(None, {sess.get_inputs()[0].name: frame})[0])
+    return heatmaps
 
 
 def test_nms_keeps_best_per_group():

@@ -332,9 +332,9 @@ def test_a_run_folds_only_its_own_rows_and_the_next_reads_its_saved_index(tmp_pa
 
 
 @pytest.mark.parametrize("saturates", [True, False])
-def test_the_driver_picks_the_float_face_model_where_int8_sums_saturate(tmp_path, monkeypatch, saturates):
-    """Without VNNI the INT8 model runs in precision mode, slower than the float one: every worker
-    of the job gets the float model, and the manifest names it."""
+def test_the_driver_picks_the_7bit_face_model_where_int8_sums_saturate(tmp_path, monkeypatch, saturates):
+    """Without VNNI the 8-bit INT8 model runs in precision mode, as slow as the float one: every
+    worker of the job gets the 7-bit one, and the manifest names it."""
     from anon_ray.models import cpu
 
     monkeypatch.setattr(cpu, "int8_saturates", lambda: saturates)
@@ -349,7 +349,7 @@ def test_the_driver_picks_the_float_face_model_where_int8_sums_saturate(tmp_path
     summary = job.run(replace(cfg, detect=replace(cfg.detect, plate=replace(cfg.detect.plate, enabled=False))),
                       run_local, out=io.StringIO())
     assert summary.ok == 1
-    want = "centerface" if saturates else "centerface_int8"
+    want = "centerface_int8_7bit" if saturates else "centerface_int8"
     assert loaded == [want]
     (row,) = manifest.read_manifest(str(out), StorageConfig()).to_pylist()
     assert list(json.loads(row["models"])) == [want]

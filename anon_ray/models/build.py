@@ -162,6 +162,18 @@ FLOAT_STEM_OUTPUT = "377"
 
 def prepare_centerface_int8(source: bytes) -> bytes:
     """CenterFace (as centerface_dynamic) with static INT8 QDQ weights and activations after the stem."""
+    return _centerface_int8(source, seven_bit=False)
+
+
+def prepare_centerface_int8_7bit(source: bytes) -> bytes:
+    """centerface_int8 with its weights quantized to 7 bits (-64..64): x86 CPUs without VNNI sum
+    pairs of u8 x s8 products in 16 bits, which 8-bit weights can overflow (so those sessions need
+    ONNX Runtime's slower precision mode, detect/session.py), while 2 x 255 x 64 cannot. The same
+    outputs with or without precision mode, on every CPU."""
+    return _centerface_int8(source, seven_bit=True)
+
+
+def _centerface_int8(source: bytes, seven_bit: bool) -> bytes:
     import onnx
     from onnx import version_converter
 
@@ -175,12 +187,14 @@ def prepare_centerface_int8(source: bytes) -> bytes:
             if FLOAT_STEM_OUTPUT in node.output:
                 break
     blobs = [frame.transpose(2, 0, 1)[None].astype(np.float32) for frame in calibration_frames()]
-    return _quantize(model, blobs, stem)
+    return _quantize(model, blobs, stem, seven_bit=seven_bit)
 
 
-def _quantize(model, blobs: list[np.ndarray], float_nodes: list[str], op_types: list[str] | None = None) -> bytes:
-    """`model` (onnx.ModelProto) with static INT8 QDQ weights (per channel) and activations,
-    calibrated (min-max) on `blobs` fed to its first input; `float_nodes` stay float."""
+def _quantize(model, blobs: list[np.ndarray], float_nodes: list[str], op_types: list[str] | None = None,
+              seven_bit: bool = False) -> bytes:
+    """`model` (onnx.ModelProto) with static INT8 QDQ weights (per channel; 7-bit ones with
+    `seven_bit`) and activations, calibrated (min-max) on `blobs` fed to its first input;
+    `float_nodes` stay float."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -201,7 +215,7 @@ def _quantize(model, blobs: list[np.ndarray], float_nodes: list[str], op_types: 
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes,
-                        op_types_to_quantize=op_types)
+                        op_types_to_quantize=op_types, reduce_range=seven_bit)
         return onnx.load(out).SerializeToString(deterministic=True)
 
 
@@ -308,6 +322,7 @@ PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
     "centerface_dynamic": prepare_centerface_dynamic,
     "platedet_boxes": prepare_platedet_boxes,
     "centerface_int8": prepare_centerface_int8,
+    "centerface_int8_7bit": prepare_centerface_int8_7bit,
     "yolov8_detect_onnx": prepare_yolov8_detect_onnx,
     "yolov8_detect_int8": prepare_yolov8_detect_int8,
     "ssd_tf_onnx": prepare_ssd_tf_onnx,
