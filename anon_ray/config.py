@@ -89,19 +89,17 @@ class TilingConfig:
 @dataclass
 class FaceConfig:
     enabled: bool = True
-    # INT8 after a float stem (models/build.py): ~1.8x faster than "centerface" (float) on CPUs with VNNI; at a
-    # threshold 0.05 lower it misses at most 1 in 100 of the faces the float model finds on the
-    # eval clips.
-    model: str = "centerface_int8"
-    # On x86 CPUs without VNNI, ONNX Runtime runs 8-bit INT8 in its precision mode (detect/session.py),
-    # as slow as the float model: a job whose driver runs on such a CPU loads this model instead, on
-    # every worker ("" = `model` on every CPU). Its 7-bit weights cannot saturate, so it runs the
-    # fast kernels there: 85 against 108 ms a 1280x736 frame for the float model (2-core AMD EPYC),
-    # 32 against 36 at 736x416. Against the float model on videos_gt, leaked face-frames >= 16 px
-    # 0.007 either way (per minute 48 against 50, over-masking 0.165 against 0.162); every 4th
-    # faces_wider photo 0.006 against 0.009 (< 16 px 0.137 against 0.146, over-masking 0.141
-    # against 0.137); every 3rd faces/ photo 0.005 either way (over-masking 0.229 against 0.220).
-    model_without_vnni: str = "centerface_int8_7bit"
+    # INT8 after a float stem, with 7-bit weights (models/build.py): the 8-bit model was ~1.8x
+    # faster than "centerface" (float) on CPUs with VNNI, and the 7-bit one runs the same kernels
+    # there; on x86 CPUs without VNNI, whose int8 sums are 16-bit, 8-bit weights need ONNX Runtime's
+    # slower precision mode (detect/session.py) while 7-bit ones run the fast kernels, 1.1-1.3x
+    # faster than float. The same outputs on every CPU, so a cluster of mixed machines masks alike.
+    # Against the 8-bit model on videos_gt, leaked face-frames >= 16 px 0.007 either way (48 against
+    # 46 a minute, over-masking 0.165 against 0.163); every 4th faces_wider photo 0.006 against
+    # 0.007 (< 16 px 0.137 against 0.140, over-masking 0.141 against 0.136); every 3rd faces/ photo
+    # 0.005 against 0.006 (over-masking 0.229 against 0.225). Against the float model: 0.007 (50 a
+    # minute, 0.162); 0.009 (< 16 px 0.146, 0.137); 0.005 (0.220).
+    model: str = "centerface_int8_7bit"
     # Recall first: with tracks that follow the camera, 0.075 leaks a third fewer face-frames on
     # videos_gt than 0.1 (0.021 -> 0.014; over-masking 0.120 -> 0.136) at the same job speed
     # (8.2 against 8.1 frames/s in process, 720p).

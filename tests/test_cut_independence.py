@@ -29,7 +29,6 @@ from conftest import REPO, composed, eval_root
 from anon_ray.config import AppConfig
 from anon_ray.core import consistency
 from anon_ray.media import packets
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run.local import run_local
 from anon_ray.types import Asset, AssetResult
 
@@ -55,12 +54,11 @@ def video_asset(path: Path) -> Asset:
 
 @functools.cache
 def local_run(clip: str, seconds: float) -> AssetResult:
-    """One run of `clip` through run_local; cached, as test_ray_job compares against it. With the
-    face model the job picks for this CPU (models/cpu.py), as job.run does for the runs compared."""
+    """One run of `clip` through run_local; cached, as test_ray_job compares against it."""
     out = tempfile.mkdtemp(prefix="anon-ray-cut-")
     atexit.register(shutil.rmtree, out, True)
     asset = video_asset(Path(clip))
-    cfg = for_this_cpu(clip_config(out, seconds))
+    cfg = clip_config(out, seconds)
     [result] = run_local(cfg, [(asset, os.path.join(out, asset.relpath))], "cut-test")
     assert result.failure is None, result.failure
     return result

@@ -331,32 +331,6 @@ def test_a_run_folds_only_its_own_rows_and_the_next_reads_its_saved_index(tmp_pa
     assert again.keys.tolist() == done.keys.tolist() and again.values.tolist() == done.values.tolist()
 
 
-@pytest.mark.parametrize("saturates", [True, False])
-def test_the_driver_picks_the_7bit_face_model_where_int8_sums_saturate(tmp_path, monkeypatch, saturates):
-    """Without VNNI the 8-bit INT8 model runs in precision mode, as slow as the float one: every
-    worker of the job gets the 7-bit one, and the manifest names it."""
-    from anon_ray.models import cpu
-
-    monkeypatch.setattr(cpu, "int8_saturates", lambda: saturates)
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
-    loaded = []
-    real = Detector.__init__
-    monkeypatch.setattr(Detector, "__init__", lambda self, cfg, models: (loaded.append(cfg.face.model),
-                                                                         real(self, cfg, models))[1])
-    cfg = AppConfig(input=str(src), output=str(out))
-    summary = job.run(replace(cfg, detect=replace(cfg.detect, plate=replace(cfg.detect.plate, enabled=False))),
-                      run_local, out=io.StringIO())
-    assert summary.ok == 1
-    want = "centerface_int8_7bit" if saturates else "centerface_int8"
-    assert loaded == [want]
-    (row,) = manifest.read_manifest(str(out), StorageConfig()).to_pylist()
-    assert list(json.loads(row["models"])) == [want]
-    assert cpu.for_this_cpu(replace(cfg, detect=replace(cfg.detect, face=replace(
-        cfg.detect.face, model_without_vnni="")))).detect.face.model == "centerface_int8"
-
-
 def test_an_output_of_an_earlier_build_is_read_once_into_the_saved_index(tmp_path, monkeypatch):
     """Outputs written before per-run files hold one folded manifest.parquet: the first run after
     the upgrade reads it into its skip index and saves that; the run after reads the index alone."""

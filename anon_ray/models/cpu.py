@@ -1,24 +1,17 @@
-"""What this CPU runs best: whether int8 sums saturate, and the face model a job loads for it.
-
-No ONNX Runtime here: the driver of a job decides, and must not load the model runtime (job.py).
-"""
+"""Whether this CPU's int8 sums saturate (read from its flags, without ONNX Runtime)."""
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 from pathlib import Path
-from typing import TypeVar
-
-C = TypeVar("C")
 
 
 def int8_saturates(cpuinfo: str | None = None) -> bool:
     """Whether ORT's u8 x s8 int8 kernels saturate on this CPU, so sessions need its precision mode.
 
     x86 CPUs with AVX2 but no VNNI (many AMD EPYC before Zen 4, older Xeons) sum pairs of products
-    in 16 bits: the INT8 face model then lost 17 of 184 hamilton faces the float model finds (9%);
-    precision mode (u8 x u8 kernels) loses 1. With AVX-512 VNNI or AVX-VNNI the sums are 32-bit and
+    in 16 bits: the 8-bit INT8 face model then lost 17 of 184 hamilton faces the float model finds
+    (9%); precision mode (u8 x u8 kernels) loses 1, and 7-bit weights cannot saturate (build.py). With AVX-512 VNNI or AVX-VNNI the sums are 32-bit and
     precision mode only costs: the INT8 face model took 82 against 43 ms a 1280x736 frame (Xeon, 2
     cores) for identical outputs. An x86 CPU whose flags cannot be read gets the precise path.
     """
@@ -31,14 +24,3 @@ def int8_saturates(cpuinfo: str | None = None) -> bool:
             return True
     flags = next((line.partition(":")[2].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     return not {"avx512_vnni", "avx_vnni"} & set(flags)
-
-
-def for_this_cpu(cfg: C) -> C:
-    """`cfg` (an AppConfig) with the face model this CPU runs best: FaceConfig.model_without_vnni
-    where int8 sums saturate. Called once where a job, evaluation or benchmark starts, so every
-    worker of a job loads one model and the manifest names it."""
-    face = cfg.detect.face
-    if not (face.model_without_vnni and int8_saturates()):
-        return cfg
-    return dataclasses.replace(cfg, detect=dataclasses.replace(
-        cfg.detect, face=dataclasses.replace(face, model=face.model_without_vnni)))

@@ -19,7 +19,6 @@ from anon_ray import __version__
 from anon_ray.config import AppConfig, ReviewConfig
 from anon_ray.core import overrides, risk
 from anon_ray.io import inventory, manifest, review, storage
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.models.registry import resolve
 from anon_ray.types import Asset, AssetRecord, AssetResult, Failure
 
@@ -188,7 +187,6 @@ def run(cfg: AppConfig, engine: Engine, out: TextIO | None = None, stop: StopReq
     every asset that finished are in the manifest either way: the writer is always closed.
     """
     out = out or sys.stderr  # looked up per call, so a redirected stderr is honoured
-    cfg = for_this_cpu(cfg)
     if cfg.dry_run:
         engine = _list_only  # a dry run writes nothing and starts nothing (no Ray either)
     run_id = manifest.new_run_id()

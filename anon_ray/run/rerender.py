@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 from anon_ray.config import AppConfig
 from anon_ray.core import overrides as ov_
 from anon_ray.io import inventory, manifest, review, storage
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run import job, render
 
 
@@ -55,9 +54,6 @@ def rerender(cfg: AppConfig, out: TextIO | None = None, only: set[str] | None = 
     if not wanted:
         print(f"anon-ray-rerender: no overrides files under {cfg.output}", file=out)
         return summary
-    # The job's own choice of face model for this CPU: the config hash recorded here is the one the
-    # next job compares against, and a different one would have it re-detect the corrected asset.
-    cfg = for_this_cpu(cfg)
     done = _done(cfg, wanted)
     run_id = manifest.new_run_id()
     models = job.model_hashes(cfg)

@@ -32,7 +32,6 @@ from anon_ray.media import packets
 from anon_ray.media.decode import decode
 from anon_ray.media.encode import VideoWriter
 from anon_ray.media.probe import probe
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run import engine, lifecycle
 from anon_ray.run.local import run_local
 from anon_ray.run.pipeline import Worker
@@ -284,7 +283,6 @@ def main(cfg: BenchConfig, job_overrides: list[str]) -> None:
     the anon-ray command line the reference races against."""
     if not (cfg.input or cfg.memory_minutes):
         raise SystemExit("anon-ray-bench: give input=VIDEO (and/or memory_minutes=[1,10])")
-    cfg = for_this_cpu(cfg)  # as the anon-ray command line it races does
     result = run(cfg, job_overrides) if cfg.input else {}
     if cfg.memory_minutes:
         with tempfile.TemporaryDirectory(prefix="anon-ray-bench-mem-") as tmp:

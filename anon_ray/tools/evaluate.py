@@ -32,7 +32,6 @@ from anon_ray.detect import Detector, cutoffs
 from anon_ray.io.inventory import VIDEO_EXTS, local_asset
 from anon_ray.media.image import read_image
 from anon_ray.media.probe import probe
-from anon_ray.models.cpu import for_this_cpu
 from anon_ray.run import lifecycle
 from anon_ray.run.pipeline import Worker
 from anon_ray.tools import metrics
@@ -288,7 +287,7 @@ def _fmt(x) -> str:
 
 
 def main(cfg: EvalConfig) -> None:
-    summary = evaluate(for_this_cpu(cfg))
+    summary = evaluate(cfg)
     print(f"dataset: {cfg.dataset} ({summary['target']}s, {summary['n_images']} images or frames, "
           f"{summary['n_boxes']} boxes)")
     if summary["n_images"]:
