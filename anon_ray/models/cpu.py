@@ -11,9 +11,10 @@ def int8_saturates(cpuinfo: str | None = None) -> bool:
 
     x86 CPUs with AVX2 but no VNNI (many AMD EPYC before Zen 4, older Xeons) sum pairs of products
     in 16 bits: the 8-bit INT8 face model then lost 17 of 184 hamilton faces the float model finds
-    (9%); precision mode (u8 x u8 kernels) loses 1, and 7-bit weights cannot saturate (build.py). With AVX-512 VNNI or AVX-VNNI the sums are 32-bit and
-    precision mode only costs: the INT8 face model took 82 against 43 ms a 1280x736 frame (Xeon, 2
-    cores) for identical outputs. An x86 CPU whose flags cannot be read gets the precise path.
+    (9%); precision mode (u8 x u8 kernels) loses 1, and 7-bit weights cannot saturate (build.py).
+    With AVX-512 VNNI or AVX-VNNI the sums are 32-bit and precision mode only costs: the 8-bit
+    model took 82 against 43 ms a 1280x736 frame (Xeon, 2 cores) for identical outputs. An x86 CPU
+    whose flags cannot be read gets the precise path.
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # the setting is x86-only
