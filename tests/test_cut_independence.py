@@ -58,8 +58,7 @@ def local_run(clip: str, seconds: float) -> AssetResult:
     out = tempfile.mkdtemp(prefix="anon-ray-cut-")
     atexit.register(shutil.rmtree, out, True)
     asset = video_asset(Path(clip))
-    cfg = clip_config(out, seconds)
-    [result] = run_local(cfg, [(asset, os.path.join(out, asset.relpath))], "cut-test")
+    [result] = run_local(clip_config(out, seconds), [(asset, os.path.join(out, asset.relpath))], "cut-test")
     assert result.failure is None, result.failure
     return result
 
