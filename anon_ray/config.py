@@ -169,7 +169,10 @@ class PlateConfig:
     # plate-frames >= 16 px leaked 0.196 against 0.184 and on plates_openimages 0.064 against 0.053
     # (its scores run ~0.03 lower; compensated by a 0.07 threshold and a 0.45 track seed: 0.187,
     # over-masking 0.177 -> 0.190). In the fast preset: pan 0.229 against 0.224, plates/ 0.032
-    # against 0.027, plates_openimages 0.173 against 0.177. Not taken by any preset.
+    # against 0.027, plates_openimages 0.173 against 0.177. Not taken by any preset. On x86 CPUs
+    # without VNNI its 8-bit weights need precision mode (82 against float's 71 ms a 640 px pass,
+    # 2-core AMD EPYC); quantized to 7 bits, as the face model is, 61 ms: ~5 ms a video frame with
+    # the pass on every 2nd frame, too little for the plates the INT8 model loses (2026-12-07).
     model: str = "fastanpr"
     # Video frames' cut-off, with `every` below: the plate pass on every 2nd frame cut at 0.05
     # misses fewer plates than on every frame at 0.1 (boxes that joined no track are masked 2
