@@ -211,6 +211,19 @@ def test_masked_core_depends_only_on_block_means(astronaut, method):
 
 
 @pytest.mark.parametrize("method", ["blur", "pixelate"])
+def test_a_small_box_inside_a_face_brings_back_no_detail(astronaut, method):
+    # A small box in the face's core (an eye found as a face, in either order) has finer blocks;
+    # the face's core must still hold only the face's block means.
+    cfg = MaskConfig(method=method, face_shape="ellipse", blocks=2)
+    face, eye = _dets([FACE_BOX]), [200, 95, 220, 110]
+    other = _shuffle_within_cells(astronaut, _block(face, cfg))
+    core = _core(astronaut.shape[:2], face, cfg)
+    for boxes in ([FACE_BOX, eye], [eye, FACE_BOX]):
+        a, b = apply(astronaut.copy(), _dets(boxes), cfg), apply(other.copy(), _dets(boxes), cfg)
+        np.testing.assert_array_equal(a[core], b[core])
+
+
+@pytest.mark.parametrize("method", ["blur", "pixelate"])
 def test_high_frequencies_are_gone_from_the_face(astronaut, method):
     cfg = MaskConfig(method=method, face_shape="box", blocks=6)
     dets = _dets([FACE_BOX])
@@ -267,6 +280,20 @@ def test_many_boxes_on_a_video_frame_run_roi_only():
         out = apply(frame.copy(), dets, cfg)
         weight = mask_weight(frame.shape[:2], dets, cfg)
         assert ((out != frame).any(axis=2) <= (weight > 0)).all()
+
+
+def test_boxes_far_apart_on_a_large_bright_photo_mask_as_each_alone():
+    # Two corners of a 9-megapixel near-white photo: one summed-area table spans both, and its
+    # sums pass what int32 holds; each box must still mask exactly as it does alone.
+    rng = np.random.default_rng(5)
+    photo = rng.integers(240, 256, (2200, 4000, 3), dtype=np.uint8)
+    corners = [[40, 50, 200, 230], [3700, 1900, 3900, 2150]]
+    both = apply(photo.copy(), _dets(corners), MaskConfig())
+    for box in corners:
+        alone = apply(photo.copy(), _dets([box]), MaskConfig())
+        x0, y0, x1, y1 = box
+        np.testing.assert_array_equal(both[y0 - 60:y1 + 60, x0 - 60:x1 + 60], alone[y0 - 60:y1 + 60, x0 - 60:x1 + 60])
+        assert (alone[y0:y1, x0:x1] != photo[y0:y1, x0:x1]).any()
 
 
 def test_unknown_method_is_refused(astronaut):
