@@ -29,7 +29,6 @@ from anon_ray.types import FACE, PLATE, Detections
 METHODS = tuple(MaskMethod)
 SHAPES = tuple(MaskShape)
 _BLUR_SUBSTEPS = 4  # samples per block where the smoothing of the block means happens
-_TAB = 32  # cv2.remap's fixed-point interpolation steps per pixel (INTER_TAB_SIZE)
 _BLUR_CONTEXT = 3  # cells beyond the ROI that the smoothing can reach (kernel 1 block + 2 interpolations)
 
 
@@ -219,17 +218,31 @@ def _coarse(means: np.ndarray, roi: tuple[int, int, int, int], grid: tuple[int, 
     k = _BLUR_SUBSTEPS
     fine = cv2.resize(means.astype(np.float32), (nx * k, ny * k), interpolation=cv2.INTER_LINEAR)
     fine = cv2.GaussianBlur(fine, (2 * k + 1, 2 * k + 1), sigmaX=0.5 * k, borderType=cv2.BORDER_REPLICATE)
-    # The upscale is evaluated on the ROI alone (the grid with its context is several times
-    # larger), at positions computed from absolute pixel coordinates, so a pixel's value does not
-    # depend on where the ROI or the grid starts.
-    ix, fx = _fine_positions(x0, x1, block, k, gx0 // block * k)
-    iy, fy = _fine_positions(y0, y1, block, k, gy0 // block * k)
-    # Each (x, y) pair of int16 written as one int32 (x in the low half, -1 at a grid's first
-    # pixels): one pass, not two.
-    cells_xy = np.bitwise_or.outer(iy.astype(np.int32) << 16, ix.astype(np.int32) & 0xFFFF)
-    cells_xy = cells_xy.view(np.int16).reshape(y1 - y0, x1 - x0, 2)
-    frac = np.add.outer((fy * _TAB).astype(np.uint16), fx.astype(np.uint16))
-    return cv2.remap(np.rint(fine).astype(np.uint8), cells_xy, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    fine = np.rint(fine).astype(np.uint8)
+    # The upscale runs on the fine samples around the ROI alone (the grid with its context is
+    # several times larger), cut where a fine sample falls on a whole pixel: cv2.resize then puts
+    # every pixel where the whole grid's upscale would, (p + 0.5) k / block - 0.5 in absolute fine
+    # samples, so a pixel's value does not depend on where the ROI or the grid starts.
+    j0x, j1x = _fine_span(x0, x1, block, k, gx0 // block * k, nx * k)
+    j0y, j1y = _fine_span(y0, y1, block, k, gy0 // block * k, ny * k)
+    px, py = (gx0 // block * k + j0x) * block // k, (gy0 // block * k + j0y) * block // k
+    full = cv2.resize(fine[j0y:j1y, j0x:j1x], ((j1x - j0x) * block // k, (j1y - j0y) * block // k),
+                      interpolation=cv2.INTER_LINEAR)
+    return full[y0 - py:y1 - py, x0 - px:x1 - px]
+
+
+def _fine_span(p0: int, p1: int, block: int, k: int, origin: int, n: int) -> tuple[int, int]:
+    """(j0, j1): the fine samples (relative to `origin`, the grid's first, of `n`) that pixels
+    p0..p1-1 interpolate between, widened to start and end on whole pixels (j block / k an
+    integer; `origin` is one) and clipped to the grid, whose edges cv2.resize replicates as the
+    whole grid's upscale would."""
+    step = k // math.gcd(block, k)
+    # Pixel p lies at fine sample s = (p + 0.5) k / block - 0.5, between floor(s) and floor(s) + 1.
+    first = ((2 * p0 + 1) * k - block) // (2 * block) - origin
+    last = ((2 * p1 - 1) * k - block) // (2 * block) + 1 - origin
+    j0 = max(first // step * step, 0)
+    j1 = min(-(-(last + 1) // step) * step, n)
+    return j0, j1
 
 
 class _CellSums:
@@ -273,14 +286,3 @@ class _CellSums:
                 sums[-1, -1] += (gy1 - self.h) * (gx1 - self.w) * self._rect(
                     np.array([self.h - 1, self.h]), np.array([self.w - 1, self.w]))[0, 0]
         return np.rint(sums / float(block * block)).astype(np.uint8)
-
-
-def _fine_positions(p0: int, p1: int, block: int, k: int, origin: int) -> tuple[np.ndarray, np.ndarray]:
-    """For pixels p0..p1-1: the fine sample to their left/top (relative to `origin`) and the
-    fraction past it in 1/_TAB steps, as cv2.resize maps them: (p + 0.5) * k / block - 0.5.
-
-    In integers, rounded half up: ((2p + 1) k - block) / (2 block) in units of 1/_TAB.
-    """
-    p = np.arange(p0, p1, dtype=np.int64)
-    q = (((2 * p + 1) * k - block) * _TAB + block) // (2 * block)
-    return q // _TAB - origin, q % _TAB
