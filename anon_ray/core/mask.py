@@ -223,9 +223,10 @@ def _coarse(means: np.ndarray, roi: tuple[int, int, int, int], grid: tuple[int, 
     # several times larger), cut where a fine sample falls on a whole pixel: cv2.resize then puts
     # every pixel where the whole grid's upscale would, (p + 0.5) k / block - 0.5 in absolute fine
     # samples, so a pixel's value does not depend on where the ROI or the grid starts.
-    j0x, j1x = _fine_span(x0, x1, block, k, gx0 // block * k, nx * k)
-    j0y, j1y = _fine_span(y0, y1, block, k, gy0 // block * k, ny * k)
-    px, py = (gx0 // block * k + j0x) * block // k, (gy0 // block * k + j0y) * block // k
+    ox, oy = gx0 // block * k, gy0 // block * k  # the grid's first fine sample, absolute
+    j0x, j1x = _fine_span(x0, x1, block, k, ox, nx * k)
+    j0y, j1y = _fine_span(y0, y1, block, k, oy, ny * k)
+    px, py = (ox + j0x) * block // k, (oy + j0y) * block // k
     full = cv2.resize(fine[j0y:j1y, j0x:j1x], ((j1x - j0x) * block // k, (j1y - j0y) * block // k),
                       interpolation=cv2.INTER_LINEAR)
     return full[y0 - py:y1 - py, x0 - px:x1 - px]
