@@ -18,8 +18,10 @@ models: $(STAMP)
 demo: models
 	$(VENV)/bin/anon-ray
 
+# Two processes, each taking whole test files: a file's module fixtures (Ray clusters, S3 servers)
+# start once.
 test: models browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Debian's Chromium and its driver for the review page's browser test (tests/test_review_page.py);
 # installed by the project, never by hand. Where apt cannot run, the test says it was skipped.
