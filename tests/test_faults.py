@@ -41,6 +41,7 @@ from anon_ray.config import AppConfig, StorageConfig
 from anon_ray.io import storage
 from anon_ray.io.files import TMP_MARKER
 from anon_ray.run import job, lifecycle, pipeline
+from anon_ray.run.deadline import Deadline
 from anon_ray.run.local import run_local
 from anon_ray.types import Asset, AssetResult, Failure
 
@@ -501,7 +502,7 @@ def test_local_engine_times_out_a_video_and_goes_on(tmp_path):
 
 
 @dataclass(frozen=True)
-class ExpiresWhileEncoding(pipeline.Deadline):
+class ExpiresWhileEncoding(Deadline):
     """A deadline already past once `folder` holds a file: the part's, which the muxer creates at
     the first encoded packet."""
 

@@ -3,11 +3,10 @@ import numpy as np
 from anon_ray.config import SegmentConfig, TrackConfig
 from anon_ray.core.plan import plan_segments
 from anon_ray.core.refine import PAD_GROWTH, mask_boxes
-from anon_ray.core.stitch import asset_tracks, global_ids
+from anon_ray.core.stitch import asset_tracks, count_objects, global_ids
 from anon_ray.io.manifest import track_table
 from anon_ray.track import track
 from anon_ray.track.matching import iou_matrix
-from anon_ray.run.pipeline import count_objects
 from anon_ray.types import FACE, PLATE, CameraPath, Detections, PacketIndex, SegmentPlan
 
 CFG = TrackConfig()

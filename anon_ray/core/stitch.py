@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from anon_ray.track.matching import iou_pairs
-from anon_ray.types import Detections, SegmentPlan
+from anon_ray.types import FACE, PLATE, Detections, SegmentPlan
 
 
 def global_ids(
@@ -109,3 +109,15 @@ def _root(parent: np.ndarray, a: int) -> int:
         parent[a] = parent[parent[a]]
         a = parent[a]
     return int(a)
+
+
+def count_objects(dets: Detections) -> tuple[int, int]:
+    """Objects masked per class: one per track, plus each detection that joined no track (its
+    pads, synthetic boxes of score 0, not counted again)."""
+
+    def count(cls: int) -> int:
+        sel = dets.cls == cls
+        tracked = dets.track[sel]
+        return int(len(np.unique(tracked[tracked >= 0])) + np.count_nonzero((tracked < 0) & (dets.score[sel] > 0)))
+
+    return count(FACE), count(PLATE)

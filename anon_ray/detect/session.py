@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from anon_ray.config import SessionConfig
 from anon_ray.models.cpu import int8_saturates
@@ -22,6 +20,10 @@ def providers(cfg: SessionConfig) -> list[str]:
 def int8_sums_may_saturate(path: str) -> bool:
     """Whether a pair of u8 x s8 products of this model's int8 weights can overflow a 16-bit sum
     (|w| > 64 anywhere), as it does on x86 CPUs without VNNI unless sessions run in precision mode."""
+    # Imported here: only such CPUs ask, and the onnx package takes ~0.8 s CPU to import (ml_dtypes).
+    import onnx
+    from onnx import numpy_helper
+
     model = onnx.load(path, load_external_data=False)
     return any(np.abs(numpy_helper.to_array(init).astype(np.int16)).max(initial=0) > 64
                for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8)

@@ -65,11 +65,19 @@ LOST_ACTOR_COOLDOWN_S = 30.0
 
 
 def _lifecycle():
-    """The worker side (PyAV, OpenCV, ONNX Runtime), imported where a step runs: the driver, which
-    only defines the remote calls, never loads it and keeps its memory for the listing."""
+    """The worker side (PyAV), imported where a step runs: the driver, which only defines the
+    remote calls, never loads it and keeps its memory for the listing."""
     from anon_ray.run import lifecycle
 
     return lifecycle
+
+
+def _worker(cfg: AppConfig):
+    """The detectors (ONNX Runtime, OpenCV): loaded by the actors only, not by the light tasks
+    that plan and finalize videos, each of which a fresh Ray worker may run."""
+    from anon_ray.run.pipeline import Worker
+
+    return Worker(cfg)
 
 
 class SegmentActor:
@@ -81,7 +89,7 @@ class SegmentActor:
         if cfg.cluster.pin_cpus and self.cores is None:
             log.warning("cluster.pin_cpus: fewer than %d free cores on this node; worker %d runs unpinned",
                         pinned_cores(cfg), os.getpid())
-        self.worker = _lifecycle().Worker(cfg)
+        self.worker = _worker(cfg)
 
     def pid(self) -> int:
         return os.getpid()

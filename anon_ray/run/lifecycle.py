@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import TYPE_CHECKING
 
 from anon_ray.config import AppConfig, AudioPolicy, StorageConfig
 from anon_ray.core import plan as planner
 from anon_ray.core import stitch
+from anon_ray.core.stitch import count_objects
 from anon_ray.io import staging, storage
 from anon_ray.io.files import sha256_file
 from anon_ray.media import concat, packets
@@ -25,8 +27,13 @@ from anon_ray.media.probe import probe
 from anon_ray.run import stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
-from anon_ray.run.pipeline import NO_DEADLINE, Deadline, Worker, count_objects
+from anon_ray.run.deadline import NO_DEADLINE, Deadline
 from anon_ray.types import Asset, AssetResult, Failure, PacketIndex, SegmentPlan, SegmentResult, VideoPlan
+
+if TYPE_CHECKING:
+    # Only the steps with detection take a Worker, built by their engine: planning and finalizing
+    # run in Ray's light workers without loading ONNX Runtime and the detectors' modules.
+    from anon_ray.run.pipeline import Worker
 
 
 def failed(asset: Asset, dst: str, exc: BaseException, started: float, cfg: StorageConfig) -> AssetResult:

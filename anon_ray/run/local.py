@@ -6,13 +6,14 @@ from collections.abc import Iterable, Iterator
 
 from anon_ray.config import AppConfig
 from anon_ray.run import lifecycle, parts
-from anon_ray.run.pipeline import Deadline, Worker
+from anon_ray.run.deadline import Deadline
+from anon_ray.run.pipeline import Worker
 from anon_ray.types import Asset, AssetResult
 
 
 def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str) -> Iterator[AssetResult]:
     """Each asset gets `asset_timeout_s` from when it is taken, as in the Ray engine; with no
-    driver to kill an overdue call, the worker checks the deadline itself (pipeline.Deadline)."""
+    driver to kill an overdue call, the worker checks the deadline itself (deadline.py)."""
     worker = Worker(cfg)
     with parts.part_root(cfg, run_id) as root:
         for asset, dst in todo:

@@ -7,16 +7,14 @@ actors; tests, notebooks and single-machine runs call them directly (`run_local`
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from anon_ray.config import AppConfig, MaskConfig
 from anon_ray.core import mask, refine
+from anon_ray.core.stitch import count_objects
 from anon_ray.core.streamed import StreamedBoxes, streamed_reach
 from anon_ray.detect import Detector, Recent
 from anon_ray.detect.people import PeopleFinder
@@ -29,14 +27,13 @@ from anon_ray.media.packets import Source
 from anon_ray.models.registry import resolve
 from anon_ray.run import heap
 from anon_ray.run import held as held_frames
-from anon_ray.run.errors import AssetError, Timeout
+from anon_ray.run.deadline import NO_DEADLINE, Deadline
+from anon_ray.run.errors import AssetError
 from anon_ray.run.prefetch import prefetch
 from anon_ray.run.stages import StageClock
 from anon_ray.track import bytetrack
 from anon_ray.track.camera import CameraMeter
 from anon_ray.types import (
-    FACE,
-    PLATE,
     Asset,
     AssetResult,
     CameraPath,
@@ -48,40 +45,6 @@ from anon_ray.types import (
 )
 
 
-@dataclass(frozen=True)
-class Deadline:
-    """When an asset's time is up, for an engine that cannot stop a worker from outside.
-
-    The in-process engine has no driver to kill an overdue call, so the worker checks this
-    between batches and frames. Ray calls get NO_DEADLINE: there the driver enforces the limit.
-    """
-
-    at: float = math.inf  # time.monotonic(): immune to wall-clock steps
-    limit_s: float = 0.0
-
-    @staticmethod
-    def after(limit_s: float) -> "Deadline":
-        """From now; 0 (or less) means no limit, as for the Ray engine."""
-        return Deadline(time.monotonic() + limit_s, limit_s) if limit_s > 0 else NO_DEADLINE
-
-    def check(self) -> None:
-        if time.monotonic() >= self.at:
-            raise Timeout.after_limit(self.limit_s)
-
-
-NO_DEADLINE = Deadline()
-
-
-def count_objects(dets: Detections) -> tuple[int, int]:
-    """Objects masked per class: one per track, plus each detection that joined no track (its
-    pads, synthetic boxes of score 0, not counted again)."""
-
-    def count(cls: int) -> int:
-        sel = dets.cls == cls
-        tracked = dets.track[sel]
-        return int(len(np.unique(tracked[tracked >= 0])) + np.count_nonzero((tracked < 0) & (dets.score[sel] > 0)))
-
-    return count(FACE), count(PLATE)
 
 
 def group_by_frame(dets: Detections) -> dict[int, Detections]:

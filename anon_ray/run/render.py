@@ -19,6 +19,7 @@ import numpy as np
 from anon_ray.config import AppConfig, AudioPolicy
 from anon_ray.core import mask
 from anon_ray.core import overrides as ov_
+from anon_ray.core.stitch import count_objects
 from anon_ray.io import review, staging, storage
 from anon_ray.io.files import atomic_write_bytes, sha256_bytes, sha256_file
 from anon_ray.media import concat, rotation
@@ -29,7 +30,7 @@ from anon_ray.run import job, stages
 from anon_ray.run.errors import AssetError
 from anon_ray.run.lifecycle import failed, plan_video
 from anon_ray.run.prefetch import prefetch
-from anon_ray.run.pipeline import count_objects, group_by_frame, mask_photo
+from anon_ray.run.pipeline import group_by_frame, mask_photo
 from anon_ray.types import Asset, AssetResult, Detections
 
 
