@@ -72,14 +72,6 @@ def _lifecycle():
     return lifecycle
 
 
-def _worker(cfg: AppConfig):
-    """The detectors (ONNX Runtime, OpenCV): loaded by the actors only, not by the light tasks
-    that plan and finalize videos, each of which a fresh Ray worker may run."""
-    from anon_ray.run.pipeline import Worker
-
-    return Worker(cfg)
-
-
 class SegmentActor:
     """Holds one pipeline.Worker (detector sessions) for the actor's lifetime."""
 
@@ -89,7 +81,8 @@ class SegmentActor:
         if cfg.cluster.pin_cpus and self.cores is None:
             log.warning("cluster.pin_cpus: fewer than %d free cores on this node; worker %d runs unpinned",
                         pinned_cores(cfg), os.getpid())
-        self.worker = _worker(cfg)
+        from anon_ray.run.pipeline import Worker  # the detectors load in actors, not in light tasks
+        self.worker = Worker(cfg)
 
     def pid(self) -> int:
         return os.getpid()
