@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,18 @@ def test_layering():
     too_long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
                 if (n := len(p.read_text().splitlines())) > 450}
     assert not too_long, too_long
+
+
+def test_plan_and_finalize_load_no_detector():
+    """Ray's light tasks import lifecycle in fresh workers, a video's first plan waiting on it: the
+    detectors' modules (ONNX Runtime, onnx) stay out of it, and out of the pipeline on CPUs that
+    do not ask about int8 saturation."""
+    heavy = ("onnxruntime", "onnx", "anon_ray.run.pipeline", "anon_ray.detect")
+    code = f"import sys, anon_ray.{{}}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    lifecycle = subprocess.run([sys.executable, "-c", code.format("run.lifecycle")], capture_output=True, text=True)
+    assert lifecycle.stdout.strip() == "[]", lifecycle.stdout + lifecycle.stderr
+    pipeline = subprocess.run([sys.executable, "-c", code.format("run.pipeline")], capture_output=True, text=True)
+    assert pipeline.stdout.strip() == str(sorted(heavy[:1] + heavy[2:])), pipeline.stdout + pipeline.stderr
 
 
 def test_bench_races_anon_ray_with_the_job_settings_only():

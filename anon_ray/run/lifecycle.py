@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING
 from anon_ray.config import AppConfig, AudioPolicy, StorageConfig
 from anon_ray.core import plan as planner
 from anon_ray.core import stitch
-from anon_ray.core.stitch import count_objects
 from anon_ray.io import staging, storage
 from anon_ray.io.files import sha256_file
 from anon_ray.media import concat, packets
 from anon_ray.media.encode import check_writable, output_changes, output_codec
 from anon_ray.media.probe import probe
 from anon_ray.run import stages
+from anon_ray.run.deadline import NO_DEADLINE, Deadline
 from anon_ray.run.errors import AssetError
 from anon_ray.run.parts import part_uri, remove_quietly
-from anon_ray.run.deadline import NO_DEADLINE, Deadline
 from anon_ray.types import Asset, AssetResult, Failure, PacketIndex, SegmentPlan, SegmentResult, VideoPlan
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ def finalize(cfg: AppConfig, asset: Asset, dst: str | None, vplan: VideoPlan, re
         if [r.plan.index for r in results] != list(range(len(vplan.segments))):
             raise AssetError("segments missing at finalize")
         tracks = stitch.asset_tracks([(r.plan, r.tracks) for r in results])
-        faces, plates = count_objects(tracks)
+        faces, plates = stitch.count_objects(tracks)
         counts = dict(faces=faces, plates=plates, segments=len(results), tracks=tracks)
         if dst is None:
             return AssetResult(asset, "", frames=vplan.info.n_frames, seconds=time.time() - started, **counts)
