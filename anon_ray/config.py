@@ -319,6 +319,9 @@ class VideoConfig:
     # x264 veryfast's encode time at 720p).
     webm_codec: str = "libvpx-vp9"
     webm_crf: int = 24
+    # 0: the encoder's own choice. 1 (each worker's x264 in one thread) was no faster in a bulk run
+    # (4 copies of the 720p bench clip, faces only, 2 workers on 2 cores: 86.6 / 81.2 s against
+    # 86.5 / 79.9 s, interleaved, 2026-12-07).
     threads: int = 0
     audio: AudioPolicy = AudioPolicy.keep
     pixels: PixelPolicy = PixelPolicy.playable
