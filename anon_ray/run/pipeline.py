@@ -45,8 +45,6 @@ from anon_ray.types import (
 )
 
 
-
-
 def group_by_frame(dets: Detections) -> dict[int, Detections]:
     order = np.argsort(dets.frame, kind="stable")
     frames = dets.frame[order]
