@@ -1,4 +1,5 @@
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -294,6 +295,18 @@ def test_boxes_far_apart_on_a_large_bright_photo_mask_as_each_alone():
         x0, y0, x1, y1 = box
         np.testing.assert_array_equal(both[y0 - 60:y1 + 60, x0 - 60:x1 + 60], alone[y0 - 60:y1 + 60, x0 - 60:x1 + 60])
         assert (alone[y0:y1, x0:x1] != photo[y0:y1, x0:x1]).any()
+
+
+def test_a_frame_masks_as_alone_after_another_frame(astronaut):
+    # The summed-area table is this thread's from its last frame (arrays.py): the astronaut masked
+    # after other pixels with a larger box comes out as in a thread that masked nothing before.
+    dets, cfg = _dets([FACE_BOX]), MaskConfig()
+    with ThreadPoolExecutor(1) as fresh:
+        alone = fresh.submit(apply, astronaut.copy(), dets, cfg).result()
+    other = np.random.default_rng(7).integers(0, 256, astronaut.shape, dtype=np.uint8)
+    apply(other, _dets([[20, 10, 480, 500]]), cfg)
+    np.testing.assert_array_equal(apply(astronaut.copy(), dets, cfg), alone)
+    assert (alone != astronaut).any()
 
 
 def test_unknown_method_is_refused(astronaut):

@@ -4,6 +4,7 @@ decode/encode cycle neither darkens nor brightens the picture, for every matrix 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -89,3 +90,21 @@ def test_heights_that_are_not_a_multiple_of_four(planes):
         assert diff.shape == (a.height, a.width) and np.abs(diff).mean() < 0.6 and np.abs(diff).max() <= 3
     exact = ref.to_ndarray(format="rgb24", interpolation=yuv.TO_RGB)
     assert np.abs(yuv.to_rgb(ref).astype(np.int16) - exact).mean() < 0.25
+
+
+def test_reused_frames_and_temporaries_carry_nothing_from_the_frame_before(planes):
+    """The writer's frame is written again for each frame (from_rgb's `reuse`) and the decoder's
+    frame-sized temporaries are this thread's from its last frame (arrays.py): a frame converted
+    after another comes out as it does alone, in a thread that converted nothing before."""
+    frames = [_frame(plane, 1, 1) for plane in planes[:2]]
+    with ThreadPoolExecutor(1) as alone:
+        second_alone = alone.submit(yuv.to_rgb, frames[1]).result()
+        written_alone = alone.submit(yuv.from_rgb, second_alone, "yuv420p", 1, 1).result()
+    first, second = (yuv.to_rgb(frame) for frame in frames)
+    np.testing.assert_array_equal(second, second_alone)
+    assert not np.array_equal(first, second)
+    reused = yuv.from_rgb(first, "yuv420p", 1, 1)
+    written = yuv.from_rgb(second, "yuv420p", 1, 1, reuse=reused)
+    assert written is reused  # written in place, not a new frame
+    for a, b in zip(written.planes, written_alone.planes):
+        np.testing.assert_array_equal(_samples(a), _samples(b))

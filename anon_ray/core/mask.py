@@ -23,6 +23,7 @@ import math
 import cv2
 import numpy as np
 
+from anon_ray.arrays import KEEP_BYTES, scratch
 from anon_ray.config import MaskConfig, MaskMethod, MaskShape
 from anon_ray.types import FACE, PLATE, Detections
 
@@ -263,7 +264,12 @@ class _CellSums:
         # int32 sums up to ~8.4 million pixels a channel (a 4K frame); float64 is exact past any
         # photo, but ~1.7x slower to build.
         depth = cv2.CV_32S if (y1 - self.y0) * (x1 - self.x0) <= (2**31 - 1) // 255 else cv2.CV_64F
-        self.table = cv2.integral(rgb[self.y0:y1, self.x0:x1], sdepth=depth)
+        # Into this thread's frame-sized table from the last frame (arrays.py: a fresh one costs a
+        # 720p frame ~1.5 ms of page faults), its corner as large as the region.
+        reused = depth == cv2.CV_32S and (h + 1) * (w + 1) * 3 * 4 <= KEEP_BYTES
+        table = scratch("mask.sums", (h + 1, w + 1, 3), np.int32)[:y1 - self.y0 + 1, :x1 - self.x0 + 1] \
+            if reused else None
+        self.table = cv2.integral(rgb[self.y0:y1, self.x0:x1], table, sdepth=depth)
 
     def _rect(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """int64 (len(ys) - 1, len(xs) - 1, 3): the sums between consecutive frame rows `ys` and

@@ -162,6 +162,7 @@ class VideoWriter:
         self._pad = ((0, height - info.height), (0, width - info.width), (0, 0))
         self._time_base = Fraction(*info.time_base)
         self._last_pts: int | None = None
+        self._frame: av.VideoFrame | None = None  # written again for every frame (yuv.from_rgb's reuse)
         self._pix_fmt, self._range = _output_pix_fmt(info, codec, cfg.pixels)
         self._colorspace = info.colorspace
         self._tmp = temp_path_beside(path)
@@ -206,7 +207,7 @@ class VideoWriter:
             raise MediaError(f"pts {pts} after {self._last_pts}: timestamps must increase")
         if any(after for _, after in self._pad):
             rgb = np.pad(rgb, self._pad, mode="edge")
-        frame = from_rgb(rgb, self._pix_fmt, self._colorspace, self._range)
+        frame = self._frame = from_rgb(rgb, self._pix_fmt, self._colorspace, self._range, self._frame)
         frame.pts, frame.time_base = pts, self._time_base
         try:
             self._container.mux(self._stream.encode(frame))

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from av.video.reformatter import Interpolation
 
+from anon_ray.arrays import scratch
+
 TO_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT \
     | Interpolation.FULL_CHR_H_INP
 FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
@@ -57,11 +59,11 @@ def _fast(pix_fmt: str, colorspace: int, width: int, height: int) -> bool:
     return pix_fmt in ("yuv420p", "yuvj420p") and colorspace in _KR_KB and width % 2 == 0 and height % 2 == 0
 
 
-def _plane(frame: av.VideoFrame, i: int, width: int, height: int) -> np.ndarray:
+def _plane(frame: av.VideoFrame, i: int, width: int, height: int, writeable: bool = False) -> np.ndarray:
     plane = frame.planes[i]
     # By stride, not by reshape: a plane's buffer need not pad its last line to the line size.
     return np.lib.stride_tricks.as_strided(np.frombuffer(plane, np.uint8), (height, width), (plane.line_size, 1),
-                                           writeable=False)
+                                           writeable=writeable)
 
 
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -71,27 +73,35 @@ def to_rgb(frame: av.VideoFrame) -> np.ndarray:
         return frame.to_ndarray(format="rgb24", interpolation=TO_RGB)
     full = frame.format.name == "yuvj420p" or frame.color_range == RANGE_JPEG
     uv = cv2.merge([_plane(frame, 1, w // 2, h // 2), _plane(frame, 2, w // 2, h // 2)])
-    uv = cv2.resize(uv, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.transform(cv2.merge([_plane(frame, 0, w, h), uv]), _to_rgb_matrix(frame.colorspace, full))
+    # The two frame-sized temporaries are this thread's from the last frame (arrays.py); the
+    # returned frame is new, since it outlives the call.
+    uv = cv2.resize(uv, (w, h), dst=scratch("yuv.chroma", (h, w, 2), np.uint8), interpolation=cv2.INTER_LINEAR)
+    yuv = cv2.merge([_plane(frame, 0, w, h), uv], dst=scratch("yuv.pixels", (h, w, 3), np.uint8))
+    return cv2.transform(yuv, _to_rgb_matrix(frame.colorspace, full))
 
 
-def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int) -> av.VideoFrame:
-    """A frame in the encoder's `pix_fmt`, `colorspace` matrix and `color_range` from HxWx3 uint8 RGB."""
+def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int,
+             reuse: av.VideoFrame | None = None) -> av.VideoFrame:
+    """A frame in the encoder's `pix_fmt`, `colorspace` matrix and `color_range` from HxWx3 uint8 RGB.
+
+    `reuse`: a frame this function returned before, to write into instead of a new one (a fresh
+    frame's buffers are mapped afresh: arrays.py); it is copied first if anything, an encoder
+    holding on to it, still references its buffers."""
     h, w = rgb.shape[:2]
     if not _fast(pix_fmt, colorspace, w, h):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         return frame.reformat(format=pix_fmt, dst_colorspace=SWS_MATRIX.get(colorspace), dst_color_range=color_range,
                               interpolation=FROM_RGB)
     m = _to_yuv_matrix(colorspace, color_range == RANGE_JPEG)
-    # PyAV reads the (h * 3/2, w) array as the Y, U and V planes one after another, flat: by rows
-    # only when h is a multiple of 4.
-    planes = np.empty((h * 3 // 2, w), np.uint8)
-    flat, y_size = planes.reshape(-1), h * w
-    flat[:y_size] = cv2.transform(rgb, m[:1]).reshape(-1)
-    uv = cv2.transform(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), m[1:])
-    flat[y_size:y_size * 5 // 4] = uv[..., 0].reshape(-1)
-    flat[y_size * 5 // 4:] = uv[..., 1].reshape(-1)
-    frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    if reuse is not None and (reuse.width, reuse.height, reuse.format.name) == (w, h, "yuv420p"):
+        frame = reuse
+        frame.make_writable()
+    else:
+        frame = av.VideoFrame(w, h, "yuv420p")
+    cv2.transform(rgb, m[:1], dst=_plane(frame, 0, w, h, writeable=True))
+    half = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    for i in (1, 2):
+        cv2.transform(half, m[i:i + 1], dst=_plane(frame, i, w // 2, h // 2, writeable=True))
     # Tagged as swscale tags what it converts (an unnamed matrix stays unspecified).
     frame.colorspace, frame.color_range = colorspace if colorspace in SWS_MATRIX else 2, color_range
     return frame
