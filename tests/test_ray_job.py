@@ -108,10 +108,16 @@ def test_job_submit_to_running_cluster(tmp_path):
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_dashboard(dash, head)
-        proc = subprocess.run(
-            [VENV_BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
-             "--", "python", "-m", "anon_ray", f"input={src}", f"output={out}", f"models.cache_dir={MODELS}"],
-            env=env, capture_output=True, text=True, timeout=300)
+        submit = [VENV_BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+                  "--", "python", "-m", "anon_ray", f"input={src}", f"output={out}", f"models.cache_dir={MODELS}"]
+        # The dashboard answers before its job agent has registered (seen with the suite's other
+        # process loading both cores); such a refusal starts nothing, and Ray asks to try again.
+        deadline = time.time() + 60
+        while True:
+            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+            if "No available agent to submit job" not in proc.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "2 ok, 0 failed" in proc.stdout + proc.stderr
         assert (out / "astronaut.jpg").is_file() and (out / "intel_people-detection.mp4").is_file()
