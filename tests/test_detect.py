@@ -20,6 +20,7 @@ from anon_ray.core import mask
 from anon_ray.detect import DetectionError, Detector, FaceDetector, PlateDetector
 from anon_ray.detect.cascade import regions
 from anon_ray.detect.nms import nms
+from anon_ray.detect import faces as faces_module
 from anon_ray.detect import session
 from anon_ray.detect.session import providers
 from anon_ray.models.cpu import int8_saturates
@@ -106,6 +107,17 @@ def test_face_boxes_map_back_to_frame_pixels(astronaut, scale):
     expected = np.array(ASTRONAUT_FACE) * [scale, scale * 0.9, scale, scale * 0.9]
     assert iou(found.xyxy[0], expected) > 0.75
     assert (found.xyxy[:, [0, 2]] <= frame.shape[1]).all() and (found.xyxy[:, [1, 3]] <= frame.shape[0]).all()
+
+
+@pytest.mark.parametrize("size, inner", [((720, 1280), (414, 736)), ((1080, 1920), (720, 1280)),
+                                         ((1080, 1920), (414, 736)), ((481, 853), (300, 533))])
+def test_area_shrink_into_the_blob_gives_opencvs_uint8_values(astronaut, size, inner):
+    """The face pass's shrink at a scale that is no whole fraction (the cascade's 736 px pass of
+    720p and 1080p video) fills the network input with exactly what OpenCV's uint8 INTER_AREA gives."""
+    frame = cv2.resize(astronaut, size[::-1], interpolation=cv2.INTER_CUBIC)
+    planes = faces_module._area_into(frame, np.zeros((3, *inner), np.float32))
+    expected = cv2.resize(frame, inner[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(planes, expected.transpose(2, 0, 1))
 
 
 def test_face_batches_equal_single_frames(astronaut):

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from anon_ray.arrays import scratch
 from anon_ray.config import FaceConfig, SessionConfig
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import make_session, run_checked
@@ -45,6 +46,23 @@ def zoomed_size(height: int, width: int, zoom: float) -> tuple[int, int]:
     return max(1, round(height * zoom)), max(1, round(width * zoom))
 
 
+def _area_into(frame: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Shrink a uint8 frame by INTER_AREA into float32 planes (3, h, w) at a scale that is no whole
+    fraction: the values OpenCV's uint8 resize gives (its float sums, rounded half to even), from
+    its float resize, the uint8 one being slow there (a 720p frame to the cascade's 736 px: 7.4
+    against 5.3 ms CPU here, 2-core AMD EPYC). INTER_AREA, not bilinear, for the cascade: bilinear
+    leaked 0.0074 of face-frames >= 16 px on videos_gt against 0.0069 (faces only, 56 against 52 a
+    minute; 2026-12-07). Whole fractions take OpenCV's fast uint8 path, whose rounding differs."""
+    h, w = planes.shape[1:]
+    src = scratch("faces.area_in", frame.shape, np.float32)
+    np.copyto(src, frame)
+    small = cv2.resize(src, (w, h), dst=scratch("faces.area_out", (h, w, 3), np.float32),
+                       interpolation=cv2.INTER_AREA)
+    for c in range(3):
+        np.rint(small[..., c], out=planes[c])
+    return planes
+
+
 class FaceDetector:
     def __init__(self, model_path: str, cfg: FaceConfig, session_cfg: SessionConfig) -> None:
         self.cfg = cfg
@@ -69,11 +87,11 @@ class FaceDetector:
         inner_h, inner_w = zoomed_size(height, width, self.zoom(height, width) if zoom is None else zoom)
         blob = self._blob(len(frames), inner_h, inner_w)
         for k, frame in enumerate(frames):
+            if inner_h < height and (height % inner_h or width % inner_w):
+                _area_into(frame, blob[k, :, :inner_h, :inner_w])
+                continue
             if (inner_h, inner_w) != (height, width):
                 # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
-                # It is slow at a scale that is no whole fraction (a 720p frame to the cascade's 736 px: 9.3
-                # against 2.0 ms CPU), but bilinear there leaked 0.0074 of face-frames >= 16 px on
-                # videos_gt against 0.0069 (faces only, 56 against 52 a minute; 2026-12-07): kept.
                 shrink = inner_h < height
                 frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             # Plane by plane: a strided transpose-and-cast costs three times as much per frame.
