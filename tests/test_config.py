@@ -82,6 +82,16 @@ def test_plan_and_finalize_load_no_detector():
     assert pipeline.stdout.strip() == str(sorted(m for m in heavy if m != "onnx")), pipeline.stdout + pipeline.stderr
 
 
+def test_workers_on_cpus_without_vnni_load_no_onnx():
+    """Workers on CPUs whose int8 sums saturate read every model's int8 weights themselves
+    (models/onnx_int8.py): the onnx package would cost each ~0.9 s CPU before its first frame."""
+    code = ("import sys; from anon_ray.detect import session; session.int8_saturates = lambda: True; "
+            "from anon_ray.config import AppConfig; from anon_ray.run.pipeline import Worker; "
+            "Worker(AppConfig()); print('onnx' in sys.modules)")
+    worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert worker.stdout.strip() == "False", worker.stdout + worker.stderr
+
+
 def test_bench_races_anon_ray_with_the_job_settings_only():
     from anon_ray.cli import job_overrides
 

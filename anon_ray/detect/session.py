@@ -7,6 +7,7 @@ import onnxruntime as ort
 
 from anon_ray.config import SessionConfig
 from anon_ray.models.cpu import int8_saturates
+from anon_ray.models.onnx_int8 import max_abs_int8_weight
 
 CPU = "CPUExecutionProvider"
 
@@ -19,14 +20,11 @@ def providers(cfg: SessionConfig) -> list[str]:
 
 def int8_sums_may_saturate(path: str) -> bool:
     """Whether a pair of u8 x s8 products of this model's int8 weights can overflow a 16-bit sum
-    (|w| > 64 anywhere), as it does on x86 CPUs without VNNI unless sessions run in precision mode."""
-    # Imported here: only such CPUs ask, and the onnx package takes ~0.8 s CPU to import (ml_dtypes).
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(path, load_external_data=False)
-    return any(np.abs(numpy_helper.to_array(init).astype(np.int16)).max(initial=0) > 64
-               for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8)
+    (|w| > 64 anywhere, or weights not read: models/onnx_int8.py), as it does on x86 CPUs without
+    VNNI unless sessions run in precision mode."""
+    with open(path, "rb") as f:
+        largest = max_abs_int8_weight(f.read())
+    return largest is None or largest > 64
 
 
 def make_session(path: str, cfg: SessionConfig) -> ort.InferenceSession:

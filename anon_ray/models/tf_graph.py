@@ -9,16 +9,15 @@ Anything malformed raises ModelError, never a guess.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from anon_ray.models.protobuf import BYTES, fields, packed_varints, signed
 from anon_ray.models.registry import ModelError
 
 # tensorflow/core/framework/types.proto
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 9: np.int64, 10: np.bool_}
-_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 
 
 @dataclass(frozen=True)
@@ -27,57 +26,6 @@ class TfNode:
     op: str
     inputs: tuple[str, ...]  # "name" or "name:k" for output k; "^name" control inputs dropped
     attrs: dict = field(default_factory=dict)  # str, int, float, bool, list, or np.ndarray (tensors)
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ModelError("truncated or overlong varint in the graph")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
-    """(field number, wire type, value) of one message: an int for varints, bytes otherwise."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, i = _varint(buf, i)
-        elif wire in (_FIXED64, _FIXED32, _BYTES):
-            if wire == _BYTES:
-                size, i = _varint(buf, i)
-            else:
-                size = 8 if wire == _FIXED64 else 4
-            if i + size > len(buf):
-                raise ModelError("truncated field in the graph")
-            value, i = buf[i:i + size], i + size
-        else:
-            raise ModelError(f"unsupported protobuf wire type {wire} in the graph")
-        yield number, wire, value
-
-
-def _packed_varints(values: list) -> list[int]:
-    out: list[int] = []
-    for v in values:
-        if isinstance(v, int):
-            out.append(_signed(v))
-        else:  # packed
-            i = 0
-            while i < len(v):
-                n, i = _varint(v, i)
-                out.append(_signed(n))
-    return out
 
 
 def _packed_floats(values: list) -> list[float]:
@@ -98,14 +46,14 @@ def tensor(buf: bytes) -> np.ndarray:
     if code not in DTYPES:
         raise ModelError(f"tensor of unsupported dtype {code} in the graph")
     dtype = np.dtype(DTYPES[code])
-    shape = [_signed(_grouped(d).get(1, [0])[0]) for d in _grouped(t[2][0]).get(2, [])] if 2 in t else []
+    shape = [signed(_grouped(d).get(1, [0])[0]) for d in _grouped(t[2][0]).get(2, [])] if 2 in t else []
     count = int(np.prod(shape)) if shape else 1
     if 4 in t:  # tensor_content: the raw little-endian bytes
         data = np.frombuffer(t[4][0], dtype.newbyteorder("<")).astype(dtype)
     elif 5 in t:
         data = np.array(_packed_floats(t[5]), dtype)
     elif 7 in t or 10 in t:
-        data = np.array(_packed_varints(t.get(7, []) + t.get(10, [])), dtype)
+        data = np.array(packed_varints(t.get(7, []) + t.get(10, [])), dtype)
     else:
         data = np.zeros(0, dtype)
     if data.size == count:
@@ -120,7 +68,7 @@ def _attr(buf: bytes):
     if 2 in a:
         return a[2][0].decode()
     if 3 in a:
-        return _signed(a[3][0])
+        return signed(a[3][0])
     if 4 in a:
         return struct.unpack("<f", a[4][0])[0]
     if 5 in a:
@@ -132,7 +80,7 @@ def _attr(buf: bytes):
     if 1 in a:  # a list: of ints (strides, dilations) here; others are kept raw
         items = _grouped(a[1][0])
         if 3 in items:
-            return _packed_varints(items[3])
+            return packed_varints(items[3])
         if 4 in items:
             return _packed_floats(items[4])
         return [v.decode() for v in items.get(2, [])]
@@ -143,7 +91,7 @@ def read_graph(data: bytes) -> dict[str, TfNode]:
     """The nodes of a serialized GraphDef by name."""
     nodes: dict[str, TfNode] = {}
     for number, wire, value in fields(data):
-        if number != 1 or wire != _BYTES:
+        if number != 1 or wire != BYTES:
             continue
         n = _grouped(value)
         try:
