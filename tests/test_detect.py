@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,6 +131,21 @@ def test_face_batches_equal_single_frames(astronaut):
     assert set(batched.frame.tolist()) == {100, 101, 103, 104}
     np.testing.assert_allclose(batched.xyxy, single.xyxy, atol=0.05)
     np.testing.assert_allclose(batched.score, single.score, atol=1e-4)
+
+
+def test_a_plate_pass_after_another_finds_what_it_finds_alone(plate_set):
+    """The plate model's input is this thread's from its last pass (arrays.py): a frame letterboxed
+    after another whose picture filled its padding comes out as in a thread that passed nothing."""
+    plates = PlateDetector(resolve("fastanpr", ModelsConfig()).path, PlateConfig(), SESSION)
+    photo = plate_set[0][0]
+    wide, tall = cv2.resize(photo, (1280, 720)), cv2.resize(photo, (720, 1280))
+    with ThreadPoolExecutor(1) as fresh:
+        alone = fresh.submit(plates.detect_one, wide, 0).result()
+    plates.detect_one(tall, 0)
+    after = plates.detect_one(wide, 0)
+    assert len(alone) > 0
+    np.testing.assert_array_equal(after.xyxy, alone.xyxy)
+    np.testing.assert_array_equal(after.score, alone.score)
 
 
 def test_plates_found_on_labelled_images(plates, plate_set):
