@@ -36,8 +36,9 @@ def max_abs_int8_weight(data: bytes) -> int | None:
                 continue
             if parts.get(_DATA_LOCATION) == [_EXTERNAL]:
                 return None
-            # Weights as raw bytes; small tensors (zero points) as int32_data.
-            values = [np.frombuffer(raw, np.int8).astype(np.int64) for raw in parts.get(_RAW_DATA, [])]
-            values.append(np.array(packed_varints(parts.get(_INT32_DATA, [])), np.int64))
+            # Weights as raw bytes; small tensors (zero points) as int32_data. In int16, where
+            # |-128| fits: the largest weights run to millions of values.
+            values = [np.frombuffer(raw, np.int8).astype(np.int16) for raw in parts.get(_RAW_DATA, [])]
+            values.append(np.array(packed_varints(parts.get(_INT32_DATA, [])), np.int16))
             largest = max(largest, int(np.abs(np.concatenate(values)).max(initial=0)))
     return largest
