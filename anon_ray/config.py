@@ -225,11 +225,9 @@ class PlateConfig:
     # the model finds (plates_openimages, with photo_threshold and plate_margin below: leak >= 16
     # px 0.121 -> 0.076, all sizes 0.196 -> 0.114). Cost: 17 plate passes for a 1024x768 photo (5
     # with 1x only), photos ~3x slower; a 12-megapixel photo 48 + 221 tiles; max_tiles bounds
-    # each scale's pass. One pass over the whole photo at each tile scale instead (both models;
-    # free-sided, they take a 1024x768 photo at 2x as one 2048x1536 input): every 6th
+    # each scale's pass. A whole-photo pass at each tile scale instead (2048x1536 at 2x): every 6th
     # plates_openimages photo 2.3 -> 1.6 s, but plates >= 16 px leak 0.049 -> 0.061 (all sizes
-    # 0.079 -> 0.093, every leak not detected): the tiles find plates the enlarged photo does not.
-    # Not taken (2026-12-07).
+    # 0.079 -> 0.093): the tiles find plates the enlarged photo does not. Not taken (2026-12-07).
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[1.0, 2.0], tile=640, video=False))
     # A second plate model for photos, its boxes added to the first's ("": none): trained on other
     # plates, it finds about a quarter of the plates fastanpr misses. Its passes: the whole photo
