@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anon_ray.models.protobuf import BYTES, fields, packed_varints
+from anon_ray.models.protobuf import BYTES, fields, grouped, packed_varints
 
 _GRAPH, _INITIALIZER = 7, 5
 _DATA_TYPE, _INT32_DATA, _RAW_DATA, _DATA_LOCATION = 2, 5, 9, 14
@@ -29,9 +29,7 @@ def max_abs_int8_weight(data: bytes) -> int | None:
         for number, wire, tensor in fields(graph):
             if number != _INITIALIZER or wire != BYTES:
                 continue
-            parts: dict[int, list] = {}
-            for n, _, v in fields(tensor):
-                parts.setdefault(n, []).append(v)
+            parts = grouped(tensor)
             if parts.get(_DATA_TYPE) != [_INT8]:
                 continue
             if parts.get(_DATA_LOCATION) == [_EXTERNAL]:

@@ -48,6 +48,14 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
         yield number, wire, value
 
 
+def grouped(buf: bytes) -> dict[int, list]:
+    """The values of one message by field number, in order (a repeated field's several)."""
+    out: dict[int, list] = {}
+    for number, _, value in fields(buf):
+        out.setdefault(number, []).append(value)
+    return out
+
+
 def packed_varints(values: list) -> list[int]:
     """The signed values of a repeated integer field, as `fields` gave it: varints, or packed bytes."""
     out: list[int] = []

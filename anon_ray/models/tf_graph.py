@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from anon_ray.models.protobuf import BYTES, fields, packed_varints, signed
+from anon_ray.models.protobuf import BYTES, fields, grouped, packed_varints, signed
 from anon_ray.models.registry import ModelError
 
 # tensorflow/core/framework/types.proto
@@ -32,21 +32,14 @@ def _packed_floats(values: list) -> list[float]:
     return [f for v in values for f in struct.unpack(f"<{len(v) // 4}f", v)]
 
 
-def _grouped(buf: bytes) -> dict[int, list]:
-    out: dict[int, list] = {}
-    for number, _, value in fields(buf):
-        out.setdefault(number, []).append(value)
-    return out
-
-
 def tensor(buf: bytes) -> np.ndarray:
     """A TensorProto as a numpy array."""
-    t = _grouped(buf)
+    t = grouped(buf)
     code = t.get(1, [0])[0]
     if code not in DTYPES:
         raise ModelError(f"tensor of unsupported dtype {code} in the graph")
     dtype = np.dtype(DTYPES[code])
-    shape = [signed(_grouped(d).get(1, [0])[0]) for d in _grouped(t[2][0]).get(2, [])] if 2 in t else []
+    shape = [signed(grouped(d).get(1, [0])[0]) for d in grouped(t[2][0]).get(2, [])] if 2 in t else []
     count = int(np.prod(shape)) if shape else 1
     if 4 in t:  # tensor_content: the raw little-endian bytes
         data = np.frombuffer(t[4][0], dtype.newbyteorder("<")).astype(dtype)
@@ -64,7 +57,7 @@ def tensor(buf: bytes) -> np.ndarray:
 
 
 def _attr(buf: bytes):
-    a = _grouped(buf)
+    a = grouped(buf)
     if 2 in a:
         return a[2][0].decode()
     if 3 in a:
@@ -76,9 +69,9 @@ def _attr(buf: bytes):
     if 6 in a:
         return a[6][0]
     if 8 in a:  # a tensor of a dtype no converter reads (strings of Assert messages): None
-        return tensor(a[8][0]) if _grouped(a[8][0]).get(1, [0])[0] in DTYPES else None
+        return tensor(a[8][0]) if grouped(a[8][0]).get(1, [0])[0] in DTYPES else None
     if 1 in a:  # a list: of ints (strides, dilations) here; others are kept raw
-        items = _grouped(a[1][0])
+        items = grouped(a[1][0])
         if 3 in items:
             return packed_varints(items[3])
         if 4 in items:
@@ -93,11 +86,11 @@ def read_graph(data: bytes) -> dict[str, TfNode]:
     for number, wire, value in fields(data):
         if number != 1 or wire != BYTES:
             continue
-        n = _grouped(value)
+        n = grouped(value)
         try:
             attrs = {}
             for entry in n.get(5, []):
-                kv = _grouped(entry)
+                kv = grouped(entry)
                 attrs[kv[1][0].decode()] = _attr(kv[2][0]) if 2 in kv else None
             node = TfNode(n[1][0].decode(), n[2][0].decode(),
                           tuple(s.decode() for s in n.get(3, []) if not s.startswith(b"^")), attrs)
