@@ -175,10 +175,10 @@ class PlateConfig:
     # 2-core AMD EPYC); quantized to 7 bits, as the face model is, 61 ms: ~5 ms a video frame with
     # the pass on every 2nd frame, too little for the plates the INT8 model loses (2026-12-07).
     model: str = "fastanpr"
-    # Video frames' cut-off, with `every` below: the plate pass on every 2nd frame cut at 0.05
-    # misses fewer plates than on every frame at 0.1 (boxes that joined no track are masked 2
-    # frames before and after anyway, track.plate_lone_pad), in ~27% less time a frame.
-    threshold: float = 0.05
+    # Video frames' cut-off (tight_letterbox below: 0.04), with `every`: the pass on every 2nd frame
+    # cut at 0.05 misses fewer plates than on every frame at 0.1 (boxes that joined no track are
+    # masked 2 frames before and after anyway, track.plate_lone_pad), in ~27% less time a frame.
+    threshold: float = 0.04
     # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075
     # leaks 0.078 of plates >= 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001.
     # With every photo pass since: 0.05 leaves >= 16 px at 0.053 (not detected 0.045 -> 0.043,
@@ -204,13 +204,13 @@ class PlateConfig:
     # cut-off 0.066 but over-masking 0.139, big false boxes from the shrunk frame).
     photo_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
     shrink_threshold: float = 0.5  # score cut-off of the boxes of scales below 1 (0: the class's own)
-    # A model with free input sides (fastanpr, safelicensing: models/yolo_pt.py) may take a frame
-    # padded only to the next multiple of its stride, a 16:9 frame as 640 x 384 instead of the
-    # square 640 x 640 it was trained on: its plate pass costs ~40% less, but it finds other boxes
-    # near the cut-off, and misses more labelled plates: plates_openimages leak >= 16 px 0.053 ->
-    # 0.058 (plates/ 0.010 -> 0.007; the fast preset's 0.027 -> 0.042), a pan over 16 Open Images
-    # photos at 720p 0.239 -> 0.246 (2026-12-06). Recall first: off in every preset.
-    tight_letterbox: bool = False
+    # A model with free input sides (models/yolo_pt.py) takes a video frame padded only to its stride,
+    # 16:9 as 640 x 384, not the square 640 x 640 it was trained on: ~40% less a pass, cut at 0.04 not
+    # 0.05 (64-photo pans over plates_openimages / plates, tools/pan_video.py: plate-frames >= 16 px
+    # (all sizes) leaked 0.116 (0.133) -> 0.116 (0.132), 0.026 (0.027) -> 0.023 (0.025), over-masking
+    # 0.220 -> 0.224, 0.167 -> 0.171; at 0.05 the first 0.119; videos_gt faces alike, 0.165 -> 0.154,
+    # 2026-12-07). Photos stay square (for_photos): plates_openimages 0.053 -> 0.058 tight.
+    tight_letterbox: bool = True
     # Video frames get the plate passes on every `every`-th frame only (detect/cascade.py: Cadence).
     # The 64-photo plate pan (tools/pan_video.py), plate-frames >= 16 px leaked (16-32 px; < 16
     # px), over-masking, frames a second in process (the bench clip, 720p, 2 cores): every frame

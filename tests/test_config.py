@@ -43,7 +43,7 @@ def test_composed_defaults_are_the_config_classes_defaults(name, cls):
 def test_the_comparison_sees_a_changed_default():
     cli = composed("config", **{"preset": "fast"})
     diff = differences(cli, AppConfig())
-    assert "detect.plate.threshold: 0.2 != 0.05" in diff and "detect.face.tiling.enabled: False != True" in diff
+    assert "detect.plate.threshold: 0.2 != 0.04" in diff and "detect.face.tiling.enabled: False != True" in diff
 
 
 def test_mask_method_and_shape_are_enums_checked_when_composed():

@@ -492,8 +492,9 @@ def test_merge_suppresses_across_passes_per_frame_and_class():
 
 def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, plate_input_shapes):
     """detect.plate.scales [2.0, 1.0] on a 720p frame: the whole frame at 1x goes in as 1280 x 736
-    (fastanpr's sides are free) beside the usual fit into the square 640 px, and finds a plate 19 px
-    tall that the fitted pass, which halves it, misses."""
+    (fastanpr's sides are free) beside the usual fit into 640 x 384 (tight_letterbox), and finds a
+    plate 19 px tall that the fitted pass, which halves it, misses. As a photo, the frame goes in
+    as the square 640 x 640 the model was trained on, at 1x and halved."""
     image, truth = plate_set[0]
     small = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
     frame = np.zeros((720, 1280, 3), np.uint8)
@@ -506,7 +507,9 @@ def test_a_video_plate_pass_above_the_fit_finds_a_small_plate(plate_set, plate_i
                                       session=SESSION), ModelsConfig()).detect([frame])
         best[len(scales)] = max((iou(box, plate) for box in found.xyxy), default=0.0)
     assert best[1] < 0.1 and best[2] > 0.5, best
-    assert shapes == [(640, 640), (736, 1280), (640, 640)]
+    assert shapes == [(384, 640), (736, 1280), (384, 640)]
+    PlateDetector(resolve("fastanpr", ModelsConfig()).path, PlateConfig(), SESSION).for_photos().detect([frame])
+    assert shapes[3:] == [(640, 640), (640, 640)]
     fixed = PlateDetector(resolve("platedet", ModelsConfig()).path, PlateConfig(scales=[2.0]), SESSION)
     with pytest.raises(ValueError, match="fixed input"):  # platedet's input is 640 x 640, no larger
         fixed.detect([frame])

@@ -47,9 +47,10 @@ class PlateDetector:
     def for_photos(self) -> "PlateDetector":
         """The same session with the photos' whole-frame scales (PlateConfig.photo_scales), never
         cut below photo_threshold: boxes under it must not widen a photo's kept boxes when passes
-        are fused, however low video frames are cut."""
+        are fused, however low video frames are cut; and the square input the model was trained
+        on (PlateConfig.tight_letterbox is for video frames)."""
         twin = copy.copy(self)
-        twin.cfg = dataclasses.replace(self.cfg, scales=list(self.cfg.photo_scales),
+        twin.cfg = dataclasses.replace(self.cfg, scales=list(self.cfg.photo_scales), tight_letterbox=False,
                                        threshold=max(self.cfg.threshold, self.cfg.photo_threshold))
         return twin
 
