@@ -72,14 +72,16 @@ def test_layering():
 
 def test_plan_and_finalize_load_no_detector():
     """Ray's light tasks import lifecycle in fresh workers, a video's first plan waiting on it: the
-    detectors' modules (ONNX Runtime, onnx) stay out of it, and out of the pipeline on CPUs that
-    do not ask about int8 saturation."""
-    heavy = ("onnxruntime", "onnx", "anon_ray.run.pipeline", "anon_ray.detect")
+    detectors' modules (ONNX Runtime, onnx) and the tracker's assignment solver (scipy.optimize,
+    ~0.6 s) stay out of it, and onnx out of the pipeline on CPUs that do not ask about int8
+    saturation."""
+    heavy = ("onnxruntime", "onnx", "anon_ray.run.pipeline", "anon_ray.detect", "scipy.optimize")
     code = f"import sys, anon_ray.{{}}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     lifecycle = subprocess.run([sys.executable, "-c", code.format("run.lifecycle")], capture_output=True, text=True)
     assert lifecycle.stdout.strip() == "[]", lifecycle.stdout + lifecycle.stderr
     pipeline = subprocess.run([sys.executable, "-c", code.format("run.pipeline")], capture_output=True, text=True)
-    assert pipeline.stdout.strip() == str(sorted(m for m in heavy if m != "onnx")), pipeline.stdout + pipeline.stderr
+    assert pipeline.stdout.strip() == str(sorted(m for m in heavy if m not in ("onnx", "scipy.optimize"))), \
+        pipeline.stdout + pipeline.stderr
 
 
 def test_workers_on_cpus_without_vnni_load_no_onnx():

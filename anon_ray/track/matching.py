@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 _INFEASIBLE = 1e6
 
@@ -44,6 +43,10 @@ def assign(iou: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
     np.fill_diagonal(cost[:n, m:], unmatched)
     np.fill_diagonal(cost[n:, :m], unmatched)
     cost[n:, m:] = 0.0
+    # Imported here: scipy.optimize costs ~0.6 s CPU to import, and the job's driver and its planning
+    # tasks import this module (through core/stitch.py) without ever matching a box.
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     real = (rows < n) & (cols < m)
     rows, cols = rows[real], cols[real]
