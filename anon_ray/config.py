@@ -339,9 +339,9 @@ class ImageConfig:
 @dataclass
 class ClusterConfig:
     address: str = ""  # empty = start an embedded local Ray
-    # A job of one local photo, or one local clip no longer than a segment, runs in this process
-    # without starting the embedded Ray (run/engine.py): its ~10-20 s of start-up would be most
-    # of the job. false: always Ray.
+    # A job of at most 2 local photos or clips a worker, each no longer than a segment, runs in this
+    # process, `workers` assets at a time, without starting the embedded Ray (run/engine.py): its
+    # ~10-15 s of start and stop would be much of the job. false: always Ray.
     inline: bool = True
     workers: int = 2
     cpus_per_worker: float = 0.5

@@ -99,7 +99,8 @@ class Cli:
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "anon_ray", f"input={src}", f"output={out}", "cluster.workers=1",
-             "cluster.max_in_flight=2", "detect=faces_only", f"models.cache_dir={MODELS}", *overrides],
+             "cluster.max_in_flight=2", "cluster.inline=false", "detect=faces_only", f"models.cache_dir={MODELS}",
+             *overrides],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -204,8 +204,9 @@ def test_cli_runs_on_ray_and_reports_failures(tmp_path):
     shutil.copy(SAMPLES / "astronaut.jpg", src / "a.jpg")
     (src / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "anon_ray", f"input={src}", f"output={out}", "cluster.workers=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    # Two assets would run in process (engine.py): the pool is asked for.
+    proc = subprocess.run([sys.executable, "-m", "anon_ray", f"input={src}", f"output={out}", "cluster.workers=1",
+                           "cluster.inline=false"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "corrupt.mp4" in proc.stderr
     assert (out / "a.jpg").is_file() and not (out / "corrupt.mp4").exists()
