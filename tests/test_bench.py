@@ -70,3 +70,23 @@ def test_peak_rss_reads_an_exited_child_as_zero_instead_of_raising():
     child.kill()
     child.wait()
     assert _rss(listed) == 0
+
+
+def test_a_race_counts_the_cpu_of_every_thread_of_the_process_it_times():
+    """Assets in threads of one process each record all of its CPU (run/local.py): the bench takes
+    the process's own CPU for such a race, here two threads each spinning ~0.4 s."""
+    from anon_ray.tools.bench import profile
+    from anon_ray.tools.deface_ref import timed_process_cpu
+
+    spin = ("import threading, time\n"
+            "def spin():\n"
+            "    t = time.thread_time()\n"
+            "    while time.thread_time() - t < 0.4: pass\n"
+            "ts = [threading.Thread(target=spin) for _ in range(2)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n")
+    seconds, cpu = timed_process_cpu([sys.executable, "-c", spin])
+    assert 0.8 <= cpu < 0.8 + seconds, (seconds, cpu)
+    stages = {"detect": 2.0, "wall": 4.0, "cpu": 8.0}  # two assets, each counting the other's CPU too
+    cores = os.cpu_count() or 1
+    assert profile(stages, 2.0, 2)["cores_busy"] == round(8.0 / (2.0 * cores), 3)
+    assert profile(stages, 2.0, 2, cpu_s=4.0)["cores_busy"] == round(4.0 / (2.0 * cores), 3)

@@ -116,17 +116,20 @@ def job_phase(src: str, out_dir: str, cfg: BenchConfig, stages: dict) -> int:
     return result.frames
 
 
-def profile(stages: dict[str, float], process_s: float, workers: int) -> dict:
+def profile(stages: dict[str, float], process_s: float, workers: int, cpu_s: float | None = None) -> dict:
     """Where a run's time went. `shares`: each stage's part of the stages' busy seconds (they
     overlap: decoding runs ahead, detection beside masking and encoding; run/stages.py).
     `workers_busy`: the workers' time (process seconds x workers) spent inside segments and
     photos; the rest is start-up (Ray, model load), planning, finalizing, manifests and idle
-    workers. `cores_busy`: the workers' CPU seconds against all the machine's cores."""
+    workers. `cores_busy`: the workers' CPU seconds against all the machine's cores; `cpu_s`, the
+    whole process's, where given (assets run in threads of one process each record all of its
+    CPU in their stages: run/local.py)."""
     busy = {k: v for k, v in stages.items() if k not in ("wall", "cpu")}
     total = sum(busy.values()) or 1.0
+    cpu = stages.get("cpu", 0.0) if cpu_s is None else cpu_s
     return {"shares": {k: round(v / total, 3) for k, v in sorted(busy.items(), key=lambda kv: -kv[1])},
             "workers_busy": round(stages.get("wall", 0.0) / (process_s * workers), 3),
-            "cores_busy": round(stages.get("cpu", 0.0) / (process_s * (os.cpu_count() or 1)), 3)}
+            "cores_busy": round(cpu / (process_s * (os.cpu_count() or 1)), 3)}
 
 
 def reference_phase(src: str, tmp: str, cfg: BenchConfig, overrides: list[str]) -> dict:
@@ -269,10 +272,14 @@ def run(cfg: BenchConfig, job_overrides: list[str]) -> dict:
                    floor_peak_rss_mb=floor["peak_rss_mb"], profile_in_process=profile(stages, job["seconds"], 1))
         if cfg.reference:
             out.update(reference_phase(src, tmp, cfg, job_overrides))
-            alone = engine.in_process(cfg, [(local_asset(src, os.path.basename(src)), "")])
-            single = 1 if alone else cfg.cluster.workers
-            for race, workers in (("single", single), ("bulk", cfg.cluster.workers)):
-                out[race]["profile"] = profile(out[race].pop("anon_ray_stages"), out[race]["anon_ray_s"], workers)
+            asset = local_asset(src, os.path.basename(src))
+            for race in ("single", "bulk"):
+                files = out[race]["files"]
+                inline = engine.in_process(cfg, [(asset, "")] * files)  # as the race's copies are
+                cpu = out[race].pop("anon_ray_cpu_s")
+                out[race]["profile"] = profile(out[race].pop("anon_ray_stages"), out[race]["anon_ray_s"],
+                                               min(files, cfg.cluster.workers) if inline else cfg.cluster.workers,
+                                               cpu if inline else None)
         if cfg.workers_sweep:
             out.update(sweep_phase(src, tmp, cfg))
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,12 +44,24 @@ def deface_executable(venv: str = "") -> str:
 
 def timed_process(cmd: list[str], cwd: str | None = None) -> float:
     """Seconds the command takes from start to exit; its failure is the benchmark's failure."""
+    return timed_process_cpu(cmd, cwd)[0]
+
+
+def timed_process_cpu(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
+    """timed_process, and the CPU seconds of the command's process (its threads; of the processes
+    it starts, those it waits for: not a Ray cluster's workers)."""
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return seconds
+    return seconds, _children_cpu() - cpu0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def deface_command(exe: str, inputs: list[str]) -> list[str]:
@@ -74,21 +87,24 @@ def copies(src: str, folder: Path, n: int) -> list[str]:
 def race(src: str, tmp: Path, n_copies: int, runs: int, exe: str, overrides: list[str]) -> dict:
     """Whole-process seconds of anon-ray and of deface on `n_copies` copies of `src`, alternating."""
     seconds: dict[str, list[float]] = {"anon_ray": [], "deface": []}
-    profiles = []
+    profiles, cpu = [], []
     for run in range(runs):
         base = tmp / f"race-{n_copies}-{run}"
         anon_in, deface_in = base / "anon_in", base / "deface_in"
         copies(src, anon_in, n_copies)
         inputs = copies(src, deface_in, n_copies)
-        seconds["anon_ray"].append(timed_process(anon_ray_command(str(anon_in), str(base / "anon_out"), overrides),
-                                                 cwd=str(REPO_ROOT)))
+        took, used = timed_process_cpu(anon_ray_command(str(anon_in), str(base / "anon_out"), overrides),
+                                       cwd=str(REPO_ROOT))
+        seconds["anon_ray"].append(took)
+        cpu.append(used)
         profiles.append(manifest_stages(str(base / "anon_out")))
         seconds["deface"].append(timed_process(deface_command(exe, inputs)))
         shutil.rmtree(base, ignore_errors=True)
     best = {k: min(v) for k, v in seconds.items()}
     fastest = seconds["anon_ray"].index(best["anon_ray"])
     return {"files": n_copies, "runs": runs, "anon_ray_s": best["anon_ray"], "deface_s": best["deface"],
-            "ratio": best["deface"] / best["anon_ray"], "anon_ray_stages": profiles[fastest]}
+            "ratio": best["deface"] / best["anon_ray"], "anon_ray_stages": profiles[fastest],
+            "anon_ray_cpu_s": cpu[fastest]}
 
 
 def manifest_stages(output: str) -> dict[str, float]:
