@@ -18,6 +18,7 @@ from anon_ray.config import AppConfig
 from anon_ray.io.inventory import local_asset
 from anon_ray.run import lifecycle
 from anon_ray.run.engine import in_process
+from anon_ray.run.job import StopRequest
 from anon_ray.run.local import run_local
 
 
@@ -100,3 +101,23 @@ def test_cli_masks_short_clips_and_a_photo_without_starting_ray(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 ok, 0 failed" in proc.stderr and all((out / n).is_file() for n in ("clip.mp4", "clip2.mp4", "a.jpg"))
     assert not ray_tmp.exists()
+
+
+def test_in_process_assets_are_not_started_once_a_stop_is_requested(tmp_path):
+    """Of three photos on two threads, the third is not started after a stop requested while the
+    first two are under way (the listing was already taken: engine.py); no rows, no outputs for it."""
+    for n in ("a.jpg", "b.jpg", "c.jpg"):
+        shutil.copy(SAMPLES / "astronaut.jpg", tmp_path / n)
+    cfg = replace(AppConfig(), input=str(tmp_path), output=str(tmp_path / "out"))
+    todo = [(local_asset(str(tmp_path / n), n), str(tmp_path / "out" / n)) for n in ("a.jpg", "b.jpg", "c.jpg")]
+    stop = StopRequest()
+
+    def listing():
+        yield from todo[:2]
+        stop.request()  # as the CLI's signal handler would, once two photos are under way
+        yield todo[2]
+
+    results = list(run_local(cfg, listing(), "stop", threads=2, stop=stop))
+    assert sorted(r.asset.relpath for r in results) == ["a.jpg", "b.jpg"]
+    assert not (tmp_path / "out" / "c.jpg").exists()
+    assert not list(run_local(cfg, todo, "stopped", threads=1, stop=stop))

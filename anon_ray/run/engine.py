@@ -67,7 +67,7 @@ def run_assets(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str,
     todo = iter(todo)
     listed = list(itertools.islice(todo, inline_limit(cfg) + 1))
     if in_process(cfg, listed):
-        yield from run_local(cfg, listed, run_id, threads=min(max(1, cfg.cluster.workers), len(listed)))
+        yield from run_local(cfg, listed, run_id, threads=min(max(1, cfg.cluster.workers), len(listed)), stop=stop)
         return
     from anon_ray.run import distributed  # Ray is imported, and started, only when used
 

@@ -12,12 +12,13 @@ from dataclasses import replace
 from anon_ray.config import AppConfig
 from anon_ray.run import lifecycle, parts
 from anon_ray.run.deadline import Deadline
+from anon_ray.run.job import StopRequest
 from anon_ray.run.pipeline import Worker
 from anon_ray.types import Asset, AssetResult
 
 
-def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str, threads: int = 1
-              ) -> Iterator[AssetResult]:
+def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str, threads: int = 1,
+              stop: StopRequest | None = None) -> Iterator[AssetResult]:
     """Each asset gets `asset_timeout_s` from when it is taken, as in the Ray engine; with no
     driver to kill an overdue call, the worker checks the deadline itself (deadline.py).
 
@@ -25,11 +26,14 @@ def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str, th
     ONNX Runtime threads share the cores (as the pool's workers do), results yielded as assets
     finish: two workers in two threads masked two 720p clips in 37 s against 45 s one after the
     other with every core in one worker (2 cores; decoding, inference, masking and encoding
-    leave the GIL)."""
+    leave the GIL). Once `stop` is requested no asset is started; those under way finish (they
+    are not cancelled: the engine takes only a few short ones, engine.py)."""
     if threads <= 1:
         worker = Worker(cfg)
         with parts.part_root(cfg, run_id) as root:
             for asset, dst in todo:
+                if stop is not None and stop.requested:
+                    return
                 yield _run_one(worker, asset, dst, root, cfg)
         return
     shared = _cores_shared(cfg, threads)
@@ -50,6 +54,8 @@ def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str, th
             if len(running) >= threads:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 yield from (f.result() for f in done)
+            if stop is not None and stop.requested:
+                break
             running.add(pool.submit(one, root, asset, dst))
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
