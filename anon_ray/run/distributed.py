@@ -40,7 +40,7 @@ from anon_ray.config import AppConfig
 from anon_ray.io import inventory, staging, storage
 from anon_ray.run import affinity, parts, ray_metrics
 from anon_ray.run.errors import Timeout
-from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, pinned_cores, threads_per_worker
+from anon_ray.run.resources import LIGHT_TASK_CPUS, check_resources, cores_shared, pinned_cores
 from anon_ray.run.job import INTERRUPTED, StopRequest
 from anon_ray.types import Asset, AssetResult, Failure, SegmentPlan, SegmentResult, VideoPlan
 
@@ -130,8 +130,7 @@ def _init(cfg: AppConfig) -> None:
 def make_pool(cfg: AppConfig, stop: StopRequest | None = None) -> list:
     cluster = ray.cluster_resources()
     check_resources(cfg, cluster)
-    actor_cfg = replace(cfg, detect=replace(cfg.detect, session=replace(
-        cfg.detect.session, intra_op_threads=threads_per_worker(cfg, cluster.get("CPU", os.cpu_count() or 1)))))
+    actor_cfg = cores_shared(cfg, cluster.get("CPU", os.cpu_count() or 1), cfg.cluster.workers)
     cls = ray.remote(SegmentActor).options(
         num_cpus=cfg.cluster.cpus_per_worker,
         num_gpus=cfg.cluster.gpus_per_worker,

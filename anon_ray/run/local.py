@@ -7,13 +7,13 @@ import os
 import queue
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
 
 from anon_ray.config import AppConfig
 from anon_ray.run import lifecycle, parts
 from anon_ray.run.deadline import Deadline
 from anon_ray.run.job import StopRequest
 from anon_ray.run.pipeline import Worker
+from anon_ray.run.resources import cores_shared
 from anon_ray.types import Asset, AssetResult
 
 
@@ -36,7 +36,7 @@ def run_local(cfg: AppConfig, todo: Iterable[tuple[Asset, str]], run_id: str, th
                     return
                 yield _run_one(worker, asset, dst, root, cfg)
         return
-    shared = _cores_shared(cfg, threads)
+    shared = cores_shared(cfg, len(os.sched_getaffinity(0)), threads)
     idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
     for _ in range(threads):
         idle.put(Worker(shared))
@@ -67,12 +67,3 @@ def _run_one(worker: Worker, asset: Asset, dst: str, root: str, cfg: AppConfig) 
     if asset.kind == "video":
         return lifecycle.run_video(worker, asset, dst, parts.part_dir(root, asset), deadline)
     return lifecycle.image(worker, asset, dst, deadline)
-
-
-def _cores_shared(cfg: AppConfig, threads: int) -> AppConfig:
-    """cfg with ONNX Runtime's threads, where left to it (0), split among `threads` workers."""
-    session = cfg.detect.session
-    if session.intra_op_threads > 0:
-        return cfg
-    cores = max(1, len(os.sched_getaffinity(0)) // threads)
-    return replace(cfg, detect=replace(cfg.detect, session=replace(session, intra_op_threads=cores)))

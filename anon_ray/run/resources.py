@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 from anon_ray.config import AppConfig
 
@@ -22,11 +23,14 @@ def pinned_cores(cfg: AppConfig) -> int:
     return max(1, round(cfg.cluster.cpus_per_worker))
 
 
-def threads_per_worker(cfg: AppConfig, node_cpus: float) -> int:
-    """ONNX Runtime threads for one actor when config leaves it to us: share the node's cores."""
-    if cfg.detect.session.intra_op_threads > 0:
-        return cfg.detect.session.intra_op_threads
-    return max(1, int(node_cpus // max(1, cfg.cluster.workers)))
+def cores_shared(cfg: AppConfig, node_cpus: float, workers: int) -> AppConfig:
+    """cfg for one of `workers` workers on a node: ONNX Runtime's threads, where config leaves them
+    to us (0), the node's cores shared among the workers."""
+    session = cfg.detect.session
+    if session.intra_op_threads > 0:
+        return cfg
+    threads = max(1, int(node_cpus // max(1, workers)))
+    return replace(cfg, detect=replace(cfg.detect, session=replace(session, intra_op_threads=threads)))
 
 
 def check_resources(cfg: AppConfig, cluster: dict[str, float]) -> None:
