@@ -128,9 +128,8 @@ class FaceConfig:
     # (0.0089 against 0.0140; over-masking 0.147 against 0.136; flicker 0): the shrunk frame
     # finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 / 8 / 12
     # leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0):
-    # 6 keeps a face seen only by full passes filled through one missed full pass (a gap of 12
-    # frames, within track.max_gap), for ~9% less detection than 4 (a full 720p pass costs
-    # ~2.5 cheap ones).
+    # 6 keeps a face seen only by full passes filled through one missed full pass (12 frames,
+    # within track.max_gap), for ~9% less detection than 4.
     full_every: int = 6
     # With `regions` below, faces only on videos_gt, cheap_side 640 / 704 / 736 / 768 / 800 leak
     # 0.0077 / 0.0074 / 0.0074 / 0.0085 / 0.0085 of face-frames >= 16 px (per minute 60 / 50 / 52
@@ -149,11 +148,12 @@ class FaceConfig:
     region_sweep: int = 3
     region_grow: float = 1.0  # of a box's long side, on each side
     region_motion: float = 0.02  # of the frame's long side, on each side, per frame since the box
-    # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster).
-    # Such a frame searched only when its number is even, the tracks carrying the crowd across the
-    # others: on videos_gt, faces only, leaked face-frames >= 16 px 0.007 -> 0.029 (nearly all
-    # not detected), per minute 52 -> 82 (2026-12-07): not taken.
+    # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster; such
+    # frames searched on even numbers only: 0.029, 82 a minute, not taken; videos_gt faces only).
     region_max_share: float = 0.5
+    # The cascade's cheap passes' model ("": `model`) and cut-off; `yunet`: README "Models".
+    cheap_model: str = ""
+    cheap_threshold: float = 0.1
     # A photo's face box at least `confirm_height` px tall scoring under `confirm_below` is kept only
     # where another of the photo's passes (tiles, the 1.5x pass, mirrored) found it too
     # (tiling.confirmed): on every 4th faces_wider photo, over-masking from faces 0.135 -> 0.102

@@ -13,6 +13,7 @@ from anon_ray.detect.faces import FaceDetector
 from anon_ray.detect.plates import PlateDetector
 from anon_ray.detect.session import DetectionError, make_session
 from anon_ray.detect.tiling import MultiPass
+from anon_ray.detect.yunet import YuNetDetector
 from anon_ray.models.registry import ModelInfo, resolve
 from anon_ray.types import FACE, Detections
 
@@ -24,7 +25,7 @@ class Detector:
     same frames; their detections are concatenated."""
 
     def __init__(self, cfg: DetectConfig, models: ModelsConfig) -> None:
-        self.cfg = cfg
+        self.cfg, self.models_cfg = cfg, models
         self.models: dict[str, ModelInfo] = {}
         self.detectors: list[Cadence | Cascade] = []
         self.photo_detectors: list[MultiPass] = []  # the same sessions, with passes for photos
@@ -35,7 +36,7 @@ class Detector:
             low = replace(cfg.face, threshold=min(cfg.face.threshold, cfg.face.photo_threshold))
             face = FaceDetector(info.path, low, cfg.session)
             full = MultiPass(face, [cfg.face.tiling], cfg.face.flip, cfg.face.nms_iou)
-            self.detectors.append(Cascade(full, face, cfg.face))
+            self.detectors.append(Cascade(full, self._cheap_faces(face), cfg.face))
             self.photo_detectors.append(MultiPass(face, [cfg.face.tiling, cfg.face.photo_tiling], cfg.face.flip,
                                                   cfg.face.nms_iou, (cfg.face.confirm_height, cfg.face.confirm_below)))
         if cfg.plate.enabled:
@@ -52,6 +53,19 @@ class Detector:
                                       cfg.session)
                 self.photo_detectors.append(MultiPass(extra.for_photos(), [cfg.plate.photo_extra_tiling],
                                                       cfg.plate.flip, cfg.plate.nms_iou, fuse=cfg.plate.fuse))
+
+    def _cheap_faces(self, face: FaceDetector) -> FaceDetector | YuNetDetector:
+        """The detector of the video cascade's cheap passes: `face`, or FaceConfig.cheap_model's
+        (its boxes cut at cheap_threshold, never under the video cut-off)."""
+        cfg = self.cfg.face
+        if not cfg.cheap_model or cfg.cheap_model == cfg.model:
+            return face
+        info = self.models[cfg.cheap_model] = resolve(cfg.cheap_model, self.models_cfg)
+        cut = replace(cfg, threshold=max(cfg.threshold, cfg.cheap_threshold))
+        if info.task != "face":
+            raise ValueError(f"detect.face.cheap_model {cfg.cheap_model!r} is a {info.task} model")
+        return YuNetDetector(info.path, cut, self.cfg.session) if info.name == "yunet" \
+            else FaceDetector(info.path, cut, self.cfg.session)
 
     @property
     def model_hashes(self) -> dict[str, str]:

