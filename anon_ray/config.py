@@ -95,11 +95,9 @@ class FaceConfig:
     # there; on x86 CPUs without VNNI, whose int8 sums are 16-bit, 8-bit weights need ONNX Runtime's
     # slower precision mode (detect/session.py) while 7-bit ones run the fast kernels, 1.1-1.3x
     # faster than float. The same outputs on every CPU, so a cluster of mixed machines masks alike.
-    # Against the 8-bit model on videos_gt, leaked face-frames >= 16 px 0.007 either way (48 against
-    # 46 a minute, over-masking 0.165 against 0.163); every 4th faces_wider photo 0.006 against
-    # 0.007 (< 16 px 0.137 against 0.140, over-masking 0.141 against 0.136); every 3rd faces/ photo
-    # 0.005 against 0.006 (over-masking 0.229 against 0.225). Against the float model: 0.007 (50 a
-    # minute, 0.162); 0.009 (< 16 px 0.146, 0.137); 0.005 (0.220).
+    # 7-bit / 8-bit / float: videos_gt leaked face-frames >= 16 px 0.007 each (48 / 46 / 50 a
+    # minute); every 4th faces_wider photo 0.006 / 0.007 / 0.009; every 3rd faces/ photo 0.005 /
+    # 0.006 / 0.005; over-masking within 0.01 of each other (all figures: this file's history).
     model: str = "centerface_int8_7bit"
     # Recall first: with tracks that follow the camera, 0.075 leaks a third fewer face-frames on
     # videos_gt than 0.1 (0.021 -> 0.014; over-masking 0.120 -> 0.136) at the same job speed
@@ -139,11 +137,9 @@ class FaceConfig:
     cheap_side: int = 736
     # Cheap frames searched only around the faces seen since the last full pass, the whole shrunk
     # frame on every `region_sweep`-th (detect/cascade.py). videos_gt faces only: leaked face-frames
-    # >= 16 px 0.0085 as without (per minute 60 against 64, flicker 0); without the sweep 0.0090
-    # (grown 1.5x or moving 0.04 a frame: the same; the misses are faces away from any recent
-    # one). In process, 720p, faces only: a 600-frame CCTV clip (intel one-by-one) 72.8 -> 53.1 s
-    # (42.7 s without the sweep); the crowded bench clip the same (~32 s), most of its frames
-    # over region_max_share; worker peak RSS 0.99 -> 0.77 GB (cheap frames run one at a time).
+    # >= 16 px 0.0085 as without (60 a minute against 64); without the sweep 0.0090. In process,
+    # 720p, faces only: a 600-frame CCTV clip 72.8 -> 53.1 s; the crowded bench clip the same, most
+    # of its frames over region_max_share; worker peak RSS 0.99 -> 0.77 GB.
     regions: bool = True
     region_sweep: int = 3
     region_grow: float = 1.0  # of a box's long side, on each side
@@ -151,9 +147,13 @@ class FaceConfig:
     # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster; such
     # frames searched on even numbers only: 0.029, 82 a minute, not taken; videos_gt faces only).
     region_max_share: float = 0.5
-    # The cascade's cheap passes' model ("": `model`) and cut-off; `yunet`: README "Models".
+    # The cascade's cheap passes' model ("": `model`) and cut-off; `yunet`: README "Models". With
+    # `cheap_small_side`, a whole cheap frame is also searched shrunk to that long side (a pan's
+    # blur shrinks with the frame), its boxes cut at `cheap_small_threshold` (0 = none).
     cheap_model: str = ""
     cheap_threshold: float = 0.1
+    cheap_small_side: int = 0
+    cheap_small_threshold: float = 0.1
     # A photo's face box at least `confirm_height` px tall scoring under `confirm_below` is kept only
     # where another of the photo's passes (tiles, the 1.5x pass, mirrored) found it too
     # (tiling.confirmed): on every 4th faces_wider photo, over-masking from faces 0.135 -> 0.102

@@ -25,9 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from anon_ray.config import FaceConfig
+from anon_ray.detect.faces import zoomed_size
+from anon_ray.detect.nms import nms
 from anon_ray.detect.tiling import MultiPass, ZoomableDetector
 from anon_ray.track.matching import iou_matrix
 from anon_ray.types import FACE, Detections
@@ -100,10 +103,28 @@ class Cascade:
                     known = Detections.concat([known, found])
                     parts.append(found)
             else:
-                found = self.detector.detect([frames[k] for k in cheap], 0, zoom=zoom)
-                parts.append(_renumbered(found, numbers[cheap]))
+                parts.extend(self._whole(frames[k], int(numbers[k]), zoom) for k in cheap)
         dets = Detections.concat(parts)
         return dets.select(np.lexsort((-dets.score, dets.frame)))
+
+    def _whole(self, frame: np.ndarray, number: int, zoom: float) -> Detections:
+        """The cheap pass of the whole frame `number`, shrunk by `zoom`; with cheap_small_side, also
+        shrunk to that long side, the two merged by NMS: a pan's motion blur, which hides faces
+        from the first, spans fewer pixels there (videos_gt: README "Models")."""
+        side = self.cfg.cheap_small_side
+        height, width = frame.shape[:2]
+        inner_h, inner_w = zoomed_size(height, width, zoom)
+        if not side or side >= max(inner_h, inner_w):
+            return self.detector.detect([frame], number, zoom=zoom)
+        # Both passes read one shrunk copy: shrinking the whole frame costs as much as a YuNet pass.
+        # INTER_AREA on uint8, the values the detector's own shrink gives (faces._area_into).
+        shrunk = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA)
+        found = self.detector.detect([shrunk], number, zoom=1.0)
+        small = self.detector.detect([shrunk], number, zoom=side / max(inner_h, inner_w))
+        both = Detections.concat([found, small.select(small.score >= self.cfg.cheap_small_threshold)])
+        both = both.select(np.sort(nms(both.xyxy, both.score, self.cfg.nms_iou)))
+        return Detections.build(both.frame, both.xyxy * np.array([width / inner_w, height / inner_h] * 2, np.float32),
+                                both.score, both.cls)
 
     def _cheap_regions(self, frame: np.ndarray, number: int, zoom: float, start: int, known: Detections
                        ) -> Detections:
@@ -112,13 +133,13 @@ class Cascade:
         height, width = frame.shape[:2]
         last_full = number - number % self.cfg.full_every
         if last_full < start or number % self.cfg.region_sweep == 0:
-            return self.detector.detect([frame], number, zoom=zoom)
+            return self._whole(frame, number, zoom)
         seen = known.select((known.frame >= last_full) & (known.frame < number) & (known.cls == FACE)
                             & (known.score >= self.cfg.threshold))
         rects = regions(seen, number, (height, width), self.cfg)
         area = float(np.prod(rects[:, 2:] - rects[:, :2], axis=1).sum()) if len(rects) else 0.0
         if area > self.cfg.region_max_share * height * width:
-            return self.detector.detect([frame], number, zoom=zoom)
+            return self._whole(frame, number, zoom)
         found = []
         for x0, y0, x1, y1 in rects:
             part = self.detector.detect([frame[y0:y1, x0:x1]], number, zoom=zoom)
