@@ -1,5 +1,5 @@
 """YuNet (2023mar) face detector: a light network, ~4x cheaper than CenterFace a pass on CPU,
-for video frames' face passes where FaceConfig.video_model names it (detect/__init__.py).
+for the video cascade's cheap passes where FaceConfig.cheap_model names it (detect/__init__.py).
 
 Its input is BGR in 0..255, sides multiples of 32 (models/build.py frees the shipped 640 x 640);
 each of three strides gives per-cell class and objectness scores, whose geometric mean is the
@@ -49,8 +49,8 @@ class YuNetDetector:
             _area_into(frame, bgr)
         else:
             if (inner_h, inner_w) != (height, width):
-                shrink = inner_h < height
-                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+                how = cv2.INTER_AREA if inner_h < height else cv2.INTER_LINEAR
+                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=how)
             for c, plane in enumerate(cv2.split(frame)):
                 bgr[c] = plane
         outputs = dict(zip(OUTPUTS, run_checked(self.session, OUTPUTS, {self.input: blob})))
@@ -65,8 +65,7 @@ class YuNetDetector:
             half_w, half_h = np.exp(box[:, 2]) * stride / 2, np.exp(box[:, 3]) * stride / 2
             boxes.append(np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1))
             scores.append(score[cell])
-        xyxy = np.concatenate(boxes).astype(np.float32) * np.float32(width / inner_w)
-        xyxy[:, 1::2] *= np.float32((height / inner_h) / (width / inner_w))
+        xyxy = np.concatenate(boxes).astype(np.float32) * np.array([width / inner_w, height / inner_h] * 2, np.float32)
         score = np.concatenate(scores).astype(np.float32)
         np.clip(xyxy, 0, np.array([width, height] * 2, np.float32), out=xyxy)
         visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
