@@ -63,12 +63,47 @@ def _area_into(frame: np.ndarray, planes: np.ndarray) -> np.ndarray:
     return planes
 
 
+def fill_planes(frame: np.ndarray, planes: np.ndarray) -> None:
+    """Write a uint8 frame, resized to the size of `planes` (3, h, w), into them channel by channel
+    (a view with its channels reversed takes it as BGR)."""
+    height, width = frame.shape[:2]
+    inner_h, inner_w = planes.shape[1:]
+    if inner_h < height and (height % inner_h or width % inner_w):
+        _area_into(frame, planes)
+        return
+    if (inner_h, inner_w) != (height, width):
+        # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
+        shrink = inner_h < height
+        frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    # Plane by plane: a strided transpose-and-cast costs three times as much per frame.
+    for c, plane in enumerate(cv2.split(frame)):
+        planes[c] = plane
+
+
+def cached_blob(blobs: dict[tuple[int, int], np.ndarray], n: int, inner_h: int, inner_w: int) -> np.ndarray:
+    """A network input for `n` frames resized to inner_h x inner_w, padded (not stretched) to the
+    alignment so x and y keep the scale of the resize alone, from a detector's cache `blobs`.
+
+    Kept between batches: a video's batches all share one shape, and a fresh blob (tens of MB,
+    served by mmap: see heap.py) would be zeroed page by page on every batch. The padding stays
+    zero because each key has its own inner size; a tiled pass adds a shape or two.
+    """
+    key = (inner_h, inner_w)
+    blob = blobs.get(key)
+    if blob is None or len(blob) < n:
+        if len(blobs) >= 4:  # photos of many sizes: keep memory bounded
+            blobs.clear()
+        shape = (n, 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN)
+        blob = blobs[key] = np.zeros(shape, np.float32)
+    return blob[:n]
+
+
 class FaceDetector:
     def __init__(self, model_path: str, cfg: FaceConfig, session_cfg: SessionConfig) -> None:
         self.cfg = cfg
         self.session = make_session(model_path, session_cfg)
         self.input = self.session.get_inputs()[0].name
-        self._blobs: dict[tuple[int, ...], np.ndarray] = {}
+        self._blobs: dict[tuple[int, int], np.ndarray] = {}
 
     def zoom(self, height: int, width: int) -> float:
         """Scale of the whole-frame pass for a frame of this size."""
@@ -85,37 +120,11 @@ class FaceDetector:
             check_frame(frame)
         height, width = frames[0].shape[:2]
         inner_h, inner_w = zoomed_size(height, width, self.zoom(height, width) if zoom is None else zoom)
-        blob = self._blob(len(frames), inner_h, inner_w)
+        blob = cached_blob(self._blobs, len(frames), inner_h, inner_w)
         for k, frame in enumerate(frames):
-            if inner_h < height and (height % inner_h or width % inner_w):
-                _area_into(frame, blob[k, :, :inner_h, :inner_w])
-                continue
-            if (inner_h, inner_w) != (height, width):
-                # INTER_AREA averages the pixels it drops; bilinear aliases small faces when downscaling a lot.
-                shrink = inner_h < height
-                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-            # Plane by plane: a strided transpose-and-cast costs three times as much per frame.
-            for c, plane in enumerate(cv2.split(frame)):
-                blob[k, c, :inner_h, :inner_w] = plane
+            fill_planes(frame, blob[k, :, :inner_h, :inner_w])
         heat, size, offset = run_checked(self.session, OUTPUTS, {self.input: blob})
         return self.decode(heat, size, offset, first_index, (inner_w / width, inner_h / height), (width, height))
-
-    def _blob(self, n: int, inner_h: int, inner_w: int) -> np.ndarray:
-        """The network input for `n` frames resized to inner_h x inner_w, padded (not stretched) to
-        the alignment so x and y keep the scale of the resize alone.
-
-        Kept between batches: a video's batches all share one shape, and a fresh blob (tens of MB,
-        served by mmap: see heap.py) would be zeroed page by page on every batch. The padding stays
-        zero because each key has its own inner size; a tiled pass adds a shape or two.
-        """
-        key = (inner_h, inner_w)
-        blob = self._blobs.get(key)
-        if blob is None or len(blob) < n:
-            if len(self._blobs) >= 4:  # photos of many sizes: keep memory bounded
-                self._blobs.clear()
-            shape = (n, 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN)
-            blob = self._blobs[key] = np.zeros(shape, np.float32)
-        return blob[:n]
 
     def decode(self, heat: np.ndarray, size: np.ndarray, offset: np.ndarray, first_index: int,
                scale: tuple[float, float], frame_size: tuple[int, int]) -> Detections:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from anon_ray.config import FaceConfig, SessionConfig
-from anon_ray.detect.faces import ALIGN, _area_into, check_frame, zoom_for, zoomed_size
+from anon_ray.detect.faces import cached_blob, check_frame, fill_planes, zoom_for, zoomed_size
 from anon_ray.detect.nms import nms
 from anon_ray.detect.session import make_session, run_checked
 from anon_ray.types import FACE, Detections
@@ -43,16 +42,8 @@ class YuNetDetector:
         height, width = frame.shape[:2]
         scale = self.zoom(height, width) if zoom is None else zoom
         inner_h, inner_w = zoomed_size(height, width, scale)
-        blob = self._blob(inner_h, inner_w)
-        bgr = blob[0, ::-1, :inner_h, :inner_w]
-        if inner_h < height and (height % inner_h or width % inner_w):
-            _area_into(frame, bgr)
-        else:
-            if (inner_h, inner_w) != (height, width):
-                how = cv2.INTER_AREA if inner_h < height else cv2.INTER_LINEAR
-                frame = cv2.resize(frame, (inner_w, inner_h), interpolation=how)
-            for c, plane in enumerate(cv2.split(frame)):
-                bgr[c] = plane
+        blob = cached_blob(self._blobs, 1, inner_h, inner_w)
+        fill_planes(frame, blob[0, ::-1, :inner_h, :inner_w])  # channels reversed: BGR
         outputs = dict(zip(OUTPUTS, run_checked(self.session, OUTPUTS, {self.input: blob})))
         boxes, scores = [], []
         for stride in STRIDES:
@@ -72,13 +63,3 @@ class YuNetDetector:
         xyxy, score = xyxy[visible], score[visible]
         keep = nms(xyxy, score, self.cfg.nms_iou)
         return Detections.build(np.full(len(keep), number), xyxy[keep], score[keep], FACE)
-
-    def _blob(self, inner_h: int, inner_w: int) -> np.ndarray:
-        """The network input, kept between frames of one size (FaceDetector._blob says why); its
-        padding, right and below, stays zero."""
-        key = (inner_h, inner_w)
-        if key not in self._blobs:
-            if len(self._blobs) >= 4:
-                self._blobs.clear()
-            self._blobs[key] = np.zeros((1, 3, -(-inner_h // ALIGN) * ALIGN, -(-inner_w // ALIGN) * ALIGN), np.float32)
-        return self._blobs[key]
