@@ -72,6 +72,23 @@ def test_peak_rss_reads_an_exited_child_as_zero_instead_of_raising():
     assert _rss(listed) == 0
 
 
+def test_peak_rss_counts_a_child_started_while_it_samples():
+    """Children are listed every CHILDREN_EVERY_S, not on every sample: one started mid-phase that
+    holds 400 MB for a few seconds still reaches the peak."""
+    import time
+
+    import psutil
+
+    from anon_ray.tools.bench import CHILDREN_EVERY_S, PeakRSS
+
+    own = psutil.Process().memory_info().rss
+    hold = "import time; b = bytearray(400 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(3 * %r)"
+    with PeakRSS() as rss:
+        time.sleep(0.1)
+        subprocess.run([sys.executable, "-c", hold % CHILDREN_EVERY_S], check=True, timeout=60)
+    assert rss.peak - own > 400 << 20, (rss.peak, own)
+
+
 def test_a_race_counts_the_cpu_of_every_thread_of_the_process_it_times():
     """Assets in threads of one process each record all of its CPU (run/local.py): the bench takes
     the process's own CPU for such a race, here two threads each spinning ~0.4 s."""
