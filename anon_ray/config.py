@@ -441,7 +441,7 @@ class BenchConfig(AppConfig):
     resize: str = ""  # WxH: time a scaled copy of the input (e.g. 1280x720 for the README's 720p figure)
     reference: bool = True  # also race the real deface command line (`make deface`) against anon-ray's
     bulk_copies: int = 4  # the bulk race: this many copies of the clip in one run of each tool
-    reference_runs: int = 1  # alternating runs of each tool per race; the fastest of each counts
+    runs: int = 1  # alternating runs of the floor and the job, and of each tool per race; the fastest counts
     deface_venv: str = ""  # the virtualenv holding deface; "" = .venv-deface in the repository
     leak_dataset: str = ""  # a labelled photo folder: deface's leak rate on it, beside the race
     leak_limit: int = 0  # 0 = every image of leak_dataset

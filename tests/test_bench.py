@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, SAMPLES
+from conftest import REPO, SAMPLES, composed
 
 from anon_ray.tools.deface_ref import manifest_stages
 
@@ -107,3 +107,28 @@ def test_a_race_counts_the_cpu_of_every_thread_of_the_process_it_times():
     cores = os.cpu_count() or 1
     assert profile(stages, 2.0, 2)["cores_busy"] == round(8.0 / (2.0 * cores), 3)
     assert profile(stages, 2.0, 2, cpu_s=4.0)["cores_busy"] == round(4.0 / (2.0 * cores), 3)
+
+
+def test_the_fastest_of_alternating_floor_and_job_runs_counts(monkeypatch):
+    """runs=3: floor and job alternate, each keeps its fastest run, the job with that run's stages."""
+    from anon_ray.tools import bench
+
+    times = iter([5.0, 14.0, 4.0, 15.0, 4.5, 12.0])  # floor, job, floor, job, ...
+    calls = []
+
+    def fake_timed(fn):
+        frames = fn()
+        return {"frames": frames, "seconds": next(times)}
+
+    def fake_job(src, out_dir, cfg, stages):
+        calls.append(out_dir)
+        stages["detect"] = float(len(calls))
+        return 10
+
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    monkeypatch.setattr(bench, "floor_phase", lambda *a: 10)
+    monkeypatch.setattr(bench, "job_phase", fake_job)
+    cfg = composed("bench", runs=3)
+    floor, job, stages = bench.floor_and_job("in.mp4", "/tmp", cfg, 10)
+    assert (floor["seconds"], job["seconds"], stages) == (4.0, 12.0, {"detect": 3.0})
+    assert len(set(calls)) == 3  # each job run writes into a folder of its own

@@ -1,6 +1,7 @@
 """anon-ray-bench: speed and memory of the job, as ratios to references timed in the same run.
 
-Phases, one after another in this process, each with its own peak-RSS sampler:
+Phases, one after another in this process, each with its own peak-RSS sampler (the floor and the
+job alternate `runs` times, the fastest of each counting):
   floor      decode + encode with the job's codec settings, no detection (the transcode floor)
   detect     decode + detection only (model cost per frame)
   job        the full single-process path: decode, detect, track, mask, encode, finalize
@@ -105,6 +106,24 @@ def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int, size: tuple[int, i
     return n
 
 
+def floor_and_job(src: str, tmp: str, cfg: BenchConfig, n: int) -> tuple[dict, dict, dict]:
+    """The floor and the in-process job (one segment), alternating `cfg.runs` times; the fastest of
+    each counts, with the fastest job's stage seconds: this VM's speed drifts by up to a third
+    between runs (the floor of one clip 4.1 to 5.2 s within minutes), more than most changes do."""
+    one_segment = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap))
+    best: dict[str, dict] = {}
+    stages: dict[str, float] = {}
+    for run in range(max(1, cfg.runs)):
+        floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n))
+        seconds: dict[str, float] = {}
+        job = timed(lambda: job_phase(src, os.path.join(tmp, f"job-{run}"), one_segment, seconds))
+        if "floor" not in best or floor["seconds"] < best["floor"]["seconds"]:
+            best["floor"] = floor
+        if "job" not in best or job["seconds"] < best["job"]["seconds"]:
+            best["job"], stages = job, seconds
+    return best["floor"], best["job"], stages
+
+
 def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:
     """Decoding and detection alone, batched and streamed as a job's worker does it."""
     worker = Worker(cfg)
@@ -149,8 +168,8 @@ def reference_phase(src: str, tmp: str, cfg: BenchConfig, overrides: list[str]) 
     `leak_dataset`, deface's protection on it next to anon-ray's (anon-ray-eval on the same set)."""
     exe = deface_ref.deface_executable(cfg.deface_venv)
     out = {"reference": "deface 1.5.0 command line, defaults (its own virtualenv)",
-           "single": deface_ref.race(src, Path(tmp), 1, cfg.reference_runs, exe, overrides),
-           "bulk": deface_ref.race(src, Path(tmp), cfg.bulk_copies, cfg.reference_runs, exe, overrides)}
+           "single": deface_ref.race(src, Path(tmp), 1, cfg.runs, exe, overrides),
+           "bulk": deface_ref.race(src, Path(tmp), cfg.bulk_copies, cfg.runs, exe, overrides)}
     if cfg.leak_dataset:
         out.update(deface_ref.deface_leak(cfg.leak_dataset, Path(tmp), exe, cfg.leak_limit))
     return out
@@ -273,12 +292,9 @@ def run(cfg: BenchConfig, job_overrides: list[str]) -> dict:
         out = {"input": os.path.basename(src), "width": info.width, "height": info.height, "frames": n,
                "cpu_count": os.cpu_count(), "providers": ort.get_available_providers(),
                "plates": cfg.detect.plate.enabled}
-        floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n))
+        floor, job, stages = floor_and_job(src, tmp, cfg, n)
         det = timed(lambda: detect_phase(src, cfg, n))
-        one_segment = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap))
-        stages: dict[str, float] = {}
-        job = timed(lambda: job_phase(src, os.path.join(tmp, "job"), one_segment, stages))
-        out.update(fps=job["fps"], floor_fps=floor["fps"], ratio_to_floor=job["fps"] / floor["fps"],
+        out.update(runs=max(1, cfg.runs), fps=job["fps"], floor_fps=floor["fps"], ratio_to_floor=job["fps"] / floor["fps"],
                    detect_ms_per_frame=1000 * det["seconds"] / n, peak_rss_mb=job["peak_rss_mb"],
                    floor_peak_rss_mb=floor["peak_rss_mb"], profile_in_process=profile(stages, job["seconds"], 1))
         if cfg.reference:
