@@ -147,9 +147,9 @@ class FaceConfig:
     # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster; such
     # frames searched on even numbers only: 0.029, 82 a minute, not taken; videos_gt faces only).
     region_max_share: float = 0.5
-    # The cascade's cheap passes' model ("": `model`) and cut-off; `yunet`: README "Models". With
-    # `cheap_small_side`, a whole cheap frame is also searched shrunk to that long side (a pan's
-    # blur shrinks with the frame), its boxes cut at `cheap_small_threshold` (0 = none).
+    # The cascade's cheap passes' model ("" or `model`: that one at its cut-off; another, `yunet` (README "Models"),
+    # cut at `cheap_threshold`). With `cheap_small_side`, a whole cheap frame is also searched shrunk to that long
+    # side (a pan's blur shrinks with the frame), its boxes cut at `cheap_small_threshold` (0 = none).
     cheap_model: str = ""
     cheap_threshold: float = 0.1
     cheap_small_side: int = 0
