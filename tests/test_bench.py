@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, SAMPLES, composed
 
 from anon_ray.tools.deface_ref import manifest_stages
@@ -39,7 +40,11 @@ def test_profile_of_the_in_process_job(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    profile = json.loads(proc.stdout.strip().splitlines()[-1])["profile_in_process"]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The job does all the floor does and detects, tracks and masks besides.
+    assert result["cpu_ms_per_frame"] > result["floor_cpu_ms_per_frame"] > 0, result
+    assert result["cpu_ratio_to_floor"] == pytest.approx(result["floor_cpu_ms_per_frame"] / result["cpu_ms_per_frame"])
+    profile = result["profile_in_process"]
     shares = profile["shares"]
     assert {"plan", "decode", "detect", "camera", "track", "mask", "encode", "finalize"} <= set(shares)
     assert "decode_again" not in shares  # a 640x360 clip's owned frames are held for the encoder (run/held.py)

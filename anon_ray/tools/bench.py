@@ -87,11 +87,15 @@ def _rss(proc: psutil.Process) -> int:
 
 
 def timed(fn: Callable[[], int]) -> dict:
+    """Frames, seconds and peak RSS of `fn`, and this process's CPU seconds meanwhile (every thread;
+    the sampler's ~2% of a core included): on a VM whose speed drifts, CPU per frame against the
+    floor's says more about the work than wall-clock time does."""
     with PeakRSS() as rss:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         frames = fn()
-        seconds = time.perf_counter() - t0
-    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "peak_rss_mb": rss.peak / 2**20}
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "cpu_s": cpu,
+            "peak_rss_mb": rss.peak / 2**20}
 
 
 def floor_phase(src: str, dst: str, cfg: BenchConfig, n: int, size: tuple[int, int] | None = None) -> int:
@@ -294,7 +298,9 @@ def run(cfg: BenchConfig, job_overrides: list[str]) -> dict:
                "plates": cfg.detect.plate.enabled}
         floor, job, stages = floor_and_job(src, tmp, cfg, n)
         det = timed(lambda: detect_phase(src, cfg, n))
-        out.update(runs=max(1, cfg.runs), fps=job["fps"], floor_fps=floor["fps"], ratio_to_floor=job["fps"] / floor["fps"],
+        out.update(runs=max(1, cfg.runs), fps=job["fps"], floor_fps=floor["fps"],
+                   ratio_to_floor=job["fps"] / floor["fps"], cpu_ms_per_frame=1000 * job["cpu_s"] / n,
+                   floor_cpu_ms_per_frame=1000 * floor["cpu_s"] / n, cpu_ratio_to_floor=floor["cpu_s"] / job["cpu_s"],
                    detect_ms_per_frame=1000 * det["seconds"] / n, peak_rss_mb=job["peak_rss_mb"],
                    floor_peak_rss_mb=floor["peak_rss_mb"], profile_in_process=profile(stages, job["seconds"], 1))
         if cfg.reference:
