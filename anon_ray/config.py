@@ -120,14 +120,13 @@ class FaceConfig:
     # 0.0069, over-masking 0.199, at 6x the face time). Video frames never get it.
     photo_tiling: TilingConfig = field(
         default_factory=lambda: TilingConfig(enabled=True, scales=[1.5], tile=1536, max_tiles=1, video=False))
-    # Video cascade (detect/cascade.py): the passes above on every `full_every`-th frame, the
-    # whole frame at `cheap_side` px on its long side on the others (1 = every frame in full).
-    # On videos_gt (720p) 4 and 800 leak fewer face-frames >= 16 px than every frame in full
-    # (0.0089 against 0.0140; over-masking 0.147 against 0.136; flicker 0): the shrunk frame
-    # finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 / 8 / 12
-    # leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0):
-    # 6 keeps a face seen only by full passes filled through one missed full pass (12 frames,
-    # within track.max_gap), for ~9% less detection than 4.
+    # Video cascade (detect/cascade.py): the passes above on every `full_every`-th frame, the whole frame at
+    # `cheap_side` px on its long side on the others (1 = every frame in full). On videos_gt (720p) 4 and 800 leak
+    # fewer face-frames >= 16 px than every frame in full (0.0089 against 0.0140; over-masking 0.147 against 0.136;
+    # flicker 0): the shrunk frame finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 /
+    # 8 / 12 leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0): 6 keeps a face
+    # seen only by full passes filled through one missed full pass (12 frames, within track.max_gap), for ~9% less
+    # detection than 4.
     full_every: int = 6
     # With `regions` below, faces only on videos_gt, cheap_side 640 / 704 / 736 / 768 / 800 leak
     # 0.0077 / 0.0074 / 0.0074 / 0.0085 / 0.0085 of face-frames >= 16 px (per minute 60 / 50 / 52
@@ -166,14 +165,13 @@ class FaceConfig:
 @dataclass
 class PlateConfig:
     enabled: bool = True
-    # fastanpr_int8 takes ~30% less plate time on CPUs with VNNI, but on the 64-photo plate pan
-    # plate-frames >= 16 px leaked 0.196 against 0.184 and on plates_openimages 0.064 against 0.053
-    # (its scores run ~0.03 lower; compensated by a 0.07 threshold and a 0.45 track seed: 0.187,
-    # over-masking 0.177 -> 0.190). In the fast preset: pan 0.229 against 0.224, plates/ 0.032
-    # against 0.027, plates_openimages 0.173 against 0.177. Not taken by any preset. On x86 CPUs
-    # without VNNI its 8-bit weights need precision mode (82 against float's 71 ms a 640 px pass,
-    # 2-core AMD EPYC); quantized to 7 bits, as the face model is, 61 ms: ~5 ms a video frame with
-    # the pass on every 2nd frame, too little for the plates the INT8 model loses (2026-12-07).
+    # fastanpr_int8 takes ~30% less plate time on CPUs with VNNI, but on the 64-photo plate pan plate-frames >= 16 px
+    # leaked 0.196 against 0.184 and on plates_openimages 0.064 against 0.053 (its scores run ~0.03 lower; compensated
+    # by a 0.07 threshold and a 0.45 track seed: 0.187, over-masking 0.177 -> 0.190). In the fast preset: pan 0.229
+    # against 0.224, plates/ 0.032 against 0.027, plates_openimages 0.173 against 0.177. Not taken by any preset. On
+    # x86 CPUs without VNNI its 8-bit weights need precision mode (82 against float's 71 ms a 640 px pass, 2-core AMD
+    # EPYC); quantized to 7 bits, as the face model is, 61 ms: ~5 ms a video frame with the pass on every 2nd frame,
+    # too little for the plates the INT8 model loses (2026-12-07).
     model: str = "fastanpr"
     # Video frames' cut-off (tight_letterbox below: 0.04), with `every`: the pass on every 2nd frame
     # cut at 0.05 misses fewer plates than on every frame at 0.1 (boxes that joined no track are
@@ -220,14 +218,13 @@ class PlateConfig:
     # 2nd frame: 0.218, over-masking 0.158; every frame 0.204, 0.167.
     every: int = 2
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
-    # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large
-    # photo is not shrunk to the network's 640 px, and at 2x, so plates under ~30 px reach a size
-    # the model finds (plates_openimages, with photo_threshold and plate_margin below: leak >= 16
-    # px 0.121 -> 0.076, all sizes 0.196 -> 0.114). Cost: 17 plate passes for a 1024x768 photo (5
-    # with 1x only), photos ~3x slower; a 12-megapixel photo 48 + 221 tiles; max_tiles bounds
-    # each scale's pass. A whole-photo pass at each tile scale instead (2048x1536 at 2x): every 6th
-    # plates_openimages photo 2.3 -> 1.6 s, but plates >= 16 px leak 0.049 -> 0.061 (all sizes
-    # 0.079 -> 0.093): the tiles find plates the enlarged photo does not. Not taken (2026-12-07).
+    # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large photo is not shrunk
+    # to the network's 640 px, and at 2x, so plates under ~30 px reach a size the model finds (plates_openimages, with
+    # photo_threshold and plate_margin below: leak >= 16 px 0.121 -> 0.076, all sizes 0.196 -> 0.114). Cost: 17 plate
+    # passes for a 1024x768 photo (5 with 1x only), photos ~3x slower; a 12-megapixel photo 48 + 221 tiles; max_tiles
+    # bounds each scale's pass. A whole-photo pass at each tile scale instead (2048x1536 at 2x): every 6th
+    # plates_openimages photo 2.3 -> 1.6 s, but plates >= 16 px leak 0.049 -> 0.061 (all sizes 0.079 -> 0.093): the
+    # tiles find plates the enlarged photo does not. Not taken (2026-12-07).
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[1.0, 2.0], tile=640, video=False))
     # A second plate model for photos, its boxes added to the first's ("": none): trained on other
     # plates, it finds about a quarter of the plates fastanpr misses. Its passes: the whole photo
@@ -280,7 +277,10 @@ class MaskConfig:
 
 @dataclass
 class TrackConfig:
-    high_threshold: float = 0.5
+    # The score that starts a face track (track/bytetrack.py): only tracks get gaps filled and ends padded. 0.5 -> 0.2
+    # (faces only, 2026-12-07): videos_gt leaked face-frames >= 16 px 0.0069 -> 0.0038 (52 -> 30 a minute), over-masking
+    # 0.130 -> 0.161; a pan over 32 faces_wider photos (tools/pan_video.py) 0.132 -> 0.080, over-masking 0.183 -> 0.214.
+    high_threshold: float = 0.2
     # The score that starts a plate track. 0.3 on a 720p pan over labelled plates
     # (tools/pan_video.py): plate-frames >= 16 px leaked 0.298 -> 0.271, over-masking 0.169 ->
     # 0.212 (false plates tracked and padded): max_recall only.

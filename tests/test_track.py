@@ -79,9 +79,9 @@ def test_crossing_boxes_keep_their_ids():
 
 def test_low_score_detections_join_in_stage_two_and_never_start_tracks():
     frames = np.arange(30)
-    score = np.where((frames >= 10) & (frames < 20), 0.2, 0.9)  # occluded: weak detections
+    score = np.where((frames >= 10) & (frames < 20), 0.1, 0.9)  # occluded: weak detections
     obj = dets(frames, path(frames, (50, 50), (3, 0)), score)
-    stray = dets([5], [[600, 600, 640, 650]], 0.2)  # a weak detection nowhere near a track
+    stray = dets([5], [[600, 600, 640, 650]], 0.1)  # a weak detection nowhere near a track
     t = track(Detections.concat([obj, stray]), CFG, range(30))
     assert set(t.track[:30]) == {0}
     assert t.track[30] == -1
@@ -141,8 +141,8 @@ def test_plate_tracks_start_at_their_own_score():
     tracked and the frames between are filled. Faces at 0.3 seed no track either way."""
     frames = [0, 3, 6, 9]
     boxes = path(frames, (100, 100), (6, 0), size=(60, 20))
-    plain = TrackConfig(plate_lone_pad=0)
-    low = TrackConfig(plate_high_threshold=0.25, plate_lone_pad=0)
+    plain = TrackConfig(high_threshold=0.5, plate_lone_pad=0)
+    low = TrackConfig(high_threshold=0.5, plate_high_threshold=0.25, plate_lone_pad=0)
     for cls, cfg, tracked in ((PLATE, plain, False), (PLATE, low, True), (FACE, low, False)):
         found = track(dets(frames, boxes, 0.3, cls), cfg, range(12))
         assert bool(np.all(found.track >= 0)) == tracked
