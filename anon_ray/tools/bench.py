@@ -43,8 +43,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"  # the package's de
 
 
 # Listing a process's children scans every process of the machine: done on every 20 ms sample it
-# took ~10% of a core (2-core VM, ~70 processes), taken from the phase being timed, which on a busy
-# machine is the job more than the floor. Children (deface, Ray workers) live for seconds.
+# took ~10% of a core (2-core VM, ~70 processes), taken from the phase being timed (the floor, whose
+# x264 threads use both cores too, the more). Children (deface, Ray workers) live for seconds.
 CHILDREN_EVERY_S = 0.5
 
 
