@@ -90,18 +90,16 @@ class TilingConfig:
 @dataclass
 class FaceConfig:
     enabled: bool = True
-    # INT8 after a float stem, with 7-bit weights (models/build.py): the 8-bit model was ~1.8x
-    # faster than "centerface" (float) on CPUs with VNNI, and the 7-bit one runs the same kernels
-    # there; on x86 CPUs without VNNI, whose int8 sums are 16-bit, 8-bit weights need ONNX Runtime's
-    # slower precision mode (detect/session.py) while 7-bit ones run the fast kernels, 1.1-1.3x
-    # faster than float. The same outputs on every CPU, so a cluster of mixed machines masks alike.
-    # 7-bit / 8-bit / float: videos_gt leaked face-frames >= 16 px 0.007 each (48 / 46 / 50 a
-    # minute); every 4th faces_wider photo 0.006 / 0.007 / 0.009; every 3rd faces/ photo 0.005 /
-    # 0.006 / 0.005; over-masking within 0.01 of each other (all figures: this file's history).
+    # INT8 after a float stem, with 7-bit weights (models/build.py): the 8-bit model was ~1.8x faster than "centerface"
+    # (float) on CPUs with VNNI, and the 7-bit one runs the same kernels there; on x86 CPUs without VNNI, whose int8
+    # sums are 16-bit, 8-bit weights need ONNX Runtime's slower precision mode (detect/session.py) while 7-bit ones run
+    # the fast kernels, 1.1-1.3x faster than float. The same outputs on every CPU, so a cluster of mixed machines masks
+    # alike. 7-bit / 8-bit / float: videos_gt leaked face-frames >= 16 px 0.007 each (48 / 46 / 50 a minute); every 4th
+    # faces_wider photo 0.006 / 0.007 / 0.009; every 3rd faces/ photo 0.005 / 0.006 / 0.005; over-masking within 0.01 of
+    # each other (all figures: this file's history).
     model: str = "centerface_int8_7bit"
-    # Recall first: with tracks that follow the camera, 0.075 leaks a third fewer face-frames on
-    # videos_gt than 0.1 (0.021 -> 0.014; over-masking 0.120 -> 0.136) at the same job speed
-    # (8.2 against 8.1 frames/s in process, 720p).
+    # Recall first: with tracks that follow the camera, 0.075 leaks a third fewer face-frames on videos_gt than 0.1
+    # (0.021 -> 0.014; over-masking 0.120 -> 0.136) at the same job speed (8.2 against 8.1 frames/s in process, 720p).
     threshold: float = 0.075
     # Photos are cut lower: a photo has one chance, while a video frame's miss is covered by its
     # neighbours through tracking, and on video each low-score box repeats its cost on every frame.
@@ -121,24 +119,21 @@ class FaceConfig:
     photo_tiling: TilingConfig = field(
         default_factory=lambda: TilingConfig(enabled=True, scales=[1.5], tile=1536, max_tiles=1, video=False))
     # Video cascade (detect/cascade.py): the passes above on every `full_every`-th frame, the whole frame at
-    # `cheap_side` px on its long side on the others (1 = every frame in full). On videos_gt (720p) 4 and 800 leak
-    # fewer face-frames >= 16 px than every frame in full (0.0089 against 0.0140; over-masking 0.147 against 0.136;
-    # flicker 0): the shrunk frame finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 /
-    # 8 / 12 leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0): 6 keeps a face
-    # seen only by full passes filled through one missed full pass (12 frames, within track.max_gap), for ~9% less
-    # detection than 4.
+    # `cheap_side` px on its long side on the others (1 = every frame in full). On videos_gt (720p) 4 and 800 leak fewer
+    # face-frames >= 16 px than every frame in full (0.0089 against 0.0140; over-masking 0.147 against 0.136; flicker
+    # 0): the shrunk frame finds motion-blurred faces the full one misses. Faces only, full_every 4 / 6 / 7 / 8 / 12
+    # leak 0.0096 / 0.0085 / 0.0098 / 0.0093 / 0.0080 (over-masking 0.121-0.124, flicker 0): 6 keeps a face seen only by
+    # full passes filled through one missed full pass (12 frames, within track.max_gap), for ~9% less detection than 4.
     full_every: int = 6
-    # With `regions` below, faces only on videos_gt, cheap_side 640 / 704 / 736 / 768 / 800 leak
-    # 0.0077 / 0.0074 / 0.0074 / 0.0085 / 0.0085 of face-frames >= 16 px (per minute 60 / 50 / 52
-    # / 50 / 60; over-masking 0.138 / 0.130 / 0.128 / 0.124 / 0.122; flicker 0): 736 px fills the
-    # network input with the least padding (414 of 416 rows; 800 px: 450 of 480), so its shrunk
-    # pass costs ~20% less (the bench clip in process 24.8 -> 23.2 s).
+    # With `regions` below, faces only on videos_gt, cheap_side 640 / 704 / 736 / 768 / 800 leak 0.0077 / 0.0074 /
+    # 0.0074 / 0.0085 / 0.0085 of face-frames >= 16 px (per minute 60 / 50 / 52 / 50 / 60; over-masking 0.138 / 0.130 /
+    # 0.128 / 0.124 / 0.122; flicker 0): 736 px fills the network input with the least padding (414 of 416 rows; 800 px:
+    # 450 of 480), so its shrunk pass costs ~20% less (the bench clip in process 24.8 -> 23.2 s).
     cheap_side: int = 736
-    # Cheap frames searched only around the faces seen since the last full pass, the whole shrunk
-    # frame on every `region_sweep`-th (detect/cascade.py). videos_gt faces only: leaked face-frames
-    # >= 16 px 0.0085 as without (60 a minute against 64); without the sweep 0.0090. In process,
-    # 720p, faces only: a 600-frame CCTV clip 72.8 -> 53.1 s; the crowded bench clip the same, most
-    # of its frames over region_max_share; worker peak RSS 0.99 -> 0.77 GB.
+    # Cheap frames searched only around the faces seen since the last full pass, the whole shrunk frame on every
+    # `region_sweep`-th (detect/cascade.py). videos_gt faces only: leaked face-frames >= 16 px 0.0085 as without (60 a
+    # minute against 64); without the sweep 0.0090. In process, 720p, faces only: a 600-frame CCTV clip 72.8 -> 53.1 s;
+    # the crowded bench clip the same, most of its frames over region_max_share; worker peak RSS 0.99 -> 0.77 GB.
     regions: bool = True
     region_sweep: int = 3
     region_grow: float = 1.0  # of a box's long side, on each side
@@ -177,11 +172,10 @@ class PlateConfig:
     # cut at 0.05 misses fewer plates than on every frame at 0.1 (boxes that joined no track are
     # masked 2 frames before and after anyway, track.plate_lone_pad), in ~27% less time a frame.
     threshold: float = 0.04
-    # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075
-    # leaks 0.078 of plates >= 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001.
-    # With every photo pass since: 0.05 leaves >= 16 px at 0.053 (not detected 0.045 -> 0.043,
-    # under-covered 0.008 -> 0.010), all sizes 0.085 -> 0.077, over-masking 0.127 -> 0.130
-    # (2026-12-06; plates/ and the crowds' false plates not measured): not taken yet.
+    # Photos are cut lower, as faces are (FaceConfig.photo_threshold); with the 2x tiles, 0.075 leaks 0.078 of plates >=
+    # 16 px on plates_openimages against 0.086 at 0.1, over-masking +0.001. With every photo pass since: 0.05 leaves >=
+    # 16 px at 0.053 (not detected 0.045 -> 0.043, under-covered 0.008 -> 0.010), all sizes 0.085 -> 0.077, over-masking
+    # 0.127 -> 0.130 (2026-12-06; plates/ and the crowds' false plates not measured): not taken yet.
     photo_threshold: float = 0.075
     nms_iou: float = 0.45
     # Merge one model's passes by weighted box fusion (tiling.merge): each plate's box widens to
@@ -281,21 +275,26 @@ class TrackConfig:
     # (faces only, 2026-12-07): videos_gt leaked face-frames >= 16 px 0.0069 -> 0.0038 (52 -> 30 a minute), over-masking
     # 0.130 -> 0.161; a pan over 32 faces_wider photos (tools/pan_video.py) 0.132 -> 0.080, over-masking 0.183 -> 0.214.
     high_threshold: float = 0.2
-    # The score that starts a plate track. 0.3 on a 720p pan over labelled plates
-    # (tools/pan_video.py): plate-frames >= 16 px leaked 0.298 -> 0.271, over-masking 0.169 ->
-    # 0.212 (false plates tracked and padded): max_recall only.
+    # Boxes under `small_height` px start tracks from `small_high_threshold`: small crowd faces score low and are found
+    # on the full passes only (every 6th frame), while a small false box costs little area. Faces only, videos_gt / the
+    # pan / a second pan (README), leak and over-masking, 0.2 for all: 0.0038, 0.161 / 0.080, 0.214 / 0.042, 0.155;
+    # under 32 px from 0.1: 0.0025, 0.196 / 0.048, 0.240 / 0.034, 0.170; all from 0.15: 0.0027, 0.187 / 0.071, 0.230
+    # / 0.037, 0.184; from 0.1: 0.0011, 0.253 / 0.036, 0.276 / 0.024, 0.270 (24 / 40 / 48 px, 0.075, 0.125: README).
+    small_high_threshold: float = 0.1
+    small_height: int = 32
+    # The score that starts a plate track. 0.3 on a 720p pan over labelled plates (tools/pan_video.py): plate-frames
+    # >= 16 px leaked 0.298 -> 0.271, over-masking 0.169 -> 0.212 (false plates tracked and padded): max_recall only.
     plate_high_threshold: float = 0.5
     match_iou: float = 0.2
     max_age: int = 15  # frames a lost track is kept for re-association
     max_gap: int = 15  # gaps up to this many frames are filled by interpolation
     pad: int = 10  # frames a track is extended before its first and after its last detection
-    # Frames a face / plate detection that joined no track (one under its high threshold) is also
-    # masked on, before and after its own: the detector finds such faint ones on some frames only.
-    # On the 64-photo plate pan (tools/pan_video.py), both classes padded: plate-frames >= 16 px
-    # leaked 0.163 / 0.139 / 0.127 at 0 / 1 / 2 (< 16 px 0.297 / 0.219 / 0.185), over-masking
-    # 0.204 / 0.226 / 0.248. Faces on videos_gt at 2: leaked face-frames >= 16 px 0.007 -> 0.002,
-    # but over-masking 0.155 -> 0.243 (false faces under 0.5 held 5 frames): plates only, which on
-    # the pan gives 0.129 (< 16 px 0.191, >= 96 px 0.113 -> 0.086), over-masking 0.221 (2026-12-06).
+    # Frames a face / plate detection that joined no track (one under its high threshold) is also masked on, before and
+    # after its own: the detector finds such faint ones on some frames only. On the 64-photo plate pan
+    # (tools/pan_video.py), both classes padded: plate-frames >= 16 px leaked 0.163 / 0.139 / 0.127 at 0 / 1 / 2
+    # (< 16 px 0.297 / 0.219 / 0.185), over-masking 0.204 / 0.226 / 0.248. Faces on videos_gt at 2: leaked face-frames
+    # >= 16 px 0.007 -> 0.002, but over-masking 0.155 -> 0.243 (false faces under 0.5 held 5 frames): plates only,
+    # which on the pan gives 0.129 (< 16 px 0.191, >= 96 px 0.113 -> 0.086), over-masking 0.221 (2026-12-06).
     lone_pad: int = 0
     plate_lone_pad: int = 2
     # Follow the camera (track/camera.py): tracks match, and boxes between and around detections

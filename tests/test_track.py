@@ -141,10 +141,26 @@ def test_plate_tracks_start_at_their_own_score():
     tracked and the frames between are filled. Faces at 0.3 seed no track either way."""
     frames = [0, 3, 6, 9]
     boxes = path(frames, (100, 100), (6, 0), size=(60, 20))
-    plain = TrackConfig(high_threshold=0.5, plate_lone_pad=0)
-    low = TrackConfig(high_threshold=0.5, plate_high_threshold=0.25, plate_lone_pad=0)
+    plain = TrackConfig(high_threshold=0.5, small_height=0, plate_lone_pad=0)
+    low = TrackConfig(high_threshold=0.5, small_height=0, plate_high_threshold=0.25, plate_lone_pad=0)
     for cls, cfg, tracked in ((PLATE, plain, False), (PLATE, low, True), (FACE, low, False)):
         found = track(dets(frames, boxes, 0.3, cls), cfg, range(12))
         assert bool(np.all(found.track >= 0)) == tracked
         masked = mask_boxes(found, cfg, range(12), (1280, 720))
         assert sorted(set(masked.frame.tolist())) == (list(range(12)) if tracked else frames)
+
+
+def test_small_faces_start_tracks_lower():
+    """A face box seen on every 6th frame only (the video cascade's full passes) at 0.12: under
+    32 px tall it starts a track (track.small_high_threshold 0.1), so the frames between are
+    filled; 40 px tall it needs high_threshold 0.2 and is masked on its own frames only."""
+    frames = [0, 6, 12, 18]
+    for height, tracked in ((24, True), (40, False)):
+        boxes = path(frames, (100, 100), (1, 0), size=(height * 0.8, height))
+        found = track(dets(frames, boxes, 0.12), CFG, range(24))
+        assert bool(np.all(found.track >= 0)) == tracked and len(np.unique(found.track)) == 1
+        masked = mask_boxes(found, CFG, range(24), (1280, 720))
+        assert sorted(set(masked.frame.tolist())) == (list(range(24)) if tracked else frames)
+    # Plates keep their own seed whatever their height.
+    small_plate = track(dets(frames, path(frames, (100, 100), (4, 0), size=(30, 10)), 0.12, PLATE), CFG, range(24))
+    assert (small_plate.track < 0).all()

@@ -28,6 +28,7 @@ class ByteTracker:
     def __init__(self, cfg: TrackConfig, first_id: int = 0, cls: int = FACE) -> None:
         self.cfg = cfg
         self.high = cfg.plate_high_threshold if cls == PLATE else cfg.high_threshold
+        self.small = (cfg.small_height, cfg.small_high_threshold) if cls == FACE else (0, self.high)
         self.next_id = first_id
         self._frame: int | None = None
         self._ids = np.zeros(0, np.int64)
@@ -46,7 +47,8 @@ class ByteTracker:
         self._predict_to(frame)
         xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
         ids = np.full(len(xyxy), -1, np.int64)
-        high = np.asarray(score) >= self.high
+        small_height, small_high = self.small
+        high = np.asarray(score) >= np.where(xyxy[:, 3] - xyxy[:, 1] < small_height, small_high, self.high)
         free = np.ones(len(self._ids), bool)
         predicted = kalman.cxcywh_to_xyxy(self._mean[:, :4])
         for stage in (high, ~high):
