@@ -33,9 +33,8 @@ class AudioPolicy(StrEnum):
 
 
 class PixelPolicy(StrEnum):
-    # 8-bit 4:2:0, what browsers and hardware decoders play (H.264 High 10 and 4:2:2/4:4:4 play
-    # almost nowhere); HDR (PQ or HLG transfer) keeps 10 bits, which 8 would band. Changes are
-    # named in the manifest's output_changes.
+    # 8-bit 4:2:0, what browsers and hardware decoders play (H.264 High 10 and 4:2:2/4:4:4 play almost nowhere); HDR (PQ
+    # or HLG transfer) keeps 10 bits, which 8 would band. Changes are named in the manifest's output_changes.
     playable = "playable"
     source = "source"  # the nearest format the encoder writes: bit depth and chroma kept
 
@@ -141,6 +140,15 @@ class FaceConfig:
     # Regions covering more of the frame: the whole shrunk frame (0.8: leak 0.0094, no faster; such
     # frames searched on even numbers only: 0.029, 82 a minute, not taken; videos_gt faces only).
     region_max_share: float = 0.5
+    # Faces the frame edge cuts (nearly every face videos_gt leaked, most >= 96 px): every `edge_every`-th video frame
+    # is also searched mirrored out by `edge_pad` of its long side at each edge, shrunk to `edge_side` px on its long
+    # side, its boxes reaching past the edge kept from `edge_threshold` (cascade.edge_pass; 0 = off). Faces only,
+    # videos_gt / the two pans (README), leak and over-masking: 0.0025, 0.196 / 0.048, 0.240 / 0.034, 0.170 without;
+    # 0.0010, 0.207 / 0.043, 0.272 / 0.033, 0.187 with; from 0 / 0.15 / 0.5: 0.0012 / 0.0011 / 0.0018 on videos_gt.
+    edge_every: int = 3
+    edge_side: int = 384
+    edge_threshold: float = 0.3
+    edge_pad: float = 0.06
     # The cascade's cheap passes' model ("" or `model`: that one at its cut-off; another, `yunet` (README "Models"),
     # cut at `cheap_threshold`). With `cheap_small_side`, a whole cheap frame is also searched shrunk to that long
     # side (a pan's blur shrinks with the frame), its boxes cut at `cheap_small_threshold` (0 = none).
@@ -178,11 +186,10 @@ class PlateConfig:
     # 0.127 -> 0.130 (2026-12-06; plates/ and the crowds' false plates not measured): not taken yet.
     photo_threshold: float = 0.075
     nms_iou: float = 0.45
-    # Merge one model's passes by weighted box fusion (tiling.merge): each plate's box widens to
-    # the score-weighted mean of every pass's box of it where that reaches further, instead of
-    # the best-scoring box alone, often a tile's tight or shifted one (every 4th plates_openimages
-    # photo, plates alone: leak >= 16 px 0.069 -> 0.062, over-masking from plates 0.084 -> 0.086;
-    # the plain mean, not only widening, lost a close-up plate whose partial boxes pulled it in).
+    # Merge one model's passes by weighted box fusion (tiling.merge): each plate's box widens to the score-weighted mean
+    # of every pass's box of it where that reaches further, instead of the best-scoring box alone, often a tile's tight
+    # or shifted one (every 4th plates_openimages photo, plates alone: leak >= 16 px 0.069 -> 0.062, over-masking from
+    # plates 0.084 -> 0.086; the plain mean, not only widening, lost a close-up plate whose partial boxes pulled it in).
     fuse: bool = True
     # Network-input scales to run: 0.5 adds a pass with the frame shrunk to half, for close-ups
     # (platedet missed many; fastanpr misses none more without it on the dev set: max_recall keeps it).
@@ -203,13 +210,12 @@ class PlateConfig:
     # 0.220 -> 0.224, 0.167 -> 0.171; at 0.05 the first 0.119; videos_gt faces alike, 0.165 -> 0.154,
     # 2026-12-07). Photos stay square (for_photos): plates_openimages 0.053 -> 0.058 tight.
     tight_letterbox: bool = True
-    # Video frames get the plate passes on every `every`-th frame only (detect/cascade.py: Cadence).
-    # The 64-photo plate pan (tools/pan_video.py), plate-frames >= 16 px leaked (16-32 px; < 16
-    # px), over-masking, frames a second in process (the bench clip, 720p, 2 cores): every frame
-    # at 0.1, 0.129 (0.201; 0.191), 0.221, 11.1; every 2nd at 0.1, 0.145 (0.229; 0.227), 0.212,
-    # 15.2; every 2nd at 0.05, 0.116 (0.166; 0.199), 0.220, 15.2; every frame at 0.05 (as in
-    # max_recall), 0.098 (0.140; 0.154), 0.233, ~11 (2026-12-06). The fast preset (cut at 0.2) every
-    # 2nd frame: 0.218, over-masking 0.158; every frame 0.204, 0.167.
+    # Video frames get the plate passes on every `every`-th frame only (detect/cascade.py: Cadence). The 64-photo plate
+    # pan (tools/pan_video.py), plate-frames >= 16 px leaked (16-32 px; < 16 px), over-masking, frames a second in
+    # process (the bench clip, 720p, 2 cores): every frame at 0.1, 0.129 (0.201; 0.191), 0.221, 11.1; every 2nd at 0.1,
+    # 0.145 (0.229; 0.227), 0.212, 15.2; every 2nd at 0.05, 0.116 (0.166; 0.199), 0.220, 15.2; every frame at 0.05 (as
+    # in max_recall), 0.098 (0.140; 0.154), 0.233, ~11 (2026-12-06). The fast preset (cut at 0.2) every 2nd frame:
+    # 0.218, over-masking 0.158; every frame 0.204, 0.167.
     every: int = 2
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation)
     # Photos (not video frames) also get 640 px tiles at native resolution, so a plate in a large photo is not shrunk
@@ -220,13 +226,12 @@ class PlateConfig:
     # plates_openimages photo 2.3 -> 1.6 s, but plates >= 16 px leak 0.049 -> 0.061 (all sizes 0.079 -> 0.093): the
     # tiles find plates the enlarged photo does not. Not taken (2026-12-07).
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(enabled=True, scales=[1.0, 2.0], tile=640, video=False))
-    # A second plate model for photos, its boxes added to the first's ("": none): trained on other
-    # plates, it finds about a quarter of the plates fastanpr misses. Its passes: the whole photo
-    # at photo_scales and native-resolution tiles (every 2nd plates_openimages photo, leak >= 16 px
-    # / all sizes / over-masking / its seconds a photo: one model 0.083 / 0.106 / 0.162; + the
-    # second's whole-photo passes 0.071 / 0.098 / 0.168 / 0.3 s; + its 1x tiles 0.060 / 0.082 /
-    # 0.171 / 0.7 s; with 2x tiles too 0.064 / 0.069 / 0.176 / 1.7 s; plates/ unchanged at 0.005).
-    # Video frames never: a second model would double the plate pass of every frame.
+    # A second plate model for photos, its boxes added to the first's ("": none): trained on other plates, it finds
+    # about a quarter of the plates fastanpr misses. Its passes: the whole photo at photo_scales and native-resolution
+    # tiles (every 2nd plates_openimages photo, leak >= 16 px / all sizes / over-masking / its seconds a photo: one
+    # model 0.083 / 0.106 / 0.162; + the second's whole-photo passes 0.071 / 0.098 / 0.168 / 0.3 s; + its 1x tiles 0.060
+    # / 0.082 / 0.171 / 0.7 s; with 2x tiles too 0.064 / 0.069 / 0.176 / 1.7 s; plates/ unchanged at 0.005). Video
+    # frames never: a second model would double the plate pass of every frame.
     photo_extra_model: str = "safelicensing"
     # Its own cut-off (boxes under photo_threshold are cut too). Both cut at 0.05 on photos: plates
     # >= 16 px on plates_openimages 0.053 as with photo_threshold 0.05 alone, all sizes 0.076,
@@ -251,18 +256,16 @@ class MaskConfig:
     face_shape: MaskShape = MaskShape.ellipse
     plate_shape: MaskShape = MaskShape.box  # plates are rectangles: an ellipse would leave their corners
     face_margin: float = 0.3  # left and right; also top and bottom unless those are set
-    # Chosen on tight labels (WIDER crowds, its video ground truth) beside the loose faces/ set:
-    # WIDER's labels reach as far above CenterFace's box as beside it (the loose Kaggle boxes sat
-    # lower, which an earlier 0.05 above was tuned on), and an ellipse must outgrow a label's box
-    # to cover 90% of it (README, "How the defaults were chosen").
+    # Chosen on tight labels (WIDER crowds, its video ground truth) beside the loose faces/ set: WIDER's labels reach as
+    # far above CenterFace's box as beside it (the loose Kaggle boxes sat lower, which an earlier 0.05 above was tuned
+    # on), and an ellipse must outgrow a label's box to cover 90% of it (README, "How the defaults were chosen").
     face_margin_top: float | None = 0.25
     face_margin_bottom: float | None = 0.3
-    # The plate model's boxes fall a few px short of a plate's ends, and of a tilted plate's top and
-    # bottom. Chosen on plates/ and plates_openimages together (one detection run each, 2026-12-06),
-    # plates >= 16 px left uncovered of 406 / 486 and over-masking, at 0.15: 3 / 26, 0.099 / 0.127;
-    # 0.2: 3 / 26; 0.25: 1 / 24, 0.124 / 0.156; 0.3: 1 / 24. Growing plates only above and below
-    # (0.15 beside, 0.25 above and below: 3 / 24, 0.113 / 0.144) or less beside them (0.1 and 0.25:
-    # 4 / 24) leaves more uncovered. faces_wider's over-masking (false plates): 0.143 -> 0.149.
+    # The plate model's boxes fall a few px short of a plate's ends, and of a tilted plate's top and bottom. Chosen on
+    # plates/ and plates_openimages together (one detection run each, 2026-12-06), plates >= 16 px left uncovered of 406
+    # / 486 and over-masking, at 0.15: 3 / 26, 0.099 / 0.127; 0.2: 3 / 26; 0.25: 1 / 24, 0.124 / 0.156; 0.3: 1 / 24.
+    # Growing plates only above and below (0.15 beside, 0.25 above and below: 3 / 24, 0.113 / 0.144) or less beside them
+    # (0.1 and 0.25: 4 / 24) leaves more uncovered. faces_wider's over-masking (false plates): 0.143 -> 0.149.
     plate_margin: float = 0.25
     feather: float = 0.1  # share of the mask's short side that fades into the background
     blocks: int = 2  # block = box short side / blocks: a face keeps at most ~blocks x blocks averages (mask.py)
@@ -315,14 +318,12 @@ class VideoConfig:
     codec: str = "libx264"  # MP4, MOV, MKV, AVI and MPEG-TS outputs
     crf: int = 18
     preset: str = "veryfast"
-    # WebM holds only VP8/VP9/AV1: a WebM input is written as WebM with this encoder, so a mixed
-    # archive needs one run (its CRF scale is VP9's, 0-63; "good" quality, cpu-used 5: ~1.5x
-    # x264 veryfast's encode time at 720p).
+    # WebM holds only VP8/VP9/AV1: a WebM input is written as WebM with this encoder, so a mixed archive needs one run
+    # (its CRF scale is VP9's, 0-63; "good" quality, cpu-used 5: ~1.5x x264 veryfast's encode time at 720p).
     webm_codec: str = "libvpx-vp9"
     webm_crf: int = 24
-    # 0: the encoder's own choice. 1 (each worker's x264 in one thread) was no faster in a bulk run
-    # (4 copies of the 720p bench clip, faces only, 2 workers on 2 cores: 86.6 / 81.2 s against
-    # 86.5 / 79.9 s, interleaved, 2026-12-07).
+    # 0: the encoder's own choice. 1 (each worker's x264 in one thread) was no faster in a bulk run (4 copies of the
+    # 720p bench clip, faces only, 2 workers on 2 cores: 86.6 / 81.2 s against 86.5 / 79.9 s, interleaved, 2026-12-07).
     threads: int = 0
     audio: AudioPolicy = AudioPolicy.keep
     pixels: PixelPolicy = PixelPolicy.playable

@@ -684,3 +684,17 @@ def test_a_photos_big_low_score_face_box_needs_a_second_pass(eval_data):
     assert [len(p) for p in confirmed([box, other], 96, 0.1, 0.3)] == [1, 1]
     assert [len(p) for p in confirmed([box, other.select(np.zeros(1, bool))], 96, 0.1, 0.3)] == [0, 0]
     assert len(confirmed([box], 96, 0.1, 0.3)[0]) == 1
+
+
+def test_edge_pass_finds_a_face_the_frame_edge_cuts(eval_data):
+    """A WIDER face (692 x 880 px) cut down its middle by the frame's left edge: no pass over the
+    frame finds it; the pass over the frame mirrored out at its edges (cascade.edge_pass) does, a
+    box from the edge over the visible half, on the frames of the edge_every cadence only."""
+    photo = read_image(str(eval_data / "faces_wider" / "wider_19_Couple_Couple_19_509.jpg"), ImageConfig()).rgb
+    frame = np.ascontiguousarray(photo[:, 554:])
+    half = [0, 48, 900 - 554, 928]
+    plain = face_detector(edge_every=0).detect([frame] * 3, first_index=6)  # the full passes on 6
+    assert not any(iou(box, half) > 0.3 for box in plain.xyxy)
+    found = face_detector(edge_every=3).detect([frame] * 3, first_index=6)
+    hits = [f for f in range(6, 9) if any(iou(box, half) > 0.5 and box[0] == 0 for box in found.for_frame(f).xyxy)]
+    assert hits == [6]

@@ -83,9 +83,19 @@ class Cascade:
     def detect(self, frames: Sequence[np.ndarray], first_index: int = 0, photo: bool = False,
                recent: Recent | None = None) -> Detections:
         """`recent`: the stream's earlier boxes, for `regions` (None: nothing earlier is known)."""
-        every = self.cfg.full_every
-        if photo or every == 1:
+        if photo:
             return self.full.detect(frames, first_index, photo)
+        dets = self._video(frames, first_index, recent)
+        if self.cfg.edge_every:
+            edges = [edge_pass(self.full.detector, frame, number, self.cfg)
+                     for number, frame in enumerate(frames, first_index) if number % self.cfg.edge_every == 0]
+            dets = Detections.concat([dets, *edges])
+        return dets.select(np.lexsort((-dets.score, dets.frame)))
+
+    def _video(self, frames: Sequence[np.ndarray], first_index: int, recent: Recent | None) -> Detections:
+        every = self.cfg.full_every
+        if every == 1:
+            return self.full.detect(frames, first_index)
         numbers = np.arange(first_index, first_index + len(frames))
         key = numbers % every == 0
         parts = []
@@ -104,8 +114,7 @@ class Cascade:
                     parts.append(found)
             else:
                 parts.extend(self._whole(frames[k], int(numbers[k]), zoom) for k in cheap)
-        dets = Detections.concat(parts)
-        return dets.select(np.lexsort((-dets.score, dets.frame)))
+        return Detections.concat(parts)
 
     def _whole(self, frame: np.ndarray, number: int, zoom: float) -> Detections:
         """The cheap pass of the whole frame `number`, shrunk by `zoom`; with cheap_small_side, also
@@ -146,6 +155,23 @@ class Cascade:
             found.append(Detections.build(part.frame, part.xyxy + np.array([x0, y0, x0, y0], np.float32),
                                           part.score, part.cls))
         return Detections.concat(found)
+
+
+def edge_pass(detector: ZoomableDetector, frame: np.ndarray, number: int, cfg: FaceConfig) -> Detections:
+    """Faces the edge of frame `number` cuts: the frame mirrored out by `edge_pad` of its long side
+    at every edge, shrunk to `edge_side` px on its long side. A cut face and its mirror image make a
+    whole one, which the model finds where the half alone scores too low; the boxes that reach past
+    the frame scoring `edge_threshold` or more are kept, clipped to it (the frame's own passes find
+    the others; mirrored crowds make false faces, which tracks would hold and pad)."""
+    height, width = frame.shape[:2]
+    pad = round(cfg.edge_pad * max(height, width))
+    found = detector.detect([cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)], number,
+                            zoom=min(1.0, cfg.edge_side / max(height, width)))
+    xyxy = found.xyxy - np.float32(pad)
+    past = (xyxy[:, 0] < 0) | (xyxy[:, 1] < 0) | (xyxy[:, 2] > width) | (xyxy[:, 3] > height)
+    xyxy = np.clip(xyxy, 0, np.array([width, height] * 2, np.float32))
+    keep = past & (xyxy[:, 2] - xyxy[:, 0] > 2) & (xyxy[:, 3] - xyxy[:, 1] > 2) & (found.score >= cfg.edge_threshold)
+    return Detections.build(found.frame[keep], xyxy[keep], found.score[keep], found.cls[keep])
 
 
 def regions(seen: Detections, number: int, size_hw: tuple[int, int], cfg: FaceConfig) -> np.ndarray:
