@@ -18,6 +18,9 @@ last full pass lies before the stream's first frame. A face that shows up elsewh
 within `region_sweep` frames, and its track is padded back over the frames before (track.pad).
 The choice reads only frames since the last full pass, so with segment.overlap >= full_every an
 owned frame is searched the same way wherever the video is cut (I2).
+
+Every `edge_every`-th frame (by absolute number too) also gets `edge_pass`, for the faces its edge
+cuts, which no pass over the frame itself finds reliably.
 """
 
 from __future__ import annotations
