@@ -115,17 +115,13 @@ def floor_and_job(src: str, tmp: str, cfg: BenchConfig, n: int) -> tuple[dict, d
     each counts, with the fastest job's stage seconds: this VM's speed drifts by up to a third
     between runs (the floor of one clip 4.1 to 5.2 s within minutes), more than most changes do."""
     one_segment = replace(cfg, segment=SegmentConfig(seconds=0.0, overlap=cfg.segment.overlap))
-    best: dict[str, dict] = {}
-    stages: dict[str, float] = {}
+    floors, jobs = [], []
     for run in range(max(1, cfg.runs)):
-        floor = timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n))
-        seconds: dict[str, float] = {}
-        job = timed(lambda: job_phase(src, os.path.join(tmp, f"job-{run}"), one_segment, seconds))
-        if "floor" not in best or floor["seconds"] < best["floor"]["seconds"]:
-            best["floor"] = floor
-        if "job" not in best or job["seconds"] < best["job"]["seconds"]:
-            best["job"], stages = job, seconds
-    return best["floor"], best["job"], stages
+        floors.append(timed(lambda: floor_phase(src, os.path.join(tmp, "floor.mp4"), cfg, n)))
+        stages: dict[str, float] = {}
+        jobs.append((timed(lambda: job_phase(src, os.path.join(tmp, f"job-{run}"), one_segment, stages)), stages))
+    job, stages = min(jobs, key=lambda j: j[0]["seconds"])
+    return min(floors, key=lambda f: f["seconds"]), job, stages
 
 
 def detect_phase(src: str, cfg: BenchConfig, n: int) -> int:

@@ -3,9 +3,9 @@
 Stage 1 matches confident detections (score >= high_threshold) to every live track; stage 2 gives
 the remaining tracks a chance at the low-score detections, which are mostly the same objects
 partly occluded, blurred or turned away. Only confident detections start tracks (plates have a
-cut-off of their own, track.plate_high_threshold; face boxes under track.small_height px a lower one). Low-score detections that match nothing keep
-track -1: they are still masked (recall first), they just do not seed tracks that would then be
-interpolated and padded.
+cut-off of their own, track.plate_high_threshold; face boxes under track.small_height px a lower
+one). Low-score detections that match nothing keep track -1: they are still masked (recall
+first), they just do not seed tracks that would then be interpolated and padded.
 
 Unlike the original there is no "unconfirmed" state and no special first frame: both make the
 result depend on where a run starts, and the output must not depend on where a video is cut.
